@@ -1,5 +1,14 @@
-//! Weft's control service: serves ztunnels and waypoints over delta ADS,
-//! signs their workload certificates, and builds its view of the mesh from
-//! the objects users already write (Istio's labels, `AuthorizationPolicy`,
-//! `PeerAuthentication`, Gateway API), read from Kubernetes or from a
-//! directory of the same YAML.
+//! Weft's control service.
+//!
+//! Data flows one way: a source ([`source::local`] reads a directory of
+//! Kubernetes-style YAML; a Kubernetes source will read the API server)
+//! produces snapshots of [`objects`]; [`translate`] turns each snapshot into
+//! workload-API resources (`Address`, `Authorization`); the [`xds`] store
+//! versions them and the delta-ADS server pushes the differences to every
+//! connected ztunnel and waypoint. The [`ca`] signs workload certificates for
+//! node proxies, checking that each identity belongs to a workload scheduled
+//! on the caller's node, which it learns from the same snapshots.
+
+pub mod objects;
+pub mod source;
+pub mod translate;

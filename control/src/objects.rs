@@ -1,0 +1,374 @@
+//! The Kubernetes objects Weft reads, as plain domain types.
+//!
+//! Sources (the local YAML directory now, Kubernetes later) convert their
+//! input into these once; translation into workload-API resources works only
+//! on these.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use ipnet::IpNet;
+
+/// Labels or a selector's `matchLabels`.
+pub type Labels = BTreeMap<String, String>;
+
+/// The namespace label that enrolls a namespace (or, on a pod, a pod).
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+/// The value of [`DATAPLANE_MODE_LABEL`] that enrolls.
+pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
+/// The value of [`DATAPLANE_MODE_LABEL`] that opts a pod out.
+pub const DATAPLANE_MODE_NONE: &str = "none";
+
+/// Which kind of object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Service,
+    AuthorizationPolicy,
+    PeerAuthentication,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::PeerAuthentication => "PeerAuthentication",
+        })
+    }
+}
+
+/// Identifies an object: kind, namespace ("" for cluster-scoped) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+impl Namespace {
+    /// Whether the namespace is enrolled in the mesh.
+    pub fn is_ambient(&self) -> bool {
+        self.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some(DATAPLANE_MODE_AMBIENT)
+    }
+}
+
+/// A container's command line and named ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Container {
+    pub name: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// Declared ports: (name, containerPort).
+    pub ports: Vec<(String, u16)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub node_name: String,
+    pub service_account: String,
+    pub containers: Vec<Container>,
+    /// Assigned by the runtime; a pod without one is not yet addressable.
+    pub ips: Vec<IpAddr>,
+}
+
+impl Pod {
+    /// The port a (possibly named) target port resolves to on this pod.
+    pub fn resolve_port(&self, target: &TargetPort) -> Option<u16> {
+        match target {
+            TargetPort::Number(port) => Some(*port),
+            TargetPort::Name(name) => self
+                .containers
+                .iter()
+                .flat_map(|c| &c.ports)
+                .find(|(port_name, _)| port_name == name)
+                .map(|(_, port)| *port),
+        }
+    }
+}
+
+/// A Service port's `targetPort`: a number, or the name of a container port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub target_port: TargetPort,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// `None` selects nothing (endpoints are managed elsewhere).
+    pub selector: Option<Labels>,
+    pub ports: Vec<ServicePort>,
+    /// The VIP; `None` when unset (the control service allocates one).
+    pub cluster_ip: ClusterIp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterIp {
+    /// Not given: allocate one.
+    Unset,
+    /// `clusterIP: None`: a headless service.
+    Headless,
+    Ip(IpAddr),
+}
+
+/// `AuthorizationPolicy.spec.action`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthzAction {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+/// A string matcher as Istio writes them: exact, `prefix*`, `*suffix` or `*`.
+/// Parsed once; never turned into a regular expression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StringPattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    /// `*`: any non-empty value.
+    Presence,
+}
+
+impl StringPattern {
+    /// Istio's rule: a single `*` at the start or the end, or alone.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "*" {
+            return Ok(Self::Presence);
+        }
+        if text.is_empty() {
+            return Err("an empty string matches nothing; remove it or use \"*\"".into());
+        }
+        if text.matches('*').count() > 1 {
+            return Err(format!(
+                "{text:?}: only one '*' is allowed, at the start or the end"
+            ));
+        }
+        if let Some(suffix) = text.strip_prefix('*') {
+            Ok(Self::Suffix(suffix.to_owned()))
+        } else if let Some(prefix) = text.strip_suffix('*') {
+            Ok(Self::Prefix(prefix.to_owned()))
+        } else if text.contains('*') {
+            Err(format!(
+                "{text:?}: '*' is allowed only at the start or the end"
+            ))
+        } else {
+            Ok(Self::Exact(text.to_owned()))
+        }
+    }
+}
+
+/// `rules[].from[].source`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    pub principals: Vec<StringPattern>,
+    pub not_principals: Vec<StringPattern>,
+    pub namespaces: Vec<StringPattern>,
+    pub not_namespaces: Vec<StringPattern>,
+    pub ip_blocks: Vec<IpNet>,
+    pub not_ip_blocks: Vec<IpNet>,
+    /// L7-only attributes present (requestPrincipals, remoteIpBlocks, …),
+    /// by field name: a node proxy cannot evaluate them.
+    pub l7_fields: Vec<String>,
+}
+
+/// `rules[].to[].operation`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Operation {
+    pub ports: Vec<u16>,
+    pub not_ports: Vec<u16>,
+    /// L7-only attributes present (hosts, methods, paths), by field name.
+    pub l7_fields: Vec<String>,
+}
+
+/// `rules[].when[]`, already split by what a node proxy can evaluate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    SourceIp {
+        values: Vec<IpNet>,
+        not_values: Vec<IpNet>,
+    },
+    SourceNamespace {
+        values: Vec<StringPattern>,
+        not_values: Vec<StringPattern>,
+    },
+    SourcePrincipal {
+        values: Vec<StringPattern>,
+        not_values: Vec<StringPattern>,
+    },
+    DestinationIp {
+        values: Vec<IpNet>,
+        not_values: Vec<IpNet>,
+    },
+    DestinationPort {
+        values: Vec<u16>,
+        not_values: Vec<u16>,
+    },
+    /// A key only an L7 proxy knows (request.headers[…], …).
+    L7 { key: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthzRule {
+    pub from: Vec<Source>,
+    pub to: Vec<Operation>,
+    pub when: Vec<Condition>,
+}
+
+impl AuthzRule {
+    /// Names of the L7-only attributes this rule uses.
+    pub fn l7_attributes(&self) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .from
+            .iter()
+            .flat_map(|s| s.l7_fields.iter().map(|f| format!("from.source.{f}")))
+            .chain(
+                self.to
+                    .iter()
+                    .flat_map(|o| o.l7_fields.iter().map(|f| format!("to.operation.{f}"))),
+            )
+            .collect();
+        found.extend(self.when.iter().filter_map(|c| match c {
+            Condition::L7 { key } => Some(format!("when.{key}")),
+            _ => None,
+        }));
+        found
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationPolicy {
+    pub namespace: String,
+    pub name: String,
+    /// `None`: every workload of the namespace (or mesh, in the root namespace).
+    pub selector: Option<Labels>,
+    /// Set when the policy targets a waypoint/gateway/service (`targetRef(s)`),
+    /// which node proxies do not enforce.
+    pub target_refs: Vec<String>,
+    pub action: AuthzAction,
+    pub rules: Vec<AuthzRule>,
+}
+
+/// `PeerAuthentication` mTLS mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MtlsMode {
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAuthentication {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Option<Labels>,
+    pub mode: MtlsMode,
+    pub port_level: BTreeMap<u16, MtlsMode>,
+}
+
+/// Any object the sources produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Service(Service),
+    AuthorizationPolicy(AuthorizationPolicy),
+    PeerAuthentication(PeerAuthentication),
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        let (kind, namespace, name) = match self {
+            Object::Namespace(o) => (Kind::Namespace, "", &o.name),
+            Object::Pod(o) => (Kind::Pod, o.namespace.as_str(), &o.name),
+            Object::Service(o) => (Kind::Service, o.namespace.as_str(), &o.name),
+            Object::AuthorizationPolicy(o) => {
+                (Kind::AuthorizationPolicy, o.namespace.as_str(), &o.name)
+            }
+            Object::PeerAuthentication(o) => {
+                (Kind::PeerAuthentication, o.namespace.as_str(), &o.name)
+            }
+        };
+        ObjectKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.clone(),
+        }
+    }
+}
+
+/// Whether `selector` selects an object with `labels` (every pair present).
+pub fn selects(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_patterns_follow_istios_single_wildcard_rule() {
+        let cases = [
+            (
+                "spiffe://td/ns/a/sa/b",
+                Ok(StringPattern::Exact("spiffe://td/ns/a/sa/b".into())),
+            ),
+            (
+                "spiffe://td/ns/a/*",
+                Ok(StringPattern::Prefix("spiffe://td/ns/a/".into())),
+            ),
+            ("*/sa/b", Ok(StringPattern::Suffix("/sa/b".into()))),
+            ("*", Ok(StringPattern::Presence)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(StringPattern::parse(text), expected, "{text}");
+        }
+        for bad in ["a*b", "*a*", "**", "a**", ""] {
+            assert!(StringPattern::parse(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn selectors_need_every_label() {
+        let labels: Labels = [("app".into(), "web".into()), ("v".into(), "1".into())].into();
+        assert!(selects(&[("app".into(), "web".into())].into(), &labels));
+        assert!(!selects(&[("app".into(), "db".into())].into(), &labels));
+        assert!(selects(&Labels::new(), &labels));
+    }
+}

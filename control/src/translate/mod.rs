@@ -1,0 +1,113 @@
+//! Objects → workload-API resources, the way istiod serves ambient mode.
+//!
+//! Every ztunnel receives every `Address` (each workload and each service:
+//! a node proxy must know any destination's address, identity and whether it
+//! speaks HBONE, wherever it runs) and every `Authorization` (small, and the
+//! destination ztunnel evaluates the ones its local workloads list or that
+//! are scoped to their namespace or the mesh). Resource names follow Istio:
+//! a workload's uid, `namespace/hostname` for a service, `namespace/name` for
+//! a policy.
+
+mod authz;
+mod peer_authn;
+mod services;
+mod workloads;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use weft_proto::istio::{security, workload};
+
+use crate::source::ConfigSnapshot;
+
+/// Mesh-wide settings translation depends on.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// SPIFFE trust domain of every workload identity.
+    pub trust_domain: String,
+    /// Cluster id carried in workload uids and `cluster_id`.
+    pub cluster_id: String,
+    /// DNS suffix of services: `<svc>.<ns>.svc.<cluster_domain>`.
+    pub cluster_domain: String,
+    /// Policies here apply mesh-wide.
+    pub root_namespace: String,
+    /// Where services without a `clusterIP` get their VIP.
+    pub service_vips: Ipv4Net,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cluster_id: "Kubernetes".into(),
+            cluster_domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            service_vips: Ipv4Net::new(Ipv4Addr::new(198, 19, 0, 0), 20).expect("valid prefix"),
+        }
+    }
+}
+
+/// The resources served to proxies, by resource name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub addresses: BTreeMap<String, workload::Address>,
+    pub authorizations: BTreeMap<String, security::Authorization>,
+    /// Things users should know about (policies that cannot be enforced as
+    /// written, exhausted VIP ranges, …), one sentence each.
+    pub warnings: Vec<String>,
+}
+
+/// Translates a snapshot.
+pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
+    let mut out = Resources::default();
+    let services = services::translate(snapshot, mesh, &mut out.warnings);
+    let policies = authz::translate(snapshot, mesh, &mut out.warnings);
+    let peer = peer_authn::translate(snapshot, mesh);
+    for policy in policies.policies.into_iter().chain(peer.policies) {
+        out.authorizations
+            .insert(format!("{}/{}", policy.namespace, policy.name), policy);
+    }
+    for w in workloads::translate(
+        snapshot,
+        mesh,
+        &services,
+        &policies.selectors,
+        &peer.per_workload,
+    ) {
+        out.addresses.insert(
+            w.uid.clone(),
+            workload::Address {
+                r#type: Some(workload::address::Type::Workload(w)),
+            },
+        );
+    }
+    for s in services.services {
+        out.addresses.insert(
+            format!("{}/{}", s.service.namespace, s.service.hostname),
+            workload::Address {
+                r#type: Some(workload::address::Type::Service(s.service)),
+            },
+        );
+    }
+    for warning in &out.warnings {
+        tracing::warn!(%warning, "translation");
+    }
+    out
+}
+
+/// Istio's uid for a pod.
+pub fn pod_uid(mesh: &MeshConfig, namespace: &str, name: &str) -> String {
+    format!("{}//Pod/{namespace}/{name}", mesh.cluster_id)
+}
+
+/// A service's FQDN.
+pub fn service_hostname(mesh: &MeshConfig, namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}.svc.{}", mesh.cluster_domain)
+}
+
+fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}

@@ -1,0 +1,121 @@
+//! Pods → `istio.workload.Workload`.
+
+use std::collections::BTreeMap;
+
+use weft_proto::istio::workload;
+
+use super::{ip_bytes, pod_uid, services::Services, MeshConfig};
+use crate::{
+    objects::{
+        Kind, Labels, Namespace, Object, Pod, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL,
+        DATAPLANE_MODE_NONE,
+    },
+    source::ConfigSnapshot,
+};
+
+/// Whether the pod is in the mesh: its own `istio.io/dataplane-mode` label
+/// wins (`none` opts out), else its namespace's.
+pub fn is_enrolled(pod: &Pod, namespace: Option<&Namespace>) -> bool {
+    match pod.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+        Some(DATAPLANE_MODE_AMBIENT) => true,
+        Some(DATAPLANE_MODE_NONE) => false,
+        _ => namespace.is_some_and(Namespace::is_ambient),
+    }
+}
+
+/// Istio's canonical service name and revision labels, with its fallbacks.
+fn canonical(labels: &Labels, pod_name: &str) -> (String, String) {
+    let first = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k).cloned());
+    let name = first(&[
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ])
+    .unwrap_or_else(|| pod_name.to_owned());
+    let revision = first(&[
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ])
+    .unwrap_or_else(|| "latest".to_owned());
+    (name, revision)
+}
+
+pub fn translate(
+    snapshot: &ConfigSnapshot,
+    mesh: &MeshConfig,
+    services: &Services,
+    selector_policies: &[(String, String, Labels)],
+    peer_policies: &BTreeMap<(String, String), Vec<String>>,
+) -> Vec<workload::Workload> {
+    let namespaces: BTreeMap<&str, &Namespace> = snapshot
+        .of_kind(Kind::Namespace)
+        .filter_map(|o| match o {
+            Object::Namespace(n) => Some((n.name.as_str(), n)),
+            _ => None,
+        })
+        .collect();
+    snapshot
+        .of_kind(Kind::Pod)
+        .filter_map(|o| match o {
+            Object::Pod(p) if !p.ips.is_empty() => Some(p),
+            _ => None,
+        })
+        .map(|pod| {
+            let enrolled = is_enrolled(pod, namespaces.get(pod.namespace.as_str()).copied());
+            let (canonical_name, canonical_revision) = canonical(&pod.labels, &pod.name);
+            let mut service_ports = BTreeMap::new();
+            for s in services.selecting(&pod.namespace, &pod.labels) {
+                let ports = s
+                    .source
+                    .ports
+                    .iter()
+                    .filter_map(|p| {
+                        pod.resolve_port(&p.target_port)
+                            .map(|target| workload::Port {
+                                service_port: u32::from(p.port),
+                                target_port: u32::from(target),
+                            })
+                    })
+                    .collect();
+                service_ports.insert(
+                    format!("{}/{}", s.service.namespace, s.service.hostname),
+                    workload::PortList { ports },
+                );
+            }
+            let mut authorization_policies: Vec<String> = selector_policies
+                .iter()
+                .filter(|(namespace, _, selector)| {
+                    *namespace == pod.namespace && crate::objects::selects(selector, &pod.labels)
+                })
+                .map(|(namespace, name, _)| format!("{namespace}/{name}"))
+                .collect();
+            if let Some(extra) = peer_policies.get(&(pod.namespace.clone(), pod.name.clone())) {
+                authorization_policies.extend(extra.iter().cloned());
+            }
+            workload::Workload {
+                uid: pod_uid(mesh, &pod.namespace, &pod.name),
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                addresses: pod.ips.iter().copied().map(ip_bytes).collect(),
+                tunnel_protocol: if enrolled {
+                    workload::TunnelProtocol::Hbone as i32
+                } else {
+                    workload::TunnelProtocol::None as i32
+                },
+                trust_domain: mesh.trust_domain.clone(),
+                service_account: pod.service_account.clone(),
+                node: pod.node_name.clone(),
+                canonical_name,
+                canonical_revision,
+                workload_type: workload::WorkloadType::Pod as i32,
+                workload_name: pod.name.clone(),
+                services: service_ports,
+                authorization_policies,
+                status: workload::WorkloadStatus::Healthy as i32,
+                cluster_id: mesh.cluster_id.clone(),
+                ..Default::default()
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,320 @@
+//! Objects → workload-API resources, checked field by field.
+
+use std::net::Ipv4Addr;
+
+use weft_control::{
+    source::{local::LocalSource, ConfigSnapshot},
+    translate::{translate, MeshConfig, Resources},
+};
+use weft_proto::istio::{
+    security::{self, string_match::MatchType},
+    workload::{self, address::Type},
+};
+
+fn snapshot(yaml: &str) -> ConfigSnapshot {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("objects.yaml"), yaml).unwrap();
+    let snapshot = LocalSource::new(dir.path()).load().unwrap();
+    assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+    snapshot
+}
+
+fn resources(yaml: &str) -> Resources {
+    translate(&snapshot(yaml), &MeshConfig::default())
+}
+
+fn workload<'a>(r: &'a Resources, ns: &str, name: &str) -> &'a workload::Workload {
+    match r
+        .addresses
+        .get(&format!("Kubernetes//Pod/{ns}/{name}"))
+        .and_then(|a| a.r#type.as_ref())
+    {
+        Some(Type::Workload(w)) => w,
+        other => panic!("no workload {ns}/{name}: {other:?}"),
+    }
+}
+
+fn service<'a>(r: &'a Resources, ns: &str, name: &str) -> &'a workload::Service {
+    let key = format!("{ns}/{name}.{ns}.svc.cluster.local");
+    match r.addresses.get(&key).and_then(|a| a.r#type.as_ref()) {
+        Some(Type::Service(s)) => s,
+        other => panic!("no service {key}: {other:?}"),
+    }
+}
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: server
+  namespace: demo
+  labels: {app: server, version: v2}
+spec:
+  nodeName: n2
+  serviceAccountName: server-sa
+  containers: [{name: app, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 198.18.2.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: optout, namespace: demo, labels: {istio.io/dataplane-mode: none}}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: legacy}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.4}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pending, namespace: demo}
+spec: {nodeName: n1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec:
+  selector: {app: server}
+  ports: [{name: web, port: 80, targetPort: http}, {port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: fixed, namespace: demo}
+spec: {clusterIP: 198.19.0.77, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: demo}
+spec: {clusterIP: None, ports: [{port: 80}]}
+"#;
+
+#[test]
+fn pods_become_workloads_with_istios_fields() {
+    let r = resources(MESH);
+    let w = workload(&r, "demo", "server");
+    assert_eq!(w.uid, "Kubernetes//Pod/demo/server");
+    assert_eq!(w.addresses, vec![vec![198, 18, 2, 2]]);
+    assert_eq!(w.tunnel_protocol, workload::TunnelProtocol::Hbone as i32);
+    assert_eq!(
+        (w.trust_domain.as_str(), w.service_account.as_str()),
+        ("cluster.local", "server-sa")
+    );
+    assert_eq!(w.node, "n2");
+    assert_eq!(
+        (w.canonical_name.as_str(), w.canonical_revision.as_str()),
+        ("server", "v2")
+    );
+    let ports = &w.services["demo/server.demo.svc.cluster.local"].ports;
+    assert_eq!(
+        ports
+            .iter()
+            .map(|p| (p.service_port, p.target_port))
+            .collect::<Vec<_>>(),
+        vec![(80, 8080), (9000, 9000)],
+        "the named target port resolves to the container port"
+    );
+    assert_eq!(
+        workload(&r, "demo", "optout").tunnel_protocol,
+        workload::TunnelProtocol::None as i32,
+        "a pod's own dataplane-mode=none wins over its namespace"
+    );
+    assert_eq!(
+        workload(&r, "legacy", "old").tunnel_protocol,
+        workload::TunnelProtocol::None as i32,
+        "a pod of an unenrolled namespace is known but not in the mesh"
+    );
+    assert!(
+        !r.addresses.contains_key("Kubernetes//Pod/demo/pending"),
+        "no IP yet: not addressable"
+    );
+}
+
+#[test]
+fn services_keep_or_get_stable_vips() {
+    let r = resources(MESH);
+    let fixed = service(&r, "demo", "fixed");
+    assert_eq!(fixed.addresses[0].address, vec![198, 19, 0, 77]);
+    let allocated = service(&r, "demo", "server");
+    let ip =
+        Ipv4Addr::from(<[u8; 4]>::try_from(allocated.addresses[0].address.as_slice()).unwrap());
+    assert!(
+        MeshConfig::default().service_vips.contains(&ip),
+        "{ip} outside the VIP range"
+    );
+    assert_eq!(
+        allocated
+            .ports
+            .iter()
+            .map(|p| (p.service_port, p.target_port))
+            .collect::<Vec<_>>(),
+        vec![(80, 0), (9000, 9000)],
+        "a named target port is left to each workload (0)"
+    );
+    assert!(service(&r, "demo", "headless").addresses.is_empty());
+    // The same objects give the same VIP (across restarts, too).
+    assert_eq!(resources(MESH), r);
+}
+
+fn policy<'a>(r: &'a Resources, key: &str) -> &'a security::Authorization {
+    r.authorizations
+        .get(key)
+        .unwrap_or_else(|| panic!("no policy {key}: {:?}", r.authorizations.keys()))
+}
+
+#[test]
+fn authorization_policies_keep_istios_structure_and_fail_closed() {
+    let yaml = format!(
+        "{MESH}{}",
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/demo/sa/client"], notNamespaces: ["evil*"]}
+    - source: {ipBlocks: ["198.18.1.0/24"]}
+    to: [{operation: {ports: ["8080"]}}]
+    when: [{key: source.ip, notValues: ["198.18.1.66"]}]
+  - to: [{operation: {methods: ["GET"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: demo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"], ports: ["9000"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: istio-system}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: for-waypoint, namespace: demo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+"#
+    );
+    let r = resources(&yaml);
+    let allow = policy(&r, "demo/allow-client");
+    assert_eq!(allow.scope, security::Scope::WorkloadSelector as i32);
+    assert_eq!(allow.action, security::Action::Allow as i32);
+    assert_eq!(
+        allow.rules.len(),
+        1,
+        "the L7-only ALLOW rule is dropped: it can never match at L4"
+    );
+    let clauses = &allow.rules[0].clauses;
+    assert_eq!(
+        clauses.len(),
+        3,
+        "from, to and one when condition: {clauses:#?}"
+    );
+    assert_eq!(clauses[0].matches.len(), 2, "two sources are alternatives");
+    assert_eq!(
+        clauses[0].matches[0].principals[0].match_type,
+        Some(MatchType::Exact("cluster.local/ns/demo/sa/client".into()))
+    );
+    assert_eq!(
+        clauses[0].matches[0].not_namespaces[0].match_type,
+        Some(MatchType::Prefix("evil".into()))
+    );
+    assert_eq!(
+        clauses[0].matches[1].source_ips[0],
+        security::Address {
+            address: vec![198, 18, 1, 0],
+            length: 24
+        }
+    );
+    assert_eq!(clauses[1].matches[0].destination_ports, vec![8080]);
+    assert_eq!(clauses[2].matches[0].not_source_ips[0].length, 32);
+    assert!(r
+        .warnings
+        .iter()
+        .any(|w| w.contains("demo/allow-client") && w.contains("to.operation.methods")));
+    assert_eq!(
+        workload(&r, "demo", "server").authorization_policies,
+        vec!["demo/allow-client"]
+    );
+
+    let deny = policy(&r, "demo/deny-admin");
+    assert_eq!(deny.scope, security::Scope::Namespace as i32);
+    assert_eq!(
+        deny.rules[0].clauses[0].matches[0].destination_ports,
+        vec![9000],
+        "L4 part of the DENY kept"
+    );
+    assert!(r
+        .warnings
+        .iter()
+        .any(|w| w.contains("demo/deny-admin") && w.contains("denying more")));
+
+    assert_eq!(
+        policy(&r, "istio-system/mesh-wide").scope,
+        security::Scope::Global as i32
+    );
+    assert!(
+        !r.authorizations.contains_key("demo/for-waypoint"),
+        "waypoint policies are not ztunnel's"
+    );
+}
+
+#[test]
+fn peer_authentication_becomes_deny_policies() {
+    let yaml = format!(
+        "{MESH}{}",
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: demo}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: server-ports, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  portLevelMtls: {9000: {mode: PERMISSIVE}}
+"#
+    );
+    let r = resources(&yaml);
+    let strict = policy(&r, "istio-system/istio_converted_static_strict");
+    assert_eq!(strict.action, security::Action::Deny as i32);
+    assert_eq!(
+        strict.rules[0].clauses[0].matches[0].not_principals[0].match_type,
+        Some(MatchType::Presence(()))
+    );
+    assert_eq!(
+        workload(&r, "demo", "optout").authorization_policies,
+        vec!["istio-system/istio_converted_static_strict"]
+    );
+    let converted = policy(&r, "demo/converted_peer_authentication_server-ports");
+    let clauses = &converted.rules[0].clauses;
+    assert_eq!(
+        clauses[1].matches[0].not_destination_ports,
+        vec![9000],
+        "plaintext allowed on 9000 only"
+    );
+    assert_eq!(
+        workload(&r, "demo", "server").authorization_policies,
+        vec!["demo/converted_peer_authentication_server-ports"]
+    );
+    assert!(workload(&r, "legacy", "old")
+        .authorization_policies
+        .is_empty());
+}
