@@ -9,6 +9,11 @@
 //! node proxies, checking that each identity belongs to a workload scheduled
 //! on the caller's node, which it learns from the same snapshots.
 
+pub mod auth;
+pub mod ca;
+pub mod config;
 pub mod objects;
+pub mod server;
 pub mod source;
 pub mod translate;
+pub mod xds;

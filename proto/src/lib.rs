@@ -10,9 +10,13 @@
 //! Generated types stay in this crate's API as they are; every other crate
 //! converts them once, at its edge, into its own domain types.
 
-#![allow(clippy::all, missing_docs, rust_2018_idioms)]
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/protos.rs"));
+}
+pub use generated::*;
 
-include!(concat!(env!("OUT_DIR"), "/protos.rs"));
+pub mod spiffe;
 
 /// Type URL of `istio.workload.Address` resources.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";

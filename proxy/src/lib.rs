@@ -1,7 +1,14 @@
-//! What both of Weft's proxies share: the HBONE client, server and pool; the
-//! identity and certificate manager; the xDS client and the workload,
-//! service and policy state it maintains; the copy loop; metrics, access log
-//! and admin server plumbing.
+//! What both of Weft's proxies share.
 //!
-//! ztunnel and the waypoint depend on this crate and never on each other, so
-//! no proxy logic is written twice. (Populated by the data-path work.)
+//! A proxy starts by reaching the control service ([`control`]): the
+//! [`xds`] client keeps [`state`] (workloads, services, policies) in sync
+//! over delta ADS, and the [`identity`] manager obtains and renews the
+//! certificates of the workloads it serves from the CA. The data path
+//! (HBONE client, server and pool, the copy loop) builds on these, as do the
+//! admin and metrics endpoints. ztunnel and the waypoint depend on this
+//! crate and never on each other, so none of this is written twice.
+
+pub mod control;
+pub mod identity;
+pub mod state;
+pub mod xds;

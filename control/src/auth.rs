@@ -1,0 +1,153 @@
+//! Who is calling: node credentials for node proxies.
+//!
+//! In local mode every node has a bearer token, a file `<node>.token` in the
+//! credentials directory (written by `weft local` when it creates the node,
+//! or by [`issue_node_token`]). A proxy sends `authorization: Bearer <token>`
+//! on its xDS and CA calls; the token, not anything the proxy claims about
+//! itself, decides which node it speaks for. (In Kubernetes, a service
+//! account token review takes this role.)
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::RwLock,
+};
+
+use tonic::{metadata::MetadataMap, Status};
+
+const SUFFIX: &str = ".token";
+
+/// Writes a fresh token for `node` into `dir` (mode 0600) and returns it.
+pub fn issue_node_token(dir: &Path, node: &str) -> std::io::Result<String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    std::fs::create_dir_all(dir)?;
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(format!("{node}{SUFFIX}")))?;
+    file.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+/// The node tokens the control service accepts.
+#[derive(Debug)]
+pub struct NodeCredentials {
+    dir: PathBuf,
+    by_token: RwLock<HashMap<String, String>>,
+}
+
+impl NodeCredentials {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            by_token: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The node the caller's bearer token belongs to.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        let header = metadata.get("authorization").ok_or_else(|| {
+            Status::unauthenticated("no credentials: send `authorization: Bearer <node token>`")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header is not `Bearer <node token>`")
+            })?;
+        if let Some(node) = self.lookup(token) {
+            return Ok(node);
+        }
+        // Nodes may have been added since the last read.
+        self.reload();
+        self.lookup(token).ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "the node token is not known; is this proxy's token file one of {}/<node>.token?",
+                self.dir.display()
+            ))
+        })
+    }
+
+    fn lookup(&self, token: &str) -> Option<String> {
+        let map = self.by_token.read().expect("credentials lock");
+        // Compare every entry in full so timing does not reveal prefixes.
+        let mut found = None;
+        for (known, node) in map.iter() {
+            if constant_time_eq(known.as_bytes(), token.as_bytes()) {
+                found = Some(node.clone());
+            }
+        }
+        found
+    }
+
+    fn reload(&self) {
+        let mut fresh = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(node) = name.strip_suffix(SUFFIX) else {
+                    continue;
+                };
+                if let Ok(token) = std::fs::read_to_string(entry.path()) {
+                    let token = token.trim().to_owned();
+                    if !token.is_empty() {
+                        fresh.insert(token, node.to_owned());
+                    }
+                }
+            }
+        }
+        *self.by_token.write().expect("credentials lock") = fresh;
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(value: &str) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        map.insert("authorization", value.parse().unwrap());
+        map
+    }
+
+    #[test]
+    fn tokens_map_to_their_node_and_nothing_else_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t1 = issue_node_token(dir.path(), "n1").unwrap();
+        let t2 = issue_node_token(dir.path(), "n2").unwrap();
+        let creds = NodeCredentials::new(dir.path());
+        assert_eq!(
+            creds
+                .authenticate(&metadata(&format!("Bearer {t1}")))
+                .unwrap(),
+            "n1"
+        );
+        assert_eq!(
+            creds
+                .authenticate(&metadata(&format!("Bearer {t2}")))
+                .unwrap(),
+            "n2"
+        );
+        for bad in ["Bearer nope", "Bearer ", &t1, &format!("Basic {t1}")] {
+            let err = creds.authenticate(&metadata(bad)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}");
+        }
+        assert_eq!(
+            creds.authenticate(&MetadataMap::new()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+}

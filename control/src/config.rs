@@ -1,0 +1,45 @@
+//! The control service's configuration, parsed once.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::translate::MeshConfig;
+
+/// Default gRPC port (TLS) for xDS and the CA: istiod's.
+pub const DEFAULT_PORT: u16 = 15012;
+
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Address of the gRPC (TLS) listener serving xDS and the CA.
+    pub listen: SocketAddr,
+    /// The directory of Kubernetes-style YAML to serve.
+    pub config_dir: PathBuf,
+    /// Where the root CA lives (created on first start).
+    pub ca_dir: PathBuf,
+    /// Where node tokens (`<node>.token`) are read from.
+    pub node_credentials_dir: PathBuf,
+    pub mesh: MeshConfig,
+    /// Default and maximum lifetime of workload certificates.
+    pub cert_lifetime: Duration,
+    /// Quiet time after a config file change before it is applied.
+    pub debounce: Duration,
+    /// Extra DNS names for the serving certificate (besides
+    /// `weft-control`, `weft-control.weft-system.svc` and `localhost`).
+    pub server_names: Vec<String>,
+}
+
+impl ControlConfig {
+    /// Defaults for serving `config_dir`, keeping state under `state_dir`.
+    pub fn new(config_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            config_dir: config_dir.into(),
+            ca_dir: state_dir.join("ca"),
+            node_credentials_dir: state_dir.join("nodes"),
+            mesh: MeshConfig::default(),
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            debounce: Duration::from_millis(20),
+            server_names: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Assembles the control service: the config pipeline (source → translate
+//! → store) and the TLS gRPC server carrying xDS and the CA.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
+use weft_proto::{
+    envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
+    istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer,
+};
+
+use crate::{
+    auth::NodeCredentials,
+    ca::{service::CaService, Authority, CaError},
+    config::ControlConfig,
+    source::{local::LocalSource, ConfigSnapshot},
+    translate::translate,
+    xds::{ClientStatus, XdsServer, XdsStore},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(
+        "binding the gRPC listener on {addr}: {source}; is another control service running there?"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Source(#[from] crate::source::local::LocalSourceError),
+}
+
+/// A running control service.
+pub struct Control {
+    addr: SocketAddr,
+    root_pem: String,
+    store: Arc<XdsStore>,
+    xds: XdsServer,
+    snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Control {
+    /// Loads (or creates) the CA, reads the config directory once, binds the
+    /// listener and starts serving; returns once it accepts connections.
+    pub async fn start(config: ControlConfig) -> Result<Self, ControlError> {
+        let mut authority = Authority::load_or_create(&config.ca_dir, &config.mesh.trust_domain)?;
+        authority.default_lifetime = config.cert_lifetime;
+        authority.max_lifetime = config.cert_lifetime;
+        let authority = Arc::new(authority);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ControlError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ControlError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let mut names = vec![
+            "weft-control".to_owned(),
+            "weft-control.weft-system.svc".to_owned(),
+            "localhost".to_owned(),
+        ];
+        names.extend(config.server_names.iter().cloned());
+        let (chain, key) = authority.serving_certificate(&names, &[addr.ip()])?;
+        let tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(chain.join(""), key));
+
+        // Config pipeline: the first snapshot is loaded before serving, so
+        // the first xDS response is already complete.
+        let store = Arc::new(XdsStore::default());
+        let mut source = LocalSource::new(&config.config_dir);
+        let first = Arc::new(source.load()?);
+        store.update(translate(&first, &config.mesh));
+        let (snapshot_tx, snapshot_rx) = watch::channel(first);
+        let mut tasks = Vec::new();
+        let debounce = config.debounce;
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = source.watch(snapshot_tx, debounce).await {
+                tracing::error!(%err, "config source stopped; serving the last snapshot");
+            }
+        }));
+        let mut updates = snapshot_rx.clone();
+        let pipeline_store = store.clone();
+        let mesh = config.mesh.clone();
+        tasks.push(tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let snapshot = updates.borrow_and_update().clone();
+                pipeline_store.update(translate(&snapshot, &mesh));
+            }
+        }));
+
+        let credentials = Arc::new(NodeCredentials::new(&config.node_credentials_dir));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let xds = XdsServer::new(store.clone(), credentials.clone(), shutdown_rx.clone());
+        let ca = CaService::new(authority.clone(), credentials, store.subscribe());
+        let server = Server::builder()
+            .tls_config(tls)
+            .expect("a PEM identity is a valid TLS configuration")
+            .add_service(AggregatedDiscoveryServiceServer::new(xds.clone()))
+            .add_service(IstioCertificateServiceServer::new(ca));
+        let incoming = TcpListenerStream::new(listener);
+        let mut stop = shutdown_rx;
+        // Not in `tasks`: on shutdown it closes the listener and drains the
+        // connections (whose streams end on the same signal) by itself.
+        tokio::spawn(async move {
+            let signal = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            if let Err(err) = server.serve_with_incoming_shutdown(incoming, signal).await {
+                tracing::error!(%err, "gRPC server stopped");
+            }
+        });
+        tracing::info!(%addr, config_dir = %config.config_dir.display(), "control service serving xDS and CA");
+        Ok(Self {
+            addr,
+            root_pem: authority.root_pem().to_owned(),
+            store,
+            xds,
+            snapshots: snapshot_rx,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// Where the gRPC listener is.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The mesh root certificate (PEM), which clients must trust.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    pub fn store(&self) -> &Arc<XdsStore> {
+        &self.store
+    }
+
+    /// The proxies connected right now.
+    pub fn clients(&self) -> Vec<ClientStatus> {
+        self.xds.clients()
+    }
+
+    /// The current config snapshot (objects and rejected documents).
+    pub fn snapshot(&self) -> Arc<ConfigSnapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Stops serving: the listener closes and every stream ends.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The proxy's view of the mesh: workloads, services and policies received
+//! over xDS, with the lookups the data path needs (by IP, by VIP:port, by
+//! name). Readers take a short read lock and get `Arc`s, so a lookup never
+//! waits on a config update for long and never copies a workload.
+
+pub mod policy;
+pub mod workload;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, RwLock},
+};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use policy::{Authorization, PolicyAction, PolicyScope};
+pub use workload::{
+    AddressResource, GatewayAddress, PortMapping, Service, TunnelProtocol, Workload,
+};
+
+#[derive(Default)]
+struct Inner {
+    workloads: HashMap<String, Arc<Workload>>,
+    workload_by_ip: HashMap<IpAddr, String>,
+    services: HashMap<String, Arc<Service>>,
+    service_by_vip: HashMap<IpAddr, String>,
+    /// Address resource name → the key it was stored under (uid or service key).
+    address_names: HashMap<String, AddressKey>,
+    policies: HashMap<String, Arc<Authorization>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum AddressKey {
+    Workload(String),
+    Service(String),
+}
+
+/// Shared, concurrently readable state.
+pub struct ProxyState {
+    inner: RwLock<Inner>,
+    /// Bumped after every applied change.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for ProxyState {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            changes: watch::channel(0).0,
+        }
+    }
+}
+
+impl std::fmt::Debug for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.read();
+        f.debug_struct("ProxyState")
+            .field("workloads", &inner.workloads.len())
+            .field("services", &inner.services.len())
+            .field("policies", &inner.policies.len())
+            .finish()
+    }
+}
+
+/// A serializable copy of the state, for `/config_dump`.
+#[derive(Debug, Serialize)]
+pub struct StateDump {
+    pub workloads: Vec<Arc<Workload>>,
+    pub services: Vec<Arc<Service>>,
+    pub policies: Vec<Arc<Authorization>>,
+}
+
+impl ProxyState {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().expect("state lock poisoned")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("state lock poisoned")
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Notified after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The workload that owns `ip`.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        let inner = self.read();
+        let uid = inner.workload_by_ip.get(&ip)?;
+        inner.workloads.get(uid).cloned()
+    }
+
+    pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
+        self.read().workloads.get(uid).cloned()
+    }
+
+    /// The service reached at `addr` (a VIP and one of its ports).
+    pub fn service_by_vip(&self, addr: SocketAddr) -> Option<(Arc<Service>, PortMapping)> {
+        let inner = self.read();
+        let key = inner.service_by_vip.get(&addr.ip())?;
+        let service = inner.services.get(key)?;
+        let port = service.port(addr.port())?;
+        Some((service.clone(), port))
+    }
+
+    /// A service by `namespace/hostname`.
+    pub fn service(&self, key: &str) -> Option<Arc<Service>> {
+        self.read().services.get(key).cloned()
+    }
+
+    /// The workloads backing a service (`namespace/hostname`).
+    pub fn endpoints(&self, service_key: &str) -> Vec<Arc<Workload>> {
+        let mut found: Vec<Arc<Workload>> = self
+            .read()
+            .workloads
+            .values()
+            .filter(|w| w.services.contains_key(service_key))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.uid.cmp(&b.uid));
+        found
+    }
+
+    pub fn policy(&self, key: &str) -> Option<Arc<Authorization>> {
+        self.read().policies.get(key).cloned()
+    }
+
+    /// Workloads on `node`.
+    pub fn workloads_on(&self, node: &str) -> Vec<Arc<Workload>> {
+        let mut found: Vec<_> = self
+            .read()
+            .workloads
+            .values()
+            .filter(|w| w.node == node)
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.uid.cmp(&b.uid));
+        found
+    }
+
+    pub fn dump(&self) -> StateDump {
+        let inner = self.read();
+        let mut workloads: Vec<_> = inner.workloads.values().cloned().collect();
+        workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+        let mut services: Vec<_> = inner.services.values().cloned().collect();
+        services.sort_by_key(|s| s.key());
+        let mut policies: Vec<_> = inner.policies.values().cloned().collect();
+        policies.sort_by_key(|p| p.key());
+        StateDump {
+            workloads,
+            services,
+            policies,
+        }
+    }
+
+    /// Inserts or replaces the Address resource `name`.
+    pub fn upsert_address(&self, name: &str, address: AddressResource) {
+        let mut inner = self.write();
+        remove_address_locked(&mut inner, name);
+        match address {
+            AddressResource::Workload(w) => {
+                for ip in &w.ips {
+                    inner.workload_by_ip.insert(*ip, w.uid.clone());
+                }
+                inner
+                    .address_names
+                    .insert(name.to_owned(), AddressKey::Workload(w.uid.clone()));
+                inner.workloads.insert(w.uid.clone(), Arc::from(w));
+            }
+            AddressResource::Service(s) => {
+                let key = s.key();
+                for vip in &s.vips {
+                    inner.service_by_vip.insert(*vip, key.clone());
+                }
+                inner
+                    .address_names
+                    .insert(name.to_owned(), AddressKey::Service(key.clone()));
+                inner.services.insert(key, Arc::new(s));
+            }
+        }
+        drop(inner);
+        self.changed();
+    }
+
+    /// Removes the Address resource `name` (absent names are ignored).
+    pub fn remove_address(&self, name: &str) {
+        let removed = remove_address_locked(&mut self.write(), name);
+        if removed {
+            self.changed();
+        }
+    }
+
+    pub fn upsert_policy(&self, name: &str, policy: Authorization) {
+        self.write()
+            .policies
+            .insert(name.to_owned(), Arc::new(policy));
+        self.changed();
+    }
+
+    pub fn remove_policy(&self, name: &str) {
+        let removed = self.write().policies.remove(name).is_some();
+        if removed {
+            self.changed();
+        }
+    }
+
+    /// Names of the Address resources held.
+    pub fn address_names(&self) -> Vec<String> {
+        self.read().address_names.keys().cloned().collect()
+    }
+
+    /// Names of the policies held.
+    pub fn policy_names(&self) -> Vec<String> {
+        self.read().policies.keys().cloned().collect()
+    }
+
+    /// Counts, for logs and status.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let inner = self.read();
+        BTreeMap::from([
+            ("workloads", inner.workloads.len()),
+            ("services", inner.services.len()),
+            ("policies", inner.policies.len()),
+        ])
+    }
+}
+
+fn remove_address_locked(inner: &mut Inner, name: &str) -> bool {
+    match inner.address_names.remove(name) {
+        Some(AddressKey::Workload(uid)) => {
+            if let Some(old) = inner.workloads.remove(&uid) {
+                for ip in &old.ips {
+                    if inner.workload_by_ip.get(ip) == Some(&uid) {
+                        inner.workload_by_ip.remove(ip);
+                    }
+                }
+            }
+            true
+        }
+        Some(AddressKey::Service(key)) => {
+            if let Some(old) = inner.services.remove(&key) {
+                for vip in &old.vips {
+                    if inner.service_by_vip.get(vip) == Some(&key) {
+                        inner.service_by_vip.remove(vip);
+                    }
+                }
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(uid: &str, ip: [u8; 4]) -> Workload {
+        Workload {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "demo".into(),
+            ips: vec![IpAddr::from(ip)],
+            identity: weft_proto::spiffe::Identity::new("cluster.local", "demo", "default"),
+            node: "n1".into(),
+            protocol: TunnelProtocol::Hbone,
+            canonical_name: String::new(),
+            canonical_revision: String::new(),
+            workload_name: String::new(),
+            cluster_id: String::new(),
+            services: BTreeMap::from([("demo/web.demo.svc.cluster.local".into(), vec![])]),
+            authorization_policies: vec![],
+            healthy: true,
+            waypoint: None,
+        }
+    }
+
+    #[test]
+    fn lookups_follow_updates_and_removals() {
+        let state = ProxyState::default();
+        state.upsert_address(
+            "a",
+            AddressResource::Workload(Box::new(workload("a", [198, 18, 1, 2]))),
+        );
+        state.upsert_address(
+            "demo/web.demo.svc.cluster.local",
+            AddressResource::Service(Service {
+                name: "web".into(),
+                namespace: "demo".into(),
+                hostname: "web.demo.svc.cluster.local".into(),
+                vips: vec![IpAddr::from([198, 19, 0, 9])],
+                ports: vec![PortMapping {
+                    service_port: 80,
+                    target_port: 8080,
+                }],
+                waypoint: None,
+            }),
+        );
+        assert_eq!(
+            state.workload_by_ip([198, 18, 1, 2].into()).unwrap().uid,
+            "a"
+        );
+        let (svc, port) = state
+            .service_by_vip(SocketAddr::from(([198, 19, 0, 9], 80)))
+            .unwrap();
+        assert_eq!((svc.name.as_str(), port.target_port), ("web", 8080));
+        assert!(state
+            .service_by_vip(SocketAddr::from(([198, 19, 0, 9], 81)))
+            .is_none());
+        assert_eq!(state.endpoints("demo/web.demo.svc.cluster.local").len(), 1);
+
+        // The workload moves to another IP: the old IP no longer resolves.
+        state.upsert_address(
+            "a",
+            AddressResource::Workload(Box::new(workload("a", [198, 18, 1, 3]))),
+        );
+        assert!(state.workload_by_ip([198, 18, 1, 2].into()).is_none());
+        assert!(state.workload_by_ip([198, 18, 1, 3].into()).is_some());
+        state.remove_address("a");
+        assert!(state.workload_by_ip([198, 18, 1, 3].into()).is_none());
+        assert_eq!(state.counts()["workloads"], 0);
+    }
+}
