@@ -9,6 +9,7 @@
 //! node proxies, checking that each identity belongs to a workload scheduled
 //! on the caller's node, which it learns from the same snapshots.
 
+pub mod app;
 pub mod auth;
 pub mod ca;
 pub mod config;

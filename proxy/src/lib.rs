@@ -8,6 +8,7 @@
 //! admin and metrics endpoints. ztunnel and the waypoint depend on this
 //! crate and never on each other, so none of this is written twice.
 
+pub mod admin;
 pub mod control;
 pub mod identity;
 pub mod state;

@@ -161,3 +161,24 @@ async fn a_restarted_control_service_is_rejoined_and_changes_made_meanwhile_arri
     assert!(state.workload_by_ip(IpAddr::from(SERVER_IP)).is_none());
     assert!(status.borrow().connected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_every_connected_client() {
+    let tc = TestControl::start().await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let node = if i % 2 == 0 { "n1" } else { "n2" };
+        let (state, mut status, task) = xds_client(tc.plane(node), node);
+        status.wait_for(|s| s.synced).await.unwrap();
+        clients.push((state, task));
+    }
+    assert_eq!(tc.control().clients().len(), 20);
+    let extra = "apiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: demo}\nspec: {nodeName: n1}\nstatus: {podIP: 198.18.1.50}\n";
+    std::fs::write(tc.config_dir().join("extra.yaml"), extra).unwrap();
+    for (state, _) in &clients {
+        eventually(state, "the new pod on every client", |s| {
+            s.workload_by_ip([198, 18, 1, 50].into()).is_some()
+        })
+        .await;
+    }
+}

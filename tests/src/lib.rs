@@ -15,5 +15,7 @@
 //! explanation rather than skip.
 
 pub mod apps;
+pub mod bench;
 pub mod privilege;
+pub mod processes;
 pub mod topology;

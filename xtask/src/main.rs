@@ -5,9 +5,13 @@
 //! - `build-ebpf`: builds the kernel programs;
 //! - `test`: setup, then lints and every test, then a check that nothing the
 //!   harness made is left behind;
-//! - `demo`: builds everything and shows the system at work.
+//! - `demo`: builds everything and shows the system at work;
+//! - `fuzz`: the fuzz targets, for a while each;
+//! - `bench`: the benchmarks, as ratios to same-run baselines.
 
+mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -37,12 +41,24 @@ enum Command {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Seconds each fuzz target runs (0 skips fuzzing).
+        #[arg(long, default_value_t = 15)]
+        fuzz_seconds: u64,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
     /// Build everything and show Weft at work on a local topology.
     Demo,
+    /// Build the fuzz targets and run each for a while.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Run the benchmarks (all, or the named cases), printing ratios to
+    /// baselines measured in the same run.
+    Bench { cases: Vec<String> },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,14 +75,27 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test {
             no_lint,
+            fuzz_seconds,
             cargo_args,
         } => {
             setup::run(&root)?;
-            test::run(&root, !no_lint, &cargo_args)
+            test::run(&root, !no_lint, &cargo_args)?;
+            if fuzz_seconds > 0 {
+                fuzz::run(&root, fuzz_seconds)?;
+            }
+            Ok(())
+        }
+        Command::Fuzz { seconds } => {
+            setup::run(&root)?;
+            fuzz::run(&root, seconds)
         }
         Command::Demo => {
             setup::run(&root)?;
             demo::run(&root)
+        }
+        Command::Bench { cases } => {
+            setup::run(&root)?;
+            bench::run(&root, &cases)
         }
     }
 }

@@ -28,6 +28,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "/usr/sbin/sysctl"),
 ];
 
+/// The cargo-fuzz release known to work with this toolchain.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// The bpf-linker release known to work with this toolchain.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -43,12 +46,17 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     if let Err(err) = bpf_linker(root) {
         problems.push(format!("{err:#}"));
     }
+    if let Err(err) = cargo_fuzz() {
+        problems.push(format!("{err:#}"));
+    }
     if let Err(err) = bpffs(root_user) {
         problems.push(format!("{err:#}"));
     }
     problems.extend(kernel_checks(root_user));
     if problems.is_empty() {
-        println!("setup: ready (packages, rust-src, bpf-linker, bpffs, kernel features)");
+        println!(
+            "setup: ready (packages, rust-src, bpf-linker, cargo-fuzz, bpffs, kernel features)"
+        );
         return Ok(());
     }
     for problem in &problems {
@@ -186,6 +194,32 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
         "bpf-linker: cargo install failed ({status})"
     );
     weft_ebpf_build::check_toolchain().context("bpf-linker was installed but does not run")?;
+    Ok(())
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if installed {
+        return Ok(());
+    }
+    println!("setup: cargo install cargo-fuzz (once)");
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ])
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo-fuzz: cargo install failed ({status})"
+    );
     Ok(())
 }
 

@@ -10,4 +10,6 @@
 //! This crate holds what is specific to the node proxy; what it shares with
 //! the waypoint (HBONE, identity, xDS client, metrics) lives in `weft-proxy`.
 
+pub mod app;
 pub mod capture;
+pub mod config;

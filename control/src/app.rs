@@ -1,0 +1,62 @@
+//! Running the control service as a program: flags, logging, signals.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::{config::ControlConfig, server::Control};
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "weft-control",
+    version,
+    about = "Weft's control service: xDS and certificates for the mesh"
+)]
+struct Args {
+    /// Directory of Kubernetes-style YAML to serve (watched for changes).
+    #[arg(long, env = "WEFT_CONFIG_DIR")]
+    config_dir: PathBuf,
+    /// Directory for the CA root and node credentials.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// gRPC (TLS) listen address for xDS and the CA.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:15012")]
+    listen: SocketAddr,
+    /// SPIFFE trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates, in seconds.
+    #[arg(long, env = "WEFT_CERT_LIFETIME_SECS", default_value_t = 24 * 3600)]
+    cert_lifetime_secs: u64,
+    /// Extra DNS names for the serving certificate.
+    #[arg(long = "server-name")]
+    server_names: Vec<String>,
+}
+
+/// The binary's entry point.
+#[tokio::main]
+pub async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = ControlConfig::new(&args.config_dir, &args.state_dir);
+    config.listen = args.listen;
+    config.mesh.trust_domain = args.trust_domain;
+    config.cert_lifetime = Duration::from_secs(args.cert_lifetime_secs);
+    config.server_names = args.server_names;
+    let control = Control::start(config)
+        .await
+        .context("starting the control service")?;
+    println!("weft-control listening on {}", control.addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    control.shutdown();
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Weft's own programs as real processes: started, waited for, and killed
+//! (SIGKILL, like a crash) when the handle is dropped.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    process::{Child, Command},
+};
+
+/// A child process that is SIGKILLed when dropped.
+pub struct Process {
+    child: Child,
+    name: String,
+}
+
+impl Process {
+    /// Starts `cmd` and waits (up to 20 s) for a stdout line starting with
+    /// `ready_prefix`; returns the process and that line. The rest of its
+    /// output goes to this process's stderr, prefixed with `name`.
+    pub async fn start(
+        name: &str,
+        mut cmd: Command,
+        ready_prefix: &str,
+    ) -> anyhow::Result<(Self, String)> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let stderr = child.stderr.take().expect("piped");
+        let label = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{label}] {line}");
+            }
+        });
+        let wait = async {
+            while let Some(line) = stdout.next_line().await? {
+                if line.starts_with(ready_prefix) {
+                    return Ok(line);
+                }
+            }
+            bail!("{name} exited before printing {ready_prefix:?}")
+        };
+        let line = tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .map_err(|_| anyhow!("{name} did not start within 20 s"))??;
+        let label = name.to_owned();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                eprintln!("[{label}] {line}");
+            }
+        });
+        Ok((
+            Self {
+                child,
+                name: name.to_owned(),
+            },
+            line,
+        ))
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child
+            .kill()
+            .await
+            .with_context(|| format!("killing {}", self.name))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// The control service, run from the binary at `bin`.
+pub struct ControlProcess {
+    pub process: Process,
+    pub addr: SocketAddr,
+    pub state_dir: PathBuf,
+}
+
+impl ControlProcess {
+    pub async fn start(
+        bin: &Path,
+        config_dir: &Path,
+        state_dir: &Path,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config-dir")
+            .arg(config_dir)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--listen")
+            .arg(listen.to_string());
+        let (process, line) = Process::start("control", cmd, "weft-control listening on ").await?;
+        let addr = line
+            .trim_start_matches("weft-control listening on ")
+            .parse()
+            .with_context(|| format!("parsing {line:?}"))?;
+        Ok(Self {
+            process,
+            addr,
+            state_dir: state_dir.to_owned(),
+        })
+    }
+
+    pub fn root_cert(&self) -> PathBuf {
+        self.state_dir.join("ca").join("root-cert.pem")
+    }
+
+    pub fn token_file(&self, node: &str) -> PathBuf {
+        self.state_dir.join("nodes").join(format!("{node}.token"))
+    }
+}
+
+/// A ztunnel, run from the binary at `bin`, with its admin and readiness
+/// endpoints on loopback ports of its choosing.
+pub struct ZtunnelProcess {
+    pub process: Process,
+    pub admin: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+impl ZtunnelProcess {
+    pub async fn start(bin: &Path, node: &str, control: &ControlProcess) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--node-name", node])
+            .arg("--control-address")
+            .arg(control.addr.to_string())
+            .arg("--root-cert")
+            .arg(control.root_cert())
+            .arg("--token-file")
+            .arg(control.token_file(node))
+            .args([
+                "--admin-address",
+                "127.0.0.1:0",
+                "--readiness-address",
+                "127.0.0.1:0",
+            ]);
+        let (process, line) = Process::start(&format!("ztunnel {node}"), cmd, "admin=").await?;
+        let mut admin = None;
+        let mut readiness = None;
+        for field in line.split_whitespace() {
+            if let Some(v) = field.strip_prefix("admin=") {
+                admin = v.parse().ok();
+            } else if let Some(v) = field.strip_prefix("readiness=") {
+                readiness = v.parse().ok();
+            }
+        }
+        Ok(Self {
+            process,
+            admin: admin.ok_or_else(|| anyhow!("no admin address in {line:?}"))?,
+            readiness: readiness.ok_or_else(|| anyhow!("no readiness address in {line:?}"))?,
+        })
+    }
+
+    /// `GET /config_dump`, parsed.
+    pub async fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = http_get(self.admin, "/config_dump").await?;
+        anyhow::ensure!(status == 200, "config_dump answered {status}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The status code of `GET /healthz/ready`.
+    pub async fn readiness(&self) -> anyhow::Result<u16> {
+        Ok(http_get(self.readiness, "/healthz/ready").await?.0)
+    }
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for up to `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,116 @@
+//! The control service and a ztunnel as real processes: initial sync and
+//! certificates, the control service SIGKILLed while ztunnel is connected
+//! (ztunnel keeps serving from its last config) and restarted (ztunnel
+//! resyncs, including changes made while it was down).
+
+use std::{path::Path, time::Duration};
+
+use weft_control::auth::issue_node_token;
+use weft_tests::processes::{eventually, ControlProcess, ZtunnelProcess};
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo}
+spec: {nodeName: n1, serviceAccountName: client}
+status: {podIP: 198.18.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: demo, labels: {app: server}}
+spec: {nodeName: n2, serviceAccountName: server}
+status: {podIP: 198.18.2.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: demo}
+spec: {selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}
+"#;
+
+const CONTROL: &str = env!("CARGO_BIN_EXE_wt-control");
+const ZTUNNEL: &str = env!("CARGO_BIN_EXE_wt-ztunnel");
+
+fn workload_names(dump: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = dump["workloads"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter_map(|w| w["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ztunnel_rides_out_a_control_service_crash_and_resyncs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (config_dir, state_dir) = (dir.path().join("config"), dir.path().join("state"));
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::write(config_dir.join("mesh.yaml"), MESH)?;
+    issue_node_token(&state_dir.join("nodes"), "n1")?;
+    let control = ControlProcess::start(
+        Path::new(CONTROL),
+        &config_dir,
+        &state_dir,
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
+    let addr = control.addr;
+    let ztunnel = ZtunnelProcess::start(Path::new(ZTUNNEL), "n1", &control).await?;
+
+    // Ready once xDS synced and the certificate of n1's workload is held.
+    eventually("ztunnel ready", Duration::from_secs(20), || async {
+        (ztunnel.readiness().await.ok()? == 200).then_some(())
+    })
+    .await?;
+    let dump = ztunnel.config_dump().await?;
+    assert_eq!(workload_names(&dump), ["client", "server"]);
+    assert_eq!(
+        dump["services"][0]["hostname"],
+        "server.demo.svc.cluster.local"
+    );
+    let certs = dump["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 1, "only n1's workload identity: {certs:?}");
+    assert_eq!(
+        certs[0]["identity"],
+        "spiffe://cluster.local/ns/demo/sa/client"
+    );
+    assert!(certs[0]["serial"].is_string());
+
+    // Crash the control service.
+    control.process.kill().await?;
+    eventually("ztunnel to notice", Duration::from_secs(10), || async {
+        let dump = ztunnel.config_dump().await.ok()?;
+        (dump["xds"]["connected"] == false).then_some(())
+    })
+    .await?;
+    let dump = ztunnel.config_dump().await?;
+    assert_eq!(
+        workload_names(&dump),
+        ["client", "server"],
+        "the last config is kept"
+    );
+    assert_eq!(ztunnel.readiness().await?, 200, "still serving");
+
+    // Change the config while the control service is down, then restart it.
+    std::fs::write(
+        config_dir.join("more.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: demo}\nspec: {nodeName: n2}\nstatus: {podIP: 198.18.2.9}\n",
+    )?;
+    let control = ControlProcess::start(Path::new(CONTROL), &config_dir, &state_dir, addr).await?;
+    let dump = eventually("the resync", Duration::from_secs(20), || async {
+        let dump = ztunnel.config_dump().await.ok()?;
+        (workload_names(&dump).len() == 3 && dump["xds"]["connected"] == true).then_some(dump)
+    })
+    .await?;
+    assert_eq!(workload_names(&dump), ["client", "late", "server"]);
+    assert_eq!(dump["xds"]["nacks"], 0);
+    drop(control);
+    Ok(())
+}
