@@ -10,6 +10,8 @@
 
 pub mod admin;
 pub mod control;
+pub mod copy;
+pub mod hbone;
 pub mod identity;
 pub mod state;
 pub mod xds;

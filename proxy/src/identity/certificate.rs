@@ -1,6 +1,11 @@
 //! A workload's certificate and key, checked on arrival.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rustls::sign::CertifiedKey;
 
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use weft_proto::spiffe::Identity;
@@ -35,6 +40,7 @@ pub struct WorkloadCertificate {
     pub not_after: SystemTime,
     /// When this copy arrived; renewal is due halfway from here to expiry.
     pub received: SystemTime,
+    certified: OnceLock<Arc<CertifiedKey>>,
 }
 
 impl std::fmt::Debug for WorkloadCertificate {
@@ -68,21 +74,7 @@ impl WorkloadCertificate {
         }
         let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&certs[0])
             .map_err(|e| CertificateError::Parse(e.to_string()))?;
-        let uris: Vec<String> = leaf
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::URI(uri) => Some((*uri).to_owned()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let uris = uri_sans_of(&leaf);
         if uris != [identity.to_string()] {
             return Err(CertificateError::WrongIdentity {
                 wanted: identity.clone(),
@@ -112,7 +104,19 @@ impl WorkloadCertificate {
             not_before,
             not_after,
             received: SystemTime::now(),
+            certified: OnceLock::new(),
         })
+    }
+
+    /// The chain and signing key as rustls uses them (built once).
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, rustls::Error> {
+        if let Some(key) = self.certified.get() {
+            return Ok(key.clone());
+        }
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let signing = provider.key_provider.load_private_key(self.key())?;
+        let key = Arc::new(CertifiedKey::new(self.chain.clone(), signing));
+        Ok(self.certified.get_or_init(|| key).clone())
     }
 
     /// The private key, for a TLS configuration.
@@ -131,5 +135,36 @@ impl WorkloadCertificate {
             .duration_since(self.received)
             .unwrap_or_default();
         self.received + remaining / 2
+    }
+}
+
+fn uri_sans_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => Some((*uri).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The SPIFFE identity a (peer's) certificate carries as its only URI SAN.
+pub fn identity_of(der: &[u8]) -> Result<Identity, String> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|e| format!("unparseable certificate: {e}"))?;
+    match uri_sans_of(&cert).as_slice() {
+        [uri] => uri.parse::<Identity>().map_err(|e| e.to_string()),
+        [] => Err("the certificate has no URI SAN (no SPIFFE identity)".into()),
+        many => Err(format!(
+            "the certificate has {} URI SANs; a workload has one identity",
+            many.len()
+        )),
     }
 }

@@ -1,0 +1,28 @@
+//! HBONE: TCP connections tunnelled as HTTP/2 CONNECT streams over mutual
+//! TLS, to port 15008 of the destination.
+//!
+//! [`client`] opens tunnels (through the [`pool`], which shares one TLS
+//! connection among up to 100 streams per source/destination pair),
+//! [`server`] accepts them and hands each CONNECT stream to the caller, and
+//! [`tls`] holds the identity rules both sides enforce.
+
+pub mod client;
+pub mod pool;
+pub mod server;
+pub mod tls;
+
+use std::time::Duration;
+
+/// The HBONE port.
+pub const HBONE_PORT: u16 = 15008;
+
+/// HTTP/2 stream window: a full bandwidth-delay product of a fast local
+/// path, so a single tunnel is never window-bound.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 connection window: room for several busy streams.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// HTTP/2 frame size: large frames mean fewer headers and fewer TLS records
+/// to seal per byte.
+pub const FRAME_SIZE: u32 = 64 * 1024;
+/// How long a TLS + HTTP/2 handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
