@@ -16,6 +16,7 @@
 
 pub mod apps;
 pub mod bench;
+pub mod mesh;
 pub mod privilege;
 pub mod processes;
 pub mod topology;

@@ -5,6 +5,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -14,10 +15,13 @@ use tokio::{
     process::{Child, Command},
 };
 
+use crate::topology::NetNs;
+
 /// A child process that is SIGKILLed when dropped.
 pub struct Process {
     child: Child,
     name: String,
+    output: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -35,11 +39,13 @@ impl Process {
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
         let stderr = child.stderr.take().expect("piped");
-        let label = name.to_owned();
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (label, sink) = (name.to_owned(), output.clone());
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[{label}] {line}");
+                sink.lock().expect("output lock").push(line);
             }
         });
         let wait = async {
@@ -53,23 +59,25 @@ impl Process {
         let line = tokio::time::timeout(Duration::from_secs(20), wait)
             .await
             .map_err(|_| anyhow!("{name} did not start within 20 s"))??;
-        let label = name.to_owned();
+        let (label, sink) = (name.to_owned(), output.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
                 eprintln!("[{label}] {line}");
+                sink.lock().expect("output lock").push(line);
             }
         });
         Ok((
             Self {
                 child,
                 name: name.to_owned(),
+                output,
             },
             line,
         ))
     }
 
     /// SIGKILLs the process and reaps it.
-    pub async fn kill(mut self) -> anyhow::Result<()> {
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.child
             .kill()
             .await
@@ -79,6 +87,52 @@ impl Process {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+
+    /// Every line it has printed so far (stdout and stderr), ANSI colour
+    /// codes removed.
+    pub fn output(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .expect("output lock")
+            .iter()
+            .map(|line| strip_ansi(line))
+            .collect()
+    }
+
+    /// The lines printed so far that contain every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.output()
+            .into_iter()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .collect()
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip "ESC [ … letter".
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A command that starts inside network namespace `netns` (by name), or
+/// in the current one.
+pub fn command_in(netns: Option<&str>, bin: &Path) -> anyhow::Result<Command> {
+    Ok(match netns {
+        Some(name) => Command::from(NetNs::open(name)?.command(bin)),
+        None => Command::new(bin),
+    })
 }
 
 /// The control service, run from the binary at `bin`.
@@ -89,13 +143,15 @@ pub struct ControlProcess {
 }
 
 impl ControlProcess {
+    /// Starts the control service (inside `netns`, if given).
     pub async fn start(
         bin: &Path,
+        netns: Option<&str>,
         config_dir: &Path,
         state_dir: &Path,
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin);
+        let mut cmd = command_in(netns, bin)?;
         cmd.arg("--config-dir")
             .arg(config_dir)
             .arg("--state-dir")
@@ -129,12 +185,26 @@ pub struct ZtunnelProcess {
     pub process: Process,
     pub admin: SocketAddr,
     pub readiness: SocketAddr,
+    /// The namespace it runs in (its node's), by name.
+    pub netns: Option<String>,
+    /// Its node-agent socket.
+    pub socket: PathBuf,
 }
 
 impl ZtunnelProcess {
-    pub async fn start(bin: &Path, node: &str, control: &ControlProcess) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin);
+    /// Starts ztunnel for `node` (inside `netns`, if given) with its
+    /// node-agent socket at `socket`.
+    pub async fn start(
+        bin: &Path,
+        node: &str,
+        netns: Option<&str>,
+        socket: &Path,
+        control: &ControlProcess,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = command_in(netns, bin)?;
         cmd.args(["--node-name", node])
+            .arg("--node-agent-socket")
+            .arg(socket)
             .arg("--control-address")
             .arg(control.addr.to_string())
             .arg("--root-cert")
@@ -161,27 +231,47 @@ impl ZtunnelProcess {
             process,
             admin: admin.ok_or_else(|| anyhow!("no admin address in {line:?}"))?,
             readiness: readiness.ok_or_else(|| anyhow!("no readiness address in {line:?}"))?,
+            netns: netns.map(str::to_owned),
+            socket: socket.to_owned(),
         })
     }
 
     /// `GET /config_dump`, parsed.
     pub async fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
-        let (status, body) = http_get(self.admin, "/config_dump").await?;
+        let (status, body) = http_get(self.netns.as_deref(), self.admin, "/config_dump").await?;
         anyhow::ensure!(status == 200, "config_dump answered {status}: {body}");
         Ok(serde_json::from_str(&body)?)
     }
 
     /// The status code of `GET /healthz/ready`.
     pub async fn readiness(&self) -> anyhow::Result<u16> {
-        Ok(http_get(self.readiness, "/healthz/ready").await?.0)
+        Ok(
+            http_get(self.netns.as_deref(), self.readiness, "/healthz/ready")
+                .await?
+                .0,
+        )
     }
 }
 
-/// A minimal HTTP/1.1 GET: status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+/// A minimal HTTP/1.1 GET (from inside `netns`, if given): status code and
+/// body.
+pub async fn http_get(
+    netns: Option<&str>,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = match netns {
+        None => tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?,
+        Some(name) => {
+            let std_stream = NetNs::open(name)?
+                .enter(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
+                .with_context(|| format!("connecting to {addr} in {name}"))?;
+            std_stream.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(std_stream)?
+        }
+    };
     stream
         .write_all(
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),

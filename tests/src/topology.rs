@@ -59,9 +59,17 @@ pub struct TopologyBuilder {
     nodes: Vec<String>,
     pods: Vec<(String, String)>,
     networking: PodNetworking,
+    control_plane: bool,
 }
 
 impl TopologyBuilder {
+    /// Adds a control-plane namespace on the fabric at
+    /// [`addressing::CONTROL_PLANE_IP`], where the control service runs.
+    pub fn control_plane(mut self) -> Self {
+        self.control_plane = true;
+        self
+    }
+
     /// Adds a node.
     pub fn node(mut self, name: &str) -> Self {
         self.nodes.push(name.to_owned());
@@ -102,12 +110,16 @@ impl TopologyBuilder {
             pods_cgroup: cgroup::unified_root()?.join(id.as_str()),
             id,
             fabric: None,
+            control_plane: None,
             nodes: Vec::new(),
             pods: Vec::new(),
             cni,
             torn_down: false,
         };
         topology.create_base()?;
+        if self.control_plane {
+            topology.add_control_plane()?;
+        }
         for (index, name) in self.nodes.iter().enumerate() {
             topology.add_node(name, index + 1)?;
         }
@@ -201,6 +213,7 @@ impl Node {
 pub struct Topology {
     id: TopologyId,
     fabric: Option<NetNs>,
+    control_plane: Option<NetNs>,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
     pods_cgroup: PathBuf,
@@ -221,6 +234,11 @@ impl Topology {
     /// The namespace standing for the physical network between nodes.
     pub fn fabric(&self) -> &NetNs {
         self.fabric.as_ref().expect("the fabric exists once built")
+    }
+
+    /// The control-plane namespace, if the topology has one.
+    pub fn control_plane(&self) -> Option<&NetNs> {
+        self.control_plane.as_ref()
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -371,6 +389,33 @@ impl Topology {
         Ok(())
     }
 
+    fn add_control_plane(&mut self) -> Result<()> {
+        let netns = NetNs::create(&self.id.child("control"))?;
+        self.fabric().ip(&[
+            "link",
+            "add",
+            "cp",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ])?;
+        self.fabric()
+            .ip(&["link", "set", "cp", "master", FABRIC_BRIDGE, "up"])?;
+        let cidr = format!(
+            "{}/{}",
+            addressing::CONTROL_PLANE_IP,
+            addressing::FABRIC_PREFIX_LEN
+        );
+        netns.ip(&["addr", "add", &cidr, "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        self.control_plane = Some(netns);
+        Ok(())
+    }
+
     fn add_node(&mut self, name: &str, index: usize) -> Result<()> {
         let addresses = NodeAddresses::for_node(index)?;
         let netns = NetNs::create(&self.id.child(name))?;
@@ -470,6 +515,9 @@ impl Topology {
         }
         for node in self.nodes.drain(..) {
             note(node.netns.delete());
+        }
+        if let Some(control_plane) = self.control_plane.take() {
+            note(control_plane.delete());
         }
         if let Some(fabric) = self.fabric.take() {
             note(fabric.delete());

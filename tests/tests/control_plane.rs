@@ -1,5 +1,5 @@
-//! The control service and a ztunnel as real processes: initial sync and
-//! certificates, the control service SIGKILLed while ztunnel is connected
+//! The control service and a ztunnel as real processes: initial sync, the
+//! control service SIGKILLed while ztunnel is connected
 //! (ztunnel keeps serving from its last config) and restarted (ztunnel
 //! resyncs, including changes made while it was down).
 
@@ -56,15 +56,23 @@ async fn ztunnel_rides_out_a_control_service_crash_and_resyncs() -> anyhow::Resu
     issue_node_token(&state_dir.join("nodes"), "n1")?;
     let control = ControlProcess::start(
         Path::new(CONTROL),
+        None,
         &config_dir,
         &state_dir,
         "127.0.0.1:0".parse()?,
     )
     .await?;
     let addr = control.addr;
-    let ztunnel = ZtunnelProcess::start(Path::new(ZTUNNEL), "n1", &control).await?;
+    let ztunnel = ZtunnelProcess::start(
+        Path::new(ZTUNNEL),
+        "n1",
+        None,
+        &dir.path().join("n1.sock"),
+        &control,
+    )
+    .await?;
 
-    // Ready once xDS synced and the certificate of n1's workload is held.
+    // Ready once xDS synced (no pods are enrolled, so no certificates are due).
     eventually("ztunnel ready", Duration::from_secs(20), || async {
         (ztunnel.readiness().await.ok()? == 200).then_some(())
     })
@@ -75,15 +83,8 @@ async fn ztunnel_rides_out_a_control_service_crash_and_resyncs() -> anyhow::Resu
         dump["services"][0]["hostname"],
         "server.demo.svc.cluster.local"
     );
-    let certs = dump["certificates"].as_array().unwrap();
-    assert_eq!(certs.len(), 1, "only n1's workload identity: {certs:?}");
-    assert_eq!(
-        certs[0]["identity"],
-        "spiffe://cluster.local/ns/demo/sa/client"
-    );
-    assert!(certs[0]["serial"].is_string());
-
     // Crash the control service.
+    let mut control = control;
     control.process.kill().await?;
     eventually("ztunnel to notice", Duration::from_secs(10), || async {
         let dump = ztunnel.config_dump().await.ok()?;
@@ -103,7 +104,8 @@ async fn ztunnel_rides_out_a_control_service_crash_and_resyncs() -> anyhow::Resu
         config_dir.join("more.yaml"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: demo}\nspec: {nodeName: n2}\nstatus: {podIP: 198.18.2.9}\n",
     )?;
-    let control = ControlProcess::start(Path::new(CONTROL), &config_dir, &state_dir, addr).await?;
+    let control =
+        ControlProcess::start(Path::new(CONTROL), None, &config_dir, &state_dir, addr).await?;
     let dump = eventually("the resync", Duration::from_secs(20), || async {
         let dump = ztunnel.config_dump().await.ok()?;
         (workload_names(&dump).len() == 3 && dump["xds"]["connected"] == true).then_some(dump)

@@ -1,29 +1,45 @@
 //! Running ztunnel: connect to the control service, keep config and
-//! certificates, serve the admin endpoints.
+//! certificates, enroll pods from the node agent, serve the admin endpoints.
 
-use std::{collections::BTreeSet, sync::Arc, time::SystemTime};
+use std::{sync::atomic::Ordering, sync::Arc, time::SystemTime};
 
 use http::StatusCode;
 use serde::Serialize;
-use weft_proto::spiffe::Identity;
 use weft_proxy::{
     admin::{self, Reply, Routes},
     control::ControlPlane,
+    hbone::tls::TrustBundle,
     identity::{ca_client::CaClient, CertificateInfo, CertificateManager},
-    state::{ProxyState, StateDump, TunnelProtocol},
+    state::{ProxyState, StateDump},
     xds::{client::proxy_node, AddressHandler, AuthorizationHandler, XdsClient, XdsStatus},
 };
 
-use crate::config::Config;
+use crate::{
+    config::Config,
+    netns::own_netns,
+    nodeagent,
+    pods::{PodSummary, Pods},
+    proxy::Proxy,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     ControlPlane(#[from] weft_proxy::control::ControlPlaneError),
+    #[error("the mesh root certificate: {0}")]
+    Trust(#[from] weft_proxy::hbone::tls::TlsError),
     #[error("binding the {what} endpoint on {addr}: {source}")]
     Bind {
         what: &'static str,
         addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening ztunnel's own network namespace: {0}")]
+    Netns(std::io::Error),
+    #[error("the node-agent socket {path}: {source}")]
+    NodeAgent {
+        path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -36,7 +52,17 @@ struct ConfigDump {
     xds: XdsDump,
     #[serde(flatten)]
     state: StateDump,
+    pods: Vec<PodSummary>,
     certificates: Vec<CertificateInfo>,
+    hbone: HboneDump,
+}
+
+#[derive(Serialize)]
+struct HboneDump {
+    connections: usize,
+    handshakes: u64,
+    streams: u64,
+    reused: u64,
 }
 
 #[derive(Serialize)]
@@ -66,6 +92,7 @@ impl From<&XdsStatus> for XdsDump {
 pub struct Ztunnel {
     pub admin_address: std::net::SocketAddr,
     pub readiness_address: std::net::SocketAddr,
+    pub pods: Arc<Pods>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -77,16 +104,6 @@ impl Drop for Ztunnel {
     }
 }
 
-/// The identities of HBONE workloads on this node: the certificates it needs.
-fn local_identities(state: &ProxyState, node: &str) -> BTreeSet<Identity> {
-    state
-        .workloads_on(node)
-        .iter()
-        .filter(|w| w.protocol == TunnelProtocol::Hbone)
-        .map(|w| w.identity.clone())
-        .collect()
-}
-
 pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
     let mut control = ControlPlane::from_files(
         &config.control_address,
@@ -94,6 +111,7 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
         &config.token_file,
     )?;
     control.server_name = config.control_server_name.clone();
+    let trust = TrustBundle::from_pem(&control.root_pem, &config.trust_domain)?;
     let state = Arc::new(ProxyState::default());
     let xds = XdsClient::new(
         control.clone(),
@@ -110,36 +128,18 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
     let xds_status = xds.status();
     let certificates = CertificateManager::new(CaClient::new(control));
     let mut tasks = vec![tokio::spawn(xds.run())];
-
-    // Keep a certificate for every identity running on this node.
-    let (tracked_state, tracked_certs, node) = (
+    let proxy = Arc::new(Proxy::new(
+        config.node_name.clone(),
         state.clone(),
         certificates.clone(),
-        config.node_name.clone(),
-    );
-    tasks.push(tokio::spawn(async move {
-        let mut changes = tracked_state.subscribe();
-        let mut held: BTreeSet<Identity> = BTreeSet::new();
-        loop {
-            let wanted = local_identities(&tracked_state, &node);
-            for gone in held.difference(&wanted) {
-                tracked_certs.forget(gone);
-            }
-            for new in wanted.difference(&held) {
-                let (certs, identity) = (tracked_certs.clone(), new.clone());
-                tokio::spawn(async move {
-                    if let Err(err) = certs.fetch(&identity).await {
-                        tracing::warn!(%err, "first certificate request failed; retrying in the background");
-                    }
-                });
-            }
-            held = wanted;
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
-    }));
+        trust,
+    ));
+    let pods = Arc::new(Pods::new(
+        proxy.clone(),
+        own_netns().map_err(StartError::Netns)?,
+    ));
 
+    // Bind everything before reporting the addresses.
     let bind = |what, addr| async move {
         admin::bind(addr)
             .await
@@ -147,33 +147,54 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
     };
     let (admin_listener, admin_address) = bind("admin", config.admin_address).await?;
     let (ready_listener, readiness_address) = bind("readiness", config.readiness_address).await?;
+    let agent_listener =
+        nodeagent::wire::PacketListener::bind(&config.node_agent_socket).map_err(|source| {
+            StartError::NodeAgent {
+                path: config.node_agent_socket.clone(),
+                source,
+            }
+        })?;
+    tasks.push(tokio::spawn(nodeagent::server::serve(
+        agent_listener,
+        pods.clone(),
+    )));
 
-    let (dump_state, dump_status, dump_certs, dump_node) = (
+    let (dump_state, dump_status, dump_certs, dump_node, dump_pods, dump_proxy) = (
         state.clone(),
         xds_status.clone(),
         certificates.clone(),
         config.node_name.clone(),
+        pods.clone(),
+        proxy.clone(),
     );
     let admin_routes = Routes::default().route("/config_dump", move |_, _| {
+        let stats = dump_proxy.pool.stats();
         Reply::json(&ConfigDump {
             node: dump_node.clone(),
             xds: XdsDump::from(&*dump_status.borrow()),
             state: dump_state.dump(),
+            pods: dump_pods.list(),
             certificates: dump_certs.info(),
+            hbone: HboneDump {
+                connections: dump_proxy.pool.connections(),
+                handshakes: stats.handshakes.load(Ordering::Relaxed),
+                streams: stats.streams.load(Ordering::Relaxed),
+                reused: stats.reused.load(Ordering::Relaxed),
+            },
         })
     });
     tasks.push(tokio::spawn(admin::serve(admin_listener, admin_routes)));
 
-    let node = config.node_name.clone();
+    let ready_pods = pods.clone();
     let ready_routes = Routes::default().route("/healthz/ready", move |_, _| {
-        let status = xds_status.borrow().clone();
-        if !status.synced {
+        if !xds_status.borrow().synced {
             return Reply::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: xDS has not synced\n",
             );
         }
-        let missing: Vec<String> = local_identities(&state, &node)
+        let missing: Vec<String> = ready_pods
+            .identities()
             .into_iter()
             .filter(|id| {
                 certificates
@@ -192,10 +213,11 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
         }
     });
     tasks.push(tokio::spawn(admin::serve(ready_listener, ready_routes)));
-    tracing::info!(node = %config.node_name, control = %config.control_address, %admin_address, %readiness_address, "ztunnel started");
+    tracing::info!(node = %config.node_name, control = %config.control_address, %admin_address, %readiness_address, socket = %config.node_agent_socket.display(), "ztunnel started");
     Ok(Ztunnel {
         admin_address,
         readiness_address,
+        pods,
         tasks,
     })
 }

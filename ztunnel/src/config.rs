@@ -40,4 +40,14 @@ pub struct Config {
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, env = "WEFT_READINESS_ADDRESS", default_value = "0.0.0.0:15021")]
     pub readiness_address: SocketAddr,
+    /// The node-agent socket through which pods are enrolled.
+    #[arg(
+        long,
+        env = "WEFT_NODE_AGENT_SOCKET",
+        default_value = "/var/run/weft/ztunnel.sock"
+    )]
+    pub node_agent_socket: PathBuf,
+    /// The mesh's SPIFFE trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
 }

@@ -10,6 +10,14 @@
 //! This crate holds what is specific to the node proxy; what it shares with
 //! the waypoint (HBONE, identity, xDS client, metrics) lives in `weft-proxy`.
 
+pub mod access_log;
 pub mod app;
 pub mod capture;
 pub mod config;
+pub mod inbound;
+pub mod netns;
+pub mod nodeagent;
+pub mod outbound;
+pub mod pods;
+pub mod proxy;
+pub mod socket;

@@ -5,7 +5,7 @@
 //! | range | use |
 //! |---|---|
 //! | 198.18.N.0/24 | pods of node N (N = 1…254); .1 is the node's bridge |
-//! | 198.19.255.0/24 | the fabric between nodes; node N is 198.19.255.N |
+//! | 198.19.255.0/24 | the fabric between nodes; node N is 198.19.255.N, the control plane .254 |
 //! | 198.19.0.0/20 | service VIPs (allocated by `weft local`) |
 
 use std::net::Ipv4Addr;
@@ -16,6 +16,8 @@ use super::error::{Result, TopologyError};
 pub const POD_PREFIX_LEN: u8 = 24;
 /// Prefix length of the fabric subnet.
 pub const FABRIC_PREFIX_LEN: u8 = 24;
+/// The control plane's address on the fabric.
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
 /// The first service VIP; VIPs are 198.19.0.0/20.
 pub const SERVICE_VIP_BASE: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
 
@@ -80,6 +82,9 @@ mod tests {
     #[test]
     fn node_indices_outside_the_plan_are_refused() {
         assert!(NodeAddresses::for_node(0).is_err());
-        assert!(NodeAddresses::for_node(255).is_err());
+        assert!(
+            NodeAddresses::for_node(251).is_err(),
+            ".254 is the control plane's"
+        );
     }
 }

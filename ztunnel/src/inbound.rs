@@ -1,0 +1,177 @@
+//! Inbound: HBONE tunnels on 15008 and plaintext on 15006, to the pod's
+//! application.
+//!
+//! Both reach the application from the client's own address (a transparent
+//! socket inside the pod), so the application sees who connected. HBONE
+//! requires a client certificate chained to the mesh root in this trust
+//! domain; a CONNECT whose authority is not this pod's address is refused
+//! with 400, and one the application refuses gets 503.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use weft_proxy::{
+    copy,
+    hbone::{
+        server::{self, InboundConnect},
+        tls::{server_config, WorkloadCertResolver},
+    },
+};
+
+use crate::{
+    access_log::ConnectionLog,
+    proxy::{PodContext, Proxy},
+    socket::{self, TPROXY_MARK},
+};
+
+/// Serves HBONE for the pod until the listener is dropped.
+pub async fn serve_hbone(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpListener) {
+    let (certs, identity) = (proxy.certs.clone(), pod.identity.clone());
+    let resolver = Arc::new(WorkloadCertResolver::new(move || certs.current(&identity)));
+    let acceptor = match server_config(resolver, &proxy.trust) {
+        Ok(config) => TlsAcceptor::from(config),
+        Err(err) => {
+            tracing::error!(pod = %pod.info.uid, %err, "cannot serve HBONE");
+            return;
+        }
+    };
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(pod = %pod.info.uid, %err, "HBONE accept failed");
+                continue;
+            }
+        };
+        let (proxy, pod, acceptor) = (proxy.clone(), pod.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let trust = proxy.trust.clone();
+            let handler_pod = pod.clone();
+            let result = server::serve(tcp, acceptor, &trust, move |connect| {
+                let (proxy, pod) = (proxy.clone(), handler_pod.clone());
+                async move { tunnel(&proxy, &pod, connect).await }
+            })
+            .await;
+            if let Err(err) = result {
+                tracing::warn!(pod = %pod.info.uid, %peer, %err, "refused an HBONE connection");
+            }
+        });
+    }
+}
+
+async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
+    let peer = connect.peer_addr;
+    let authority: Option<SocketAddr> = connect.authority.parse().ok();
+    let mut log = ConnectionLog::new(
+        "inbound",
+        peer,
+        authority.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+    );
+    log.src_identity = Some(connect.peer.to_string());
+    if let Some(source) = proxy.state.workload_by_ip(peer.ip()) {
+        log.src_workload = Some(source.name.clone());
+        log.src_namespace = Some(source.namespace.clone());
+    }
+    log.dst_workload = Some(pod.info.name.clone());
+    log.dst_namespace = Some(pod.info.namespace.clone());
+    log.dst_identity = Some(pod.identity.to_string());
+    let Some(authority) = authority else {
+        let reason = format!(
+            "CONNECT authority {:?} is not ip:port (400)",
+            connect.authority
+        );
+        connect.reject(StatusCode::BAD_REQUEST);
+        return log.finish(Some(&reason));
+    };
+    if !pod.owns(authority.ip()) || proxy.ports.is_own(authority.port()) {
+        let reason = format!(
+            "CONNECT authority {authority} is not an address of pod {}/{} (400)",
+            pod.info.namespace, pod.info.name
+        );
+        connect.reject(StatusCode::BAD_REQUEST);
+        return log.finish(Some(&reason));
+    }
+    log.dst_hbone_addr = Some(SocketAddr::new(authority.ip(), proxy.ports.hbone));
+    let mut upstream =
+        match socket::connect(&pod.netns, authority, TPROXY_MARK, Some(peer.ip())).await {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                let reason =
+                    format!("the application at {authority} refused the connection: {err} (503)");
+                connect.reject(StatusCode::SERVICE_UNAVAILABLE);
+                return log.finish(Some(&reason));
+            }
+        };
+    let stream = match connect.accept() {
+        Ok(stream) => stream,
+        Err(err) => return log.finish(Some(&err)),
+    };
+    match copy::tcp_h2(&mut upstream, stream).await {
+        Ok(t) => {
+            // The copy's first leg is the application: what it received
+            // is what the client sent.
+            log.bytes_sent = t.received;
+            log.bytes_recv = t.sent;
+            log.finish(None);
+        }
+        Err(err) => log.finish(Some(&err)),
+    }
+}
+
+/// Serves plaintext inbound (15006) for the pod until the listener is
+/// dropped. (Policy for it arrives with L4 authorization.)
+pub async fn serve_plaintext(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpListener) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(pod = %pod.info.uid, %err, "plaintext accept failed");
+                continue;
+            }
+        };
+        let (proxy, pod) = (proxy.clone(), pod.clone());
+        tokio::spawn(async move { plaintext(&proxy, &pod, client, peer).await });
+    }
+}
+
+async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let original = match socket::original_dst(&client) {
+        Ok(dst) => dst,
+        Err(err) => {
+            return ConnectionLog::new("inbound", peer, peer)
+                .finish(Some(&format!("no original destination: {err}")))
+        }
+    };
+    let mut log = ConnectionLog::new("inbound", peer, original);
+    log.dst_workload = Some(pod.info.name.clone());
+    log.dst_namespace = Some(pod.info.namespace.clone());
+    if let Some(source) = proxy.state.workload_by_ip(peer.ip()) {
+        log.src_workload = Some(source.name.clone());
+        log.src_namespace = Some(source.namespace.clone());
+    }
+    if !pod.owns(original.ip()) || proxy.ports.is_own(original.port()) {
+        return log.finish(Some(&format!(
+            "plaintext to {original} is not for this pod's application"
+        )));
+    }
+    let mut upstream =
+        match socket::connect(&pod.netns, original, TPROXY_MARK, Some(peer.ip())).await {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                return log.finish(Some(&format!(
+                    "the application at {original} refused the connection: {err}"
+                )))
+            }
+        };
+    match copy::tcp_tcp(&mut client, &mut upstream).await {
+        Ok(t) => {
+            log.bytes_sent = t.sent;
+            log.bytes_recv = t.received;
+            log.finish(None);
+        }
+        Err(err) => log.finish(Some(&err)),
+    }
+}

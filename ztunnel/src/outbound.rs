@@ -1,0 +1,263 @@
+//! Outbound (15001): an enrolled pod's captured connection, to its
+//! destination.
+//!
+//! The original destination is a workload IP or a service VIP:port. A
+//! service is load-balanced (round robin) over its healthy endpoints, with
+//! the service port mapped to the endpoint's target port. A destination in
+//! the mesh (HBONE) is reached through a tunnel to its 15008, presenting the
+//! source pod's identity and requiring the destination's; anything else
+//! passes through as plain TCP.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::{HeaderName, HeaderValue};
+use tokio::net::{TcpListener, TcpStream};
+use weft_proxy::{
+    copy::{self, CopyError},
+    hbone::{
+        client::{handshake, HboneError},
+        pool::PoolKey,
+        tls::client_config,
+    },
+    state::{TunnelProtocol, Workload},
+};
+
+use crate::{
+    access_log::ConnectionLog,
+    proxy::{PodContext, Proxy},
+    socket::{self, SKIP_MARK},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("no original destination for the connection: {0}")]
+    OriginalDst(std::io::Error),
+    #[error("service {service} has no healthy endpoint")]
+    NoEndpoint { service: String },
+    #[error("endpoint {workload} of {service} has no address")]
+    NoAddress { workload: String, service: String },
+    #[error("no certificate for {0}")]
+    Certificate(String),
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+}
+
+/// Where a connection goes.
+#[derive(Debug)]
+pub enum Route {
+    Hbone {
+        workload: Arc<Workload>,
+        /// The destination's HBONE endpoint (its address, port 15008).
+        hbone: SocketAddr,
+        /// The CONNECT authority: the endpoint's address and target port.
+        authority: SocketAddr,
+        service: Option<String>,
+    },
+    Direct {
+        addr: SocketAddr,
+        workload: Option<Arc<Workload>>,
+        service: Option<String>,
+    },
+}
+
+/// Decides where `dst` goes.
+pub fn resolve(proxy: &Proxy, dst: SocketAddr) -> Result<Route, OutboundError> {
+    if let Some((service, port)) = proxy.state.service_by_vip(dst) {
+        let key = service.key();
+        let endpoints: Vec<_> = proxy
+            .state
+            .endpoints(&key)
+            .into_iter()
+            .filter(|w| w.healthy && !w.ips.is_empty())
+            .collect();
+        let endpoint = proxy
+            .pick(&key, &endpoints)
+            .ok_or_else(|| OutboundError::NoEndpoint {
+                service: key.clone(),
+            })?;
+        let target = endpoint
+            .services
+            .get(&key)
+            .and_then(|ports| ports.iter().find(|p| p.service_port == dst.port()))
+            .map(|p| p.target_port)
+            .filter(|p| *p != 0)
+            .or(Some(port.target_port).filter(|p| *p != 0))
+            .unwrap_or(dst.port());
+        let ip = *endpoint
+            .ips
+            .first()
+            .ok_or_else(|| OutboundError::NoAddress {
+                workload: endpoint.uid.clone(),
+                service: key.clone(),
+            })?;
+        let authority = SocketAddr::new(ip, target);
+        return Ok(route_to(proxy, endpoint, authority, Some(key)));
+    }
+    match proxy.state.workload_by_ip(dst.ip()) {
+        Some(workload) => Ok(route_to(proxy, workload, dst, None)),
+        None => Ok(Route::Direct {
+            addr: dst,
+            workload: None,
+            service: None,
+        }),
+    }
+}
+
+fn route_to(
+    proxy: &Proxy,
+    workload: Arc<Workload>,
+    authority: SocketAddr,
+    service: Option<String>,
+) -> Route {
+    match workload.protocol {
+        TunnelProtocol::Hbone => Route::Hbone {
+            hbone: SocketAddr::new(authority.ip(), proxy.ports.hbone),
+            authority,
+            workload,
+            service,
+        },
+        TunnelProtocol::None => Route::Direct {
+            addr: authority,
+            workload: Some(workload),
+            service,
+        },
+    }
+}
+
+/// Accepts the pod's captured connections until the listener is dropped.
+pub async fn serve(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpListener) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(pod = %pod.info.uid, %err, "outbound accept failed");
+                continue;
+            }
+        };
+        let (proxy, pod) = (proxy.clone(), pod.clone());
+        tokio::spawn(async move { handle(&proxy, &pod, client, peer).await });
+    }
+}
+
+async fn handle(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let original = match socket::original_dst(&client) {
+        Ok(dst) => dst,
+        Err(err) => {
+            ConnectionLog::new("outbound", peer, peer)
+                .finish(Some(&OutboundError::OriginalDst(err)));
+            return;
+        }
+    };
+    let mut log = ConnectionLog::new("outbound", peer, original);
+    log.src_workload = Some(pod.info.name.clone());
+    log.src_namespace = Some(pod.info.namespace.clone());
+    log.src_identity = Some(pod.identity.to_string());
+    let result = forward(proxy, pod, &mut client, peer, original, &mut log).await;
+    match result {
+        Ok(transferred) => {
+            log.bytes_sent = transferred.sent;
+            log.bytes_recv = transferred.received;
+            log.finish(None);
+        }
+        Err(err) => log.finish(Some(&err)),
+    }
+}
+
+async fn forward(
+    proxy: &Proxy,
+    pod: &PodContext,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    original: SocketAddr,
+    log: &mut ConnectionLog,
+) -> Result<copy::Transferred, OutboundError> {
+    match resolve(proxy, original)? {
+        Route::Hbone {
+            workload,
+            hbone,
+            authority,
+            service,
+        } => {
+            log.dst_hbone_addr = Some(hbone);
+            log.dst_service = service;
+            log.dst_workload = Some(workload.name.clone());
+            log.dst_namespace = Some(workload.namespace.clone());
+            log.dst_identity = Some(workload.identity.to_string());
+            let cert = proxy
+                .certs
+                .fetch(&pod.identity)
+                .await
+                .map_err(|e| OutboundError::Certificate(e.to_string()))?;
+            let key = PoolKey {
+                source_workload: pod.info.uid.clone(),
+                source: pod.identity.clone(),
+                destination: workload.identity.clone(),
+                address: hbone,
+            };
+            let headers = request_headers(peer);
+            let mut pooled = proxy
+                .pool
+                .stream(&key, authority, &headers, || {
+                    let (cert, destination) = (cert.clone(), workload.identity.clone());
+                    async move {
+                        let config = client_config(&cert, &destination, &proxy.trust)
+                            .map_err(|e| HboneError::Config(e.to_string()))?;
+                        let tcp = socket::connect(&pod.netns, hbone, SKIP_MARK, None)
+                            .await
+                            .map_err(|source| HboneError::Connect {
+                                addr: hbone,
+                                source,
+                            })?;
+                        handshake(tcp, hbone, config).await
+                    }
+                })
+                .await?;
+            Ok(copy::tcp_h2(client, pooled.take()).await?)
+        }
+        Route::Direct {
+            addr,
+            workload,
+            service,
+        } => {
+            log.dst_service = service;
+            if let Some(w) = workload {
+                log.dst_workload = Some(w.name.clone());
+                log.dst_namespace = Some(w.namespace.clone());
+            }
+            let mut upstream = socket::connect(&pod.netns, addr, SKIP_MARK, None)
+                .await
+                .map_err(|source| OutboundError::Connect { addr, source })?;
+            Ok(copy::tcp_tcp(client, &mut upstream).await?)
+        }
+    }
+}
+
+/// `forwarded` (RFC 7239) with the source address and a fresh W3C
+/// `traceparent`, as Istio's ztunnel sends them.
+fn request_headers(source: SocketAddr) -> Vec<(HeaderName, HeaderValue)> {
+    let forwarded = match source.ip() {
+        std::net::IpAddr::V4(ip) => format!("for={ip}"),
+        std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    let trace: u128 = rand::random();
+    let span: u64 = rand::random();
+    let traceparent = format!("00-{trace:032x}-{span:016x}-01");
+    [("forwarded", forwarded), ("traceparent", traceparent)]
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_static(name),
+                HeaderValue::from_str(&value).ok()?,
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,252 @@
+//! The enrolled pods: for each, capture rules and ztunnel's three
+//! listeners inside its network namespace.
+//!
+//! Adding a pod is idempotent (the same uid and namespace again changes
+//! nothing; a new namespace for a known uid replaces the old one). Removing
+//! a pod closes its listeners; connections already established finish on
+//! their own (they hold their sockets), which is the drain.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex},
+};
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use weft_proto::spiffe::Identity;
+
+use crate::{
+    capture::iptables,
+    inbound,
+    netns::InpodNetns,
+    outbound,
+    proxy::{PodContext, PodInfo, Proxy},
+    socket,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("pod {uid}: its network namespace descriptor is unusable: {source}")]
+    Netns {
+        uid: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod {uid}: installing capture failed: {source}")]
+    Capture {
+        uid: String,
+        #[source]
+        source: iptables::IptablesError,
+    },
+    #[error("pod {uid}: listening on {addr} inside the pod failed: {source}; is another ztunnel serving it?")]
+    Listen {
+        uid: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod {uid}: service account {service_account:?} or namespace {namespace:?} does not make an identity: {reason}")]
+    Identity {
+        uid: String,
+        namespace: String,
+        service_account: String,
+        reason: String,
+    },
+}
+
+struct Running {
+    ctx: Arc<PodContext>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// What `/config_dump` shows about an enrolled pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodSummary {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub identity: String,
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+/// The pods this ztunnel serves.
+pub struct Pods {
+    proxy: Arc<Proxy>,
+    own_netns: Arc<OwnedFd>,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl Pods {
+    pub fn new(proxy: Arc<Proxy>, own_netns: Arc<OwnedFd>) -> Self {
+        Self {
+            proxy,
+            own_netns,
+            running: Mutex::default(),
+        }
+    }
+
+    /// Starts serving a pod whose network namespace is `netns`.
+    pub async fn add(&self, info: PodInfo, netns: OwnedFd) -> Result<(), PodError> {
+        let uid = info.uid.clone();
+        let netns =
+            InpodNetns::new(netns, self.own_netns.clone()).map_err(|source| PodError::Netns {
+                uid: uid.clone(),
+                source,
+            })?;
+        if let Some(existing) = self.running.lock().expect("pods lock").get(&uid) {
+            if existing.ctx.netns.inode() == netns.inode() && existing.ctx.info == info {
+                return Ok(());
+            }
+        }
+        self.remove(&uid);
+        let identity_text = format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.proxy.trust.trust_domain, info.namespace, info.service_account
+        );
+        let identity: Identity =
+            identity_text
+                .parse()
+                .map_err(|e: weft_proto::spiffe::IdentityError| PodError::Identity {
+                    uid: uid.clone(),
+                    namespace: info.namespace.clone(),
+                    service_account: info.service_account.clone(),
+                    reason: e.to_string(),
+                })?;
+        let ports = self.proxy.ports;
+        let ctx = Arc::new(PodContext {
+            info,
+            identity,
+            netns,
+        });
+        let capture_ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            iptables::install(
+                &capture_ctx.netns,
+                ports.outbound,
+                ports.inbound_plaintext,
+                ports.hbone,
+            )
+        })
+        .await
+        .expect("capture setup does not panic")
+        .map_err(|source| PodError::Capture {
+            uid: uid.clone(),
+            source,
+        })?;
+        let listen = |addr: SocketAddr| {
+            socket::listen(&ctx.netns, addr).map_err(|source| PodError::Listen {
+                uid: uid.clone(),
+                addr,
+                source,
+            })
+        };
+        let outbound_listener = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, ports.outbound)))?;
+        let plaintext_listener = listen(SocketAddr::from((
+            Ipv4Addr::UNSPECIFIED,
+            ports.inbound_plaintext,
+        )))?;
+        let hbone_listener = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, ports.hbone)))?;
+        // Get the pod's certificate now, not on its first connection.
+        let (certs, identity) = (self.proxy.certs.clone(), ctx.identity.clone());
+        tokio::spawn(async move {
+            if let Err(err) = certs.fetch(&identity).await {
+                tracing::warn!(%err, "first certificate request failed; retrying in the background");
+            }
+        });
+        let tasks = vec![
+            tokio::spawn(outbound::serve(
+                self.proxy.clone(),
+                ctx.clone(),
+                outbound_listener,
+            )),
+            tokio::spawn(inbound::serve_plaintext(
+                self.proxy.clone(),
+                ctx.clone(),
+                plaintext_listener,
+            )),
+            tokio::spawn(inbound::serve_hbone(
+                self.proxy.clone(),
+                ctx.clone(),
+                hbone_listener,
+            )),
+        ];
+        tracing::info!(pod = %uid, name = %ctx.info.name, namespace = %ctx.info.namespace, identity = %ctx.identity, "pod enrolled");
+        self.running
+            .lock()
+            .expect("pods lock")
+            .insert(uid, Running { ctx, tasks });
+        Ok(())
+    }
+
+    /// Stops serving a pod (unknown uids are ignored).
+    pub fn remove(&self, uid: &str) {
+        let removed = self.running.lock().expect("pods lock").remove(uid);
+        if let Some(running) = removed {
+            tracing::info!(pod = %uid, "pod released; its listeners are closed, open connections drain");
+            let identity = running.ctx.identity.clone();
+            let ctx = running.ctx.clone();
+            drop(running);
+            if !self.identities().contains(&identity) {
+                self.proxy.certs.forget(&identity);
+            }
+            tokio::task::spawn_blocking(move || {
+                if let Err(err) = iptables::uninstall(&ctx.netns) {
+                    tracing::debug!(%err, "removing capture from a released pod");
+                }
+            });
+        }
+    }
+
+    /// Keeps only the pods in `uids` (after a node agent's snapshot).
+    pub fn retain(&self, uids: &HashSet<String>) {
+        let stale: Vec<String> = self
+            .running
+            .lock()
+            .expect("pods lock")
+            .keys()
+            .filter(|uid| !uids.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in stale {
+            self.remove(&uid);
+        }
+    }
+
+    /// The identities of the enrolled pods.
+    pub fn identities(&self) -> BTreeSet<Identity> {
+        self.running
+            .lock()
+            .expect("pods lock")
+            .values()
+            .map(|r| r.ctx.identity.clone())
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<PodSummary> {
+        let mut pods: Vec<PodSummary> = self
+            .running
+            .lock()
+            .expect("pods lock")
+            .values()
+            .map(|r| PodSummary {
+                uid: r.ctx.info.uid.clone(),
+                name: r.ctx.info.name.clone(),
+                namespace: r.ctx.info.namespace.clone(),
+                identity: r.ctx.identity.to_string(),
+                ips: r.ctx.info.ips.clone(),
+            })
+            .collect();
+        pods.sort_by(|a, b| a.uid.cmp(&b.uid));
+        pods
+    }
+}

@@ -1,0 +1,82 @@
+//! Sockets ztunnel makes in pods' namespaces, and the socket marks that keep
+//! them out of capture.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd,
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::netns::InpodNetns;
+
+/// Mark on ztunnel's own outbound sockets: capture rules let them pass.
+pub const SKIP_MARK: u32 = 0x539;
+/// Mark on transparent upstream sockets (inbound): their replies are routed
+/// back to ztunnel inside the pod.
+pub const TPROXY_MARK: u32 = 0x111;
+/// The mask both marks are matched under.
+pub const MARK_MASK: u32 = 0xfff;
+
+/// A listener bound inside the pod.
+pub fn listen(netns: &InpodNetns, addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = netns
+        .run(|| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)))??;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connects to `dst` from inside the pod, with `mark`; with `from`, the
+/// socket is transparent and the connection's source is that address (the
+/// client's own, so the application sees who really connected).
+pub async fn connect(
+    netns: &InpodNetns,
+    dst: SocketAddr,
+    mark: u32,
+    from: Option<IpAddr>,
+) -> io::Result<TcpStream> {
+    let socket = netns
+        .run(|| Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)))??;
+    socket.set_nonblocking(true)?;
+    socket.set_mark(mark)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(source) = from {
+        socket.set_ip_transparent_v4(true)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+    }
+    let socket = TcpSocket::from_std_stream(socket.into());
+    socket.connect(dst).await
+}
+
+/// Where a connection redirected by iptables (REDIRECT) was headed.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let mut addr: libc::sockaddr_in = unsafe_zeroed();
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    )))
+}
+
+fn unsafe_zeroed() -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
