@@ -16,6 +16,8 @@
 
 pub mod apps;
 pub mod bench;
+pub mod capture;
+pub mod forge;
 pub mod mesh;
 pub mod privilege;
 pub mod processes;

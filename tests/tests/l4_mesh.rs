@@ -1,17 +1,34 @@
 //! ztunnel's L4 data path end to end, on real namespaces with real
 //! processes: enrolled pods talk across nodes through HBONE, by pod IP and
-//! by service VIP, with the server seeing the client's own address.
+//! by service VIP, with the server seeing the client's own address; nothing
+//! crosses the wire in clear; unenrolled pods keep working both ways; every
+//! kind of bad peer is refused with a clear log line; connections are
+//! pooled; and the mesh keeps working while the control service is down.
 
 mod support;
 
-use std::{net::SocketAddr, path::Path};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
+use http::StatusCode;
 use support::probe;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use weft_proto::spiffe::Identity;
+use weft_proxy::hbone::{
+    client::{connect_stream, handshake, HboneError},
+    server,
+    tls::{server_config, WorkloadCertResolver},
+};
 use weft_tests::{
     apps,
+    capture::{contains, PacketCapture},
+    forge,
     mesh::{Binaries, Mesh},
     privilege::require_privileged,
-    topology::Topology,
+    processes::eventually,
+    topology::{Pod, Topology},
 };
 
 fn binaries() -> Binaries<'static> {
@@ -49,6 +66,12 @@ spec: {nodeName: n1}
 status: {podIP: "${legacy/outsider}"}
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: fake, namespace: demo, labels: {app: fake}}
+spec: {nodeName: n2, serviceAccountName: fake}
+status: {podIP: "${demo/fake}"}
+---
+apiVersion: v1
 kind: Service
 metadata: {name: server, namespace: demo}
 spec:
@@ -65,13 +88,14 @@ async fn mesh() -> anyhow::Result<Mesh> {
         .pod("demo/client", "n1")
         .pod("demo/server", "n2")
         .pod("legacy/outsider", "n1")
+        .pod("demo/fake", "n2")
         .build()?;
     let mesh = Mesh::start(topology, CONFIG, binaries()).await?;
     mesh.enroll("demo/client", "client").await?;
     mesh.enroll("demo/server", "server").await?;
     let server = mesh.topology.pod("demo/server");
     let listener = server.enter(|| std::net::TcpListener::bind((server.ip(), 8080)))??;
-    std::mem::forget(apps::spawn_echo(listener, "server")?);
+    apps::spawn_echo(listener, "server")?;
     Ok(mesh)
 }
 
@@ -123,5 +147,340 @@ async fn enrolled_pods_talk_across_nodes_by_ip_and_by_service_vip() -> anyhow::R
         "{}",
         inbound[0]
     );
+    Ok(())
+}
+
+/// A TCP connection made from inside `pod`'s network namespace.
+async fn connect_from(pod: &Pod, addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let stream =
+        pod.enter(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))??;
+    stream.set_nonblocking(true)?;
+    Ok(TcpStream::from_std(stream)?)
+}
+
+fn id(ns: &str, sa: &str) -> Identity {
+    Identity::new("cluster.local", ns, sa)
+}
+
+/// Waits for a line in `node`'s ztunnel output containing all of `needles`.
+async fn logged(mesh: &Mesh, node: &str, needles: &[&str]) -> anyhow::Result<String> {
+    let z = mesh.ztunnel(node);
+    eventually(
+        &format!("a log line with {needles:?}"),
+        Duration::from_secs(10),
+        || async { z.process.lines_with(needles).into_iter().next() },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_payload_crosses_the_wire_in_clear_but_passthrough_does() -> anyhow::Result<()> {
+    require_privileged();
+    let mesh = mesh().await?;
+    let (client, server, outsider) = (
+        mesh.topology.pod("demo/client"),
+        mesh.topology.pod("demo/server"),
+        mesh.topology.pod("legacy/outsider"),
+    );
+    let outsider_app = outsider.enter(|| std::net::TcpListener::bind((outsider.ip(), 9090)))??;
+    apps::spawn_echo(outsider_app, "outsider")?;
+    let pcap = mesh.dir.path().join("n1.pcap");
+    let capture = PacketCapture::start(
+        mesh.topology.fabric(),
+        &mesh.topology.node("n1").fabric_link(),
+        pcap.clone(),
+    )
+    .await?;
+
+    let secret = "SECRET-MESH-PAYLOAD-7f3a";
+    let report = probe(client, SocketAddr::from((server.ip(), 8080)), secret).await?;
+    assert!(report.reply.ends_with(secret));
+    // The control case: an unenrolled client's plaintext crosses in clear.
+    let clear = "CLEAR-PLAINTEXT-PAYLOAD-91bc";
+    let report = probe(outsider, SocketAddr::from((server.ip(), 8080)), clear).await?;
+    assert_eq!(
+        report.reply,
+        format!("server saw {}: {clear}", outsider.ip())
+    );
+    // An enrolled client to an unenrolled destination passes through.
+    let report = probe(
+        client,
+        SocketAddr::from((outsider.ip(), 9090)),
+        "passthrough",
+    )
+    .await?;
+    assert_eq!(
+        report.reply,
+        format!("outsider saw {}: passthrough", client.ip())
+    );
+    let bytes = capture.stop().await?;
+
+    let all = PacketCapture::count(&pcap, "frame").await?;
+    let tunnel = PacketCapture::count(&pcap, "tcp.port == 15008").await?;
+    assert!(
+        tunnel > 0,
+        "the tunnel crossed this link ({tunnel} of {all} packets)"
+    );
+    assert!(
+        !contains(&bytes, secret.as_bytes()),
+        "the mesh payload appeared in clear on the wire"
+    );
+    let mesh_reply = format!("server saw {}:", client.ip());
+    assert!(
+        !contains(&bytes, mesh_reply.as_bytes()),
+        "the mesh reply appeared in clear on the wire"
+    );
+    assert!(
+        contains(&bytes, clear.as_bytes()),
+        "the capture sees clear text when there is some"
+    );
+    let passthrough = logged(
+        &mesh,
+        "n1",
+        &[
+            "direction=\"outbound\"",
+            "dst.workload=outsider",
+            "connection complete",
+        ],
+    )
+    .await?;
+    assert!(
+        passthrough.contains("dst.hbone_addr= "),
+        "passthrough uses no tunnel: {passthrough}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unenrolled_client_reaches_an_enrolled_server_in_plaintext() -> anyhow::Result<()> {
+    require_privileged();
+    let mesh = mesh().await?;
+    let (server, outsider) = (
+        mesh.topology.pod("demo/server"),
+        mesh.topology.pod("legacy/outsider"),
+    );
+    let report = probe(
+        outsider,
+        SocketAddr::from((server.ip(), 8080)),
+        "from outside",
+    )
+    .await?;
+    assert_eq!(
+        report.reply,
+        format!("server saw {}: from outside", outsider.ip())
+    );
+    let line = logged(
+        &mesh,
+        "n2",
+        &[
+            "direction=\"inbound\"",
+            "src.workload=outsider",
+            "connection complete",
+        ],
+    )
+    .await?;
+    assert!(
+        line.contains("src.identity= "),
+        "plaintext has no identity: {line}"
+    );
+    assert!(line.contains("dst.workload=server"), "{line}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_sequential_connections_cost_one_handshake() -> anyhow::Result<()> {
+    require_privileged();
+    let mesh = mesh().await?;
+    let (client, server) = (
+        mesh.topology.pod("demo/client"),
+        mesh.topology.pod("demo/server"),
+    );
+    for i in 0..50 {
+        let report = probe(
+            client,
+            SocketAddr::from((server.ip(), 8080)),
+            &format!("n{i}"),
+        )
+        .await?;
+        assert!(report.reply.ends_with(&format!("n{i}")));
+    }
+    let hbone = &mesh.ztunnel("n1").config_dump().await?["hbone"];
+    assert_eq!(hbone["handshakes"], 1, "{hbone}");
+    assert_eq!(hbone["streams"], 50, "{hbone}");
+    assert_eq!(hbone["reused"], 49, "{hbone}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_are_refused_with_a_reason() -> anyhow::Result<()> {
+    require_privileged();
+    let mesh = mesh().await?;
+    let (server, outsider) = (
+        mesh.topology.pod("demo/server"),
+        mesh.topology.pod("legacy/outsider"),
+    );
+    let hbone = SocketAddr::from((server.ip(), 15008));
+    let ca = mesh.dir.path().join("state").join("ca");
+
+    // Plaintext to 15008.
+    let mut tcp = connect_from(outsider, hbone).await?;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await?
+        .unwrap_or(0);
+    assert!(
+        n == 0 || buf[0] == 0x15,
+        "plaintext got an answer: {:?}",
+        &buf[..n]
+    );
+    logged(
+        &mesh,
+        "n2",
+        &["refused an HBONE connection", "TLS handshake"],
+    )
+    .await?;
+
+    // No client certificate.
+    let result = forge::tls_exchange(
+        connect_from(outsider, hbone).await?,
+        forge::client_config(None)?,
+    )
+    .await;
+    assert!(result.is_err(), "served without a client certificate");
+    logged(&mesh, "n2", &["refused an HBONE connection", "certificate"]).await?;
+
+    // A certificate of another trust domain, signed by the mesh root.
+    let foreign = forge::certificate(
+        &ca,
+        &Identity::new("evil.example", "demo", "client"),
+        -60,
+        3600,
+    )?;
+    let result = forge::tls_exchange(
+        connect_from(outsider, hbone).await?,
+        forge::client_config(Some(&foreign))?,
+    )
+    .await;
+    assert!(result.is_err(), "served a foreign trust domain");
+    logged(
+        &mesh,
+        "n2",
+        &["refused an HBONE connection", "trust domain evil.example"],
+    )
+    .await?;
+
+    // An expired certificate.
+    let expired = forge::certificate(&ca, &id("demo", "client"), -7200, -3600)?;
+    let result = forge::tls_exchange(
+        connect_from(outsider, hbone).await?,
+        forge::client_config(Some(&expired))?,
+    )
+    .await;
+    assert!(result.is_err(), "served an expired certificate");
+    logged(&mesh, "n2", &["refused an HBONE connection", "xpired"]).await?;
+
+    // A valid client asking for an address that is not the pod's.
+    let valid = forge::certificate(&ca, &id("demo", "client"), -60, 3600)?;
+    let tcp = connect_from(outsider, hbone).await?;
+    let connection = handshake(tcp, hbone, forge::client_config(Some(&valid))?).await?;
+    let stranger = SocketAddr::from(([198, 18, 1, 99], 8080));
+    match connect_stream(&connection.send, hbone, stranger, &[]).await {
+        Err(HboneError::Status { status, .. }) => assert_eq!(status, StatusCode::BAD_REQUEST),
+        other => panic!("expected 400, got {:?}", other.map(|_| "a stream")),
+    }
+    logged(
+        &mesh,
+        "n2",
+        &["CONNECT authority 198.18.1.99:8080 is not an address of pod demo/server (400)"],
+    )
+    .await?;
+    // …and one for a port nothing listens on: 503.
+    let closed = SocketAddr::from((server.ip(), 8081));
+    match connect_stream(&connection.send, hbone, closed, &[]).await {
+        Err(HboneError::Status { status, .. }) => {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE)
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| "a stream")),
+    }
+    logged(&mesh, "n2", &["refused the connection", "(503)"]).await?;
+
+    // A destination that answers with the wrong identity: demo/fake must be
+    // spiffe://…/sa/fake, but an impostor there presents …/sa/server.
+    let fake = mesh.topology.pod("demo/fake");
+    let impostor = Arc::new(forge::certificate(&ca, &id("demo", "server"), -60, 3600)?);
+    let listener = fake.enter(|| std::net::TcpListener::bind((fake.ip(), 15008)))??;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let trust = weft_proxy::hbone::tls::TrustBundle::new(&impostor.roots, "cluster.local")?;
+    let resolver = Arc::new(WorkloadCertResolver::new(move || Some(impostor.clone())));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(resolver, &trust)?);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, trust) = (acceptor.clone(), trust.clone());
+            tokio::spawn(async move {
+                let _ = server::serve(tcp, acceptor, &trust, |c| async move {
+                    c.reject(StatusCode::OK)
+                })
+                .await;
+            });
+        }
+    });
+    let client = mesh.topology.pod("demo/client");
+    let result = probe(
+        client,
+        SocketAddr::from((fake.ip(), 8080)),
+        "to the impostor",
+    )
+    .await;
+    assert!(
+        result.is_err() || result.as_ref().is_ok_and(|r| r.reply.is_empty()),
+        "the impostor was trusted: {result:?}"
+    );
+    logged(
+        &mesh,
+        "n1",
+        &["connection failed", "the server is spiffe://cluster.local/ns/demo/sa/server, but the destination must be spiffe://cluster.local/ns/demo/sa/fake"],
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_keeps_working_while_the_control_service_is_down() -> anyhow::Result<()> {
+    require_privileged();
+    let mut mesh = mesh().await?;
+    let (client, server) = (
+        mesh.topology.pod("demo/client"),
+        mesh.topology.pod("demo/server"),
+    );
+    // An open connection from the client pod (its namespace: captured).
+    let mut open = connect_from(client, SocketAddr::from((server.ip(), 8080))).await?;
+    open.write_all(b"opened before").await?;
+
+    mesh.control.process.kill().await?;
+    eventually("ztunnels to notice", Duration::from_secs(10), || async {
+        let dump = mesh.ztunnel("n1").config_dump().await.ok()?;
+        (dump["xds"]["connected"] == false).then_some(())
+    })
+    .await?;
+
+    // The old connection finishes…
+    open.shutdown().await?;
+    let mut reply = String::new();
+    open.read_to_string(&mut reply).await?;
+    assert_eq!(reply, format!("server saw {}: opened before", client.ip()));
+    // …and new ones work, by IP and by VIP.
+    let report = probe(client, SocketAddr::from((server.ip(), 8080)), "while down").await?;
+    assert!(report.reply.ends_with("while down"));
+    let report = probe(client, "198.19.0.10:80".parse()?, "vip while down").await?;
+    assert!(report.reply.ends_with("vip while down"));
+
+    mesh.restart_control().await?;
+    eventually("ztunnels to reconnect", Duration::from_secs(30), || async {
+        let dump = mesh.ztunnel("n1").config_dump().await.ok()?;
+        (dump["xds"]["connected"] == true).then_some(())
+    })
+    .await?;
     Ok(())
 }
