@@ -8,7 +8,10 @@
 //! an idle connection costs little and a bulk flow gets large reads; the
 //! same buffer is reused for every read, with no allocation per chunk.
 
-use std::future::poll_fn;
+use std::{
+    future::poll_fn,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
@@ -29,6 +32,15 @@ pub struct Transferred {
     pub sent: u64,
     /// Read from the second leg and written to the first.
     pub received: u64,
+}
+
+/// A copy that ended in an error, with what had been moved until then.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CopyFailure {
+    #[source]
+    pub error: CopyError,
+    pub transferred: Transferred,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +92,12 @@ impl Growing {
 
 /// Copies between a TCP connection and a tunnel stream until both
 /// directions are done.
-pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred, CopyError> {
+pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred, CopyFailure> {
     let H2Stream { mut send, mut recv } = stream;
     let (mut reader, mut writer) = tcp.split();
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
     let upstream = async {
         let mut buf = Growing::new();
-        let mut total = 0u64;
         loop {
             let n = match buf.read_from(&mut reader).await {
                 Ok(n) => n,
@@ -99,9 +111,8 @@ pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred
             };
             if n == 0 {
                 send.send_data(Bytes::new(), true)?;
-                return Ok(total);
+                return Ok(());
             }
-            total += n as u64;
             let mut chunk = buf.buf.split().freeze();
             while !chunk.is_empty() {
                 send.reserve_capacity(chunk.len());
@@ -113,12 +124,13 @@ pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred
                     continue;
                 }
                 let part = chunk.split_to(granted.min(chunk.len()));
+                let len = part.len() as u64;
                 send.send_data(part, false)?;
+                sent.fetch_add(len, Relaxed);
             }
         }
     };
     let downstream = async {
-        let mut total = 0u64;
         while let Some(data) = recv.data().await {
             let data = data?;
             let len = data.len();
@@ -129,36 +141,52 @@ pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred
                     side: "client",
                     source,
                 })?;
-            total += len as u64;
+            received.fetch_add(len as u64, Relaxed);
             recv.flow_control().release_capacity(len)?;
         }
         writer.shutdown().await.map_err(|source| CopyError::Io {
             side: "client",
             source,
         })?;
-        Ok(total)
+        Ok(())
     };
-    match tokio::try_join!(upstream, downstream) {
-        Ok((sent, received)) => Ok(Transferred { sent, received }),
-        Err(err) => {
+    let outcome = tokio::try_join!(upstream, downstream);
+    let transferred = Transferred {
+        sent: sent.load(Relaxed),
+        received: received.load(Relaxed),
+    };
+    match outcome {
+        Ok(_) => Ok(transferred),
+        Err(error) => {
             reset(tcp);
-            Err(err)
+            Err(CopyFailure { error, transferred })
         }
     }
 }
 
 /// Copies between two TCP connections until both directions are done.
-pub async fn tcp_tcp(a: &mut TcpStream, b: &mut TcpStream) -> Result<Transferred, CopyError> {
+pub async fn tcp_tcp(a: &mut TcpStream, b: &mut TcpStream) -> Result<Transferred, CopyFailure> {
     let (mut a_read, mut a_write) = a.split();
     let (mut b_read, mut b_write) = b.split();
-    let forward = pump(&mut a_read, &mut b_write, "downstream", "upstream");
-    let backward = pump(&mut b_read, &mut a_write, "upstream", "downstream");
-    match tokio::try_join!(forward, backward) {
-        Ok((sent, received)) => Ok(Transferred { sent, received }),
-        Err(err) => {
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let forward = pump(&mut a_read, &mut b_write, ("downstream", "upstream"), &sent);
+    let backward = pump(
+        &mut b_read,
+        &mut a_write,
+        ("upstream", "downstream"),
+        &received,
+    );
+    let outcome = tokio::try_join!(forward, backward);
+    let transferred = Transferred {
+        sent: sent.load(Relaxed),
+        received: received.load(Relaxed),
+    };
+    match outcome {
+        Ok(_) => Ok(transferred),
+        Err(error) => {
             reset(a);
             reset(b);
-            Err(err)
+            Err(CopyFailure { error, transferred })
         }
     }
 }
@@ -166,15 +194,14 @@ pub async fn tcp_tcp(a: &mut TcpStream, b: &mut TcpStream) -> Result<Transferred
 async fn pump<R, W>(
     reader: &mut R,
     writer: &mut W,
-    from: &'static str,
-    to: &'static str,
-) -> Result<u64, CopyError>
+    (from, to): (&'static str, &'static str),
+    total: &AtomicU64,
+) -> Result<(), CopyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = Growing::new();
-    let mut total = 0u64;
     loop {
         let n = buf
             .read_from(reader)
@@ -185,14 +212,14 @@ where
                 .shutdown()
                 .await
                 .map_err(|source| CopyError::Io { side: to, source })?;
-            return Ok(total);
+            return Ok(());
         }
         writer
             .write_all(&buf.buf[..n])
             .await
             .map_err(|source| CopyError::Io { side: to, source })?;
         buf.buf.clear();
-        total += n as u64;
+        total.fetch_add(n as u64, Relaxed);
     }
 }
 

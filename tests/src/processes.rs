@@ -44,7 +44,9 @@ impl Process {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[{label}] {line}");
+                if echo_output() {
+                    eprintln!("[{label}] {line}");
+                }
                 sink.lock().expect("output lock").push(line);
             }
         });
@@ -62,7 +64,9 @@ impl Process {
         let (label, sink) = (name.to_owned(), output.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
-                eprintln!("[{label}] {line}");
+                if echo_output() {
+                    eprintln!("[{label}] {line}");
+                }
                 sink.lock().expect("output lock").push(line);
             }
         });
@@ -106,6 +110,12 @@ impl Process {
             .filter(|line| needles.iter().all(|n| line.contains(n)))
             .collect()
     }
+}
+
+/// Whether children's output is echoed to stderr as it comes
+/// (`WEFT_TEST_LOGS=1`); it is always kept for [`Process::output`].
+fn echo_output() -> bool {
+    std::env::var_os("WEFT_TEST_LOGS").is_some_and(|v| v == "1")
 }
 
 fn strip_ansi(line: &str) -> String {

@@ -108,16 +108,15 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
         Ok(stream) => stream,
         Err(err) => return log.finish(Some(&err)),
     };
-    match copy::tcp_h2(&mut upstream, stream).await {
-        Ok(t) => {
-            // The copy's first leg is the application: what it received
-            // is what the client sent.
-            log.bytes_sent = t.received;
-            log.bytes_recv = t.sent;
-            log.finish(None);
-        }
-        Err(err) => log.finish(Some(&err)),
-    }
+    // The copy's first leg is the application: what it received is what
+    // the client sent.
+    let (t, error) = match copy::tcp_h2(&mut upstream, stream).await {
+        Ok(t) => (t, None),
+        Err(failure) => (failure.transferred, Some(failure.error)),
+    };
+    log.bytes_sent = t.received;
+    log.bytes_recv = t.sent;
+    log.finish(error.as_ref().map(|e| e as &dyn std::fmt::Display));
 }
 
 /// Serves plaintext inbound (15006) for the pod until the listener is
@@ -166,12 +165,11 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
                 )))
             }
         };
-    match copy::tcp_tcp(&mut client, &mut upstream).await {
-        Ok(t) => {
-            log.bytes_sent = t.sent;
-            log.bytes_recv = t.received;
-            log.finish(None);
-        }
-        Err(err) => log.finish(Some(&err)),
-    }
+    let (t, error) = match copy::tcp_tcp(&mut client, &mut upstream).await {
+        Ok(t) => (t, None),
+        Err(failure) => (failure.transferred, Some(failure.error)),
+    };
+    log.bytes_sent = t.sent;
+    log.bytes_recv = t.received;
+    log.finish(error.as_ref().map(|e| e as &dyn std::fmt::Display));
 }

@@ -13,7 +13,7 @@ use std::{net::SocketAddr, sync::Arc};
 use http::{HeaderName, HeaderValue};
 use tokio::net::{TcpListener, TcpStream};
 use weft_proxy::{
-    copy::{self, CopyError},
+    copy::{self, CopyFailure},
     hbone::{
         client::{handshake, HboneError},
         pool::PoolKey,
@@ -47,7 +47,7 @@ pub enum OutboundError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Copy(#[from] CopyError),
+    Copy(#[from] CopyFailure),
 }
 
 /// Where a connection goes.
@@ -168,7 +168,13 @@ async fn handle(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer: So
             log.bytes_recv = transferred.received;
             log.finish(None);
         }
-        Err(err) => log.finish(Some(&err)),
+        Err(err) => {
+            if let OutboundError::Copy(failure) = &err {
+                log.bytes_sent = failure.transferred.sent;
+                log.bytes_recv = failure.transferred.received;
+            }
+            log.finish(Some(&err))
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use rustls::ClientConfig;
 use tokio::{net::TcpStream, task::JoinHandle};
 use tokio_rustls::TlsConnector;
 
-use super::{CONNECTION_WINDOW, FRAME_SIZE, HANDSHAKE_TIMEOUT, STREAM_WINDOW};
+use super::{CONNECTION_WINDOW, FRAME_SIZE, HANDSHAKE_TIMEOUT, SEND_BUFFER, STREAM_WINDOW};
 use crate::copy::H2Stream;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,10 @@ pub async fn handshake(
         // a formality of the TLS API.
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
         let tls = TlsConnector::from(config)
-            .connect(name, tcp)
+            .connect(
+                name,
+                tokio::io::BufReader::with_capacity(super::READ_BUFFER, tcp),
+            )
             .await
             .map_err(|source| HboneError::Tls { addr, source })?;
         if tls.get_ref().1.alpn_protocol() != Some(super::tls::ALPN_H2) {
@@ -78,6 +81,7 @@ pub async fn handshake(
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(FRAME_SIZE)
+            .max_send_buffer_size(SEND_BUFFER)
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|source| HboneError::H2 { addr, source })?;

@@ -23,6 +23,12 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// HTTP/2 frame size: large frames mean fewer headers and fewer TLS records
 /// to seal per byte.
-pub const FRAME_SIZE: u32 = 64 * 1024;
+pub const FRAME_SIZE: u32 = 256 * 1024;
+/// Data a stream may queue for sending before the copy loop waits: enough
+/// for a window's worth of bulk data between two TLS writes.
+pub const SEND_BUFFER: usize = 4 * 1024 * 1024;
+/// Read buffer under TLS. rustls reads at most 4 KiB at a time; a buffer
+/// below it turns a stream of small reads into few large `recv` calls.
+pub const READ_BUFFER: usize = 64 * 1024;
 /// How long a TLS + HTTP/2 handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

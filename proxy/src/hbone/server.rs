@@ -9,7 +9,7 @@ use weft_proto::spiffe::Identity;
 
 use super::{
     tls::{peer_identity, TlsError, TrustBundle},
-    CONNECTION_WINDOW, FRAME_SIZE, HANDSHAKE_TIMEOUT, STREAM_WINDOW,
+    CONNECTION_WINDOW, FRAME_SIZE, HANDSHAKE_TIMEOUT, SEND_BUFFER, STREAM_WINDOW,
 };
 use crate::copy::H2Stream;
 
@@ -93,13 +93,16 @@ where
         source,
     })?;
     let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .map_err(|_| AcceptError::Timeout(peer_addr))?
-        .map_err(|source| AcceptError::Tls {
-            peer: peer_addr,
-            source,
-        })?;
+    let tls = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        acceptor.accept(tokio::io::BufReader::with_capacity(super::READ_BUFFER, tcp)),
+    )
+    .await
+    .map_err(|_| AcceptError::Timeout(peer_addr))?
+    .map_err(|source| AcceptError::Tls {
+        peer: peer_addr,
+        source,
+    })?;
     let peer = peer_identity(tls.get_ref().1.peer_certificates(), trust).map_err(|source| {
         AcceptError::Identity {
             peer: peer_addr,
@@ -110,6 +113,7 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(FRAME_SIZE)
+        .max_send_buffer_size(SEND_BUFFER)
         .max_concurrent_streams(1000)
         .handshake(tls)
         .await

@@ -1,5 +1,6 @@
 //! Benchmark cases (see the `weft-bench` binary) and their reporting.
 
+pub mod l4;
 pub mod xds_propagation;
 
 use std::time::Duration;
@@ -26,5 +27,9 @@ impl Summary {
 }
 
 pub fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    if d < Duration::from_millis(1) {
+        format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    }
 }

@@ -2,22 +2,37 @@
 //!
 //! Each case measures against a baseline taken in the same run and prints
 //! the ratio, because absolute numbers on a shared 2-core machine are
-//! noise. Usage: `weft-bench [CASE…]` (default: every case).
+//! noise. Usage: `weft-bench [CASE…]` (default: every case). The mesh cases
+//! need root and the `wt-control` / `wt-ztunnel` binaries beside this one.
 
-use weft_tests::bench;
+use weft_tests::{bench, privilege::require_privileged};
+
+const CASES: &[&str] = &["xds-propagation", "throughput", "rr-latency"];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(unknown) = wanted.iter().find(|w| !CASES.contains(&w.as_str())) {
+        anyhow::bail!(
+            "no benchmark called {unknown:?}; known: {}",
+            CASES.join(", ")
+        );
+    }
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
-    let mut ran = 0;
     if run("xds-propagation") {
         bench::xds_propagation::run().await?;
-        ran += 1;
     }
-    anyhow::ensure!(
-        ran > 0,
-        "no benchmark called {wanted:?}; known: xds-propagation"
-    );
+    if run("throughput") || run("rr-latency") {
+        require_privileged();
+        let exe = std::env::current_exe()?;
+        let bin_dir = exe.parent().expect("a binary lives in a directory");
+        let mesh = bench::l4::setup(bin_dir).await?;
+        if run("throughput") {
+            bench::l4::throughput(&mesh).await?;
+        }
+        if run("rr-latency") {
+            bench::l4::rr_latency(&mesh).await?;
+        }
+    }
     Ok(())
 }
