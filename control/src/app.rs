@@ -34,14 +34,21 @@ struct Args {
 }
 
 /// The binary's entry point.
+pub fn main() -> anyhow::Result<()> {
+    main_from(std::env::args_os())
+}
+
+/// Runs the control service with `args` (the first is the program name).
 #[tokio::main]
-pub async fn main() -> anyhow::Result<()> {
+pub async fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Colour only on a terminal: log files stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
+    let args = Args::parse_from(args);
     let mut config = ControlConfig::new(&args.config_dir, &args.state_dir);
     config.listen = args.listen;
     config.mesh.trust_domain = args.trust_domain;

@@ -94,6 +94,16 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// Whether the pod is in the mesh: its own `istio.io/dataplane-mode`
+    /// label wins (`none` opts out), else its namespace's.
+    pub fn is_enrolled(&self, namespace: Option<&Namespace>) -> bool {
+        match self.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+            Some(DATAPLANE_MODE_AMBIENT) => true,
+            Some(DATAPLANE_MODE_NONE) => false,
+            _ => namespace.is_some_and(Namespace::is_ambient),
+        }
+    }
+
     /// The port a (possibly named) target port resolves to on this pod.
     pub fn resolve_port(&self, target: &TargetPort) -> Option<u16> {
         match target {

@@ -24,14 +24,16 @@ mod exec;
 mod names;
 pub mod netns;
 mod pod;
+mod record;
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
 pub use addressing::NodeAddresses;
 pub use error::{Result, TopologyError};
-pub use names::{leftovers, reap_orphans, TopologyId, PREFIX, STATE_DIR};
+pub use names::{leftovers, reap_orphans, remove_owned_by, TopologyId, PREFIX, STATE_DIR};
 pub use netns::NetNs;
 pub use pod::{Pod, PodTask};
+pub use record::{NodeRecord, PodRecord, TopologyRecord};
 
 use cni::{CniPlugins, NodeNetwork, PodCall};
 
@@ -106,8 +108,10 @@ impl TopologyBuilder {
             PodNetworking::Auto => CniPlugins::find().ok(),
         };
         let id = self.id.clone().unwrap_or_else(TopologyId::for_this_process);
+        let cgroup_root = cgroup::unified_root()?;
         let mut topology = Topology {
-            pods_cgroup: cgroup::unified_root()?.join(id.as_str()),
+            pods_cgroup: cgroup_root.join(id.as_str()),
+            system_cgroup: cgroup_root.join(id.child("system")),
             id,
             fabric: None,
             control_plane: None,
@@ -217,11 +221,19 @@ pub struct Topology {
     nodes: Vec<Node>,
     pods: Vec<Pod>,
     pods_cgroup: PathBuf,
+    system_cgroup: PathBuf,
     cni: Option<CniPlugins>,
     torn_down: bool,
 }
 
 impl Topology {
+    /// The cgroup for the topology's own infrastructure processes (control
+    /// service, ztunnels): beside the pods' cgroup, never below it, so pod
+    /// capture never applies to them.
+    pub fn system_cgroup(&self) -> cgroup::Cgroup {
+        cgroup::Cgroup::open(self.system_cgroup.clone())
+    }
+
     /// Starts describing a topology.
     pub fn builder() -> TopologyBuilder {
         TopologyBuilder::default()
@@ -322,6 +334,36 @@ impl Topology {
         Ok(self.pods.last().expect("just pushed"))
     }
 
+    /// Removes a pod: kills its processes, releases its network (CNI DEL)
+    /// and deletes its namespace and cgroup.
+    pub fn remove_pod(&mut self, qualified_name: &str) -> Result<()> {
+        let index = self
+            .pods
+            .iter()
+            .position(|p| p.qualified_name() == qualified_name)
+            .ok_or_else(|| TopologyError::Invalid(format!("no pod {qualified_name}")))?;
+        let pod = self.pods.remove(index);
+        let mut first_error = cgroup::destroy_tree(pod.cgroup()).err();
+        if let (Some(plugins), Some(attachment)) = (&self.cni, pod.attachment()) {
+            if let Some(node) = self.nodes.iter().find(|n| n.name == pod.node()) {
+                let call = PodCall {
+                    plugins,
+                    node: &node.netns,
+                    pod_netns: pod.netns(),
+                    container_id: pod.netns().name(),
+                    pod: &pod.qualified_name(),
+                };
+                if let Err(err) = call.del(&node.network, attachment) {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        if let Err(err) = pod.into_netns().delete() {
+            first_error.get_or_insert(err);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     fn attach_with_cni(
         &self,
         plugins: &CniPlugins,
@@ -381,6 +423,7 @@ impl Topology {
         std::fs::create_dir_all(&state)
             .map_err(TopologyError::io("creating state directory", &state))?;
         cgroup::Cgroup::create(self.pods_cgroup.clone())?;
+        cgroup::Cgroup::create(self.system_cgroup.clone())?;
         let fabric = NetNs::create(&self.id.child("fabric"))?;
         self.fabric = Some(fabric);
         let fabric = self.fabric();
@@ -498,6 +541,7 @@ impl Topology {
         };
         // Processes first, so nothing holds the pods' sockets or addresses.
         note(cgroup::destroy_tree(&self.pods_cgroup));
+        note(cgroup::destroy_tree(&self.system_cgroup));
         for pod in self.pods.drain(..) {
             if let (Some(plugins), Some(attachment)) = (&self.cni, pod.attachment()) {
                 if let Some(node) = self.nodes.iter().find(|n| n.name == pod.node()) {

@@ -225,12 +225,19 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
 /// The binary's entry point: parse the configuration, start, run until
 /// SIGTERM or Ctrl-C.
 pub fn main() -> anyhow::Result<()> {
+    main_from(std::env::args_os())
+}
+
+/// Runs ztunnel with `args` (the first is the program name).
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Colour only on a terminal: log files stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = <Config as clap::Parser>::parse();
+    let config = <Config as clap::Parser>::parse_from(args);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -6,22 +6,9 @@ use weft_proto::istio::workload;
 
 use super::{ip_bytes, pod_uid, services::Services, MeshConfig};
 use crate::{
-    objects::{
-        Kind, Labels, Namespace, Object, Pod, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL,
-        DATAPLANE_MODE_NONE,
-    },
+    objects::{Kind, Labels, Namespace, Object},
     source::ConfigSnapshot,
 };
-
-/// Whether the pod is in the mesh: its own `istio.io/dataplane-mode` label
-/// wins (`none` opts out), else its namespace's.
-pub fn is_enrolled(pod: &Pod, namespace: Option<&Namespace>) -> bool {
-    match pod.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
-        Some(DATAPLANE_MODE_AMBIENT) => true,
-        Some(DATAPLANE_MODE_NONE) => false,
-        _ => namespace.is_some_and(Namespace::is_ambient),
-    }
-}
 
 /// Istio's canonical service name and revision labels, with its fallbacks.
 fn canonical(labels: &Labels, pod_name: &str) -> (String, String) {
@@ -62,7 +49,7 @@ pub fn translate(
             _ => None,
         })
         .map(|pod| {
-            let enrolled = is_enrolled(pod, namespaces.get(pod.namespace.as_str()).copied());
+            let enrolled = pod.is_enrolled(namespaces.get(pod.namespace.as_str()).copied());
             let (canonical_name, canonical_revision) = canonical(&pod.labels, &pod.name);
             let mut service_ports = BTreeMap::new();
             for s in services.selecting(&pod.namespace, &pod.labels) {

@@ -4,7 +4,7 @@
 //!
 //! | range | use |
 //! |---|---|
-//! | 198.18.N.0/24 | pods of node N (N = 1…254); .1 is the node's bridge |
+//! | 198.18.N.0/24 | pods of node N (N = 1…250); .1 is the node's bridge |
 //! | 198.19.255.0/24 | the fabric between nodes; node N is 198.19.255.N, the control plane .254 |
 //! | 198.19.0.0/20 | service VIPs (allocated by `weft local`) |
 
@@ -36,9 +36,9 @@ impl NodeAddresses {
     pub fn for_node(index: usize) -> Result<Self> {
         let n = u8::try_from(index)
             .ok()
-            .filter(|n| (1..=254).contains(n))
+            .filter(|n| (1..=250).contains(n))
             .ok_or_else(|| {
-                TopologyError::Invalid(format!("node index {index} is outside 1…254"))
+                TopologyError::Invalid(format!("node index {index} is outside 1…250"))
             })?;
         Ok(Self {
             fabric: Ipv4Addr::new(198, 19, 255, n),

@@ -43,6 +43,11 @@ impl Cgroup {
         Ok(Self { path })
     }
 
+    /// A handle on an existing cgroup directory.
+    pub fn open(path: PathBuf) -> Self {
+        Self { path }
+    }
+
     /// The cgroup's directory (what cgroup BPF programs attach to).
     pub fn path(&self) -> &Path {
         &self.path
@@ -104,7 +109,9 @@ pub fn destroy_tree(path: &Path) -> Result<()> {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !all_pids(path).is_empty() {
+    // "populated 0" in cgroup.events: every task has finished exiting (an
+    // empty cgroup.procs can come slightly earlier).
+    while !all_pids(path).is_empty() || populated(path) {
         if Instant::now() > deadline {
             return Err(TopologyError::Invalid(format!(
                 "processes {:?} in cgroup {} survived SIGKILL for 10 s",
@@ -115,6 +122,12 @@ pub fn destroy_tree(path: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     remove_dirs(path)
+}
+
+fn populated(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.events"))
+        .map(|events| events.lines().any(|line| line == "populated 1"))
+        .unwrap_or(false)
 }
 
 fn all_pids(path: &Path) -> Vec<i32> {
@@ -141,13 +154,23 @@ fn remove_dirs(path: &Path) -> Result<()> {
         remove_dirs(&child)?;
     }
     // A cgroup directory is removed with rmdir even though it lists files.
-    match fs::remove_dir(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(TopologyError::Io {
-            action: "removing cgroup",
-            path: path.to_owned(),
-            source,
-        }),
+    // The kernel may still be releasing the last task for a moment (EBUSY).
+    let mut attempts = 0;
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(source) => {
+                return Err(TopologyError::Io {
+                    action: "removing cgroup",
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
     }
 }

@@ -41,6 +41,11 @@ impl TopologyId {
         Self(format!("{PREFIX}-{owner}-0"))
     }
 
+    /// The id a topology was created with (from its record).
+    pub fn from_recorded(id: &str) -> Self {
+        Self(id.to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -109,22 +114,35 @@ fn prefixed_entries(dir: &Path) -> Vec<String> {
 /// cgroups), network namespaces, cgroups, state directories and pins.
 /// Resources of live processes and of named owners are left alone.
 pub fn reap_orphans() {
+    if let Err(err) = remove_matching(is_orphan) {
+        tracing::warn!(%err, "could not remove every leftover of a killed run");
+    }
+}
+
+/// Removes everything of the named owner (such as `weft local`'s), running
+/// or not.
+pub fn remove_owned_by(owner: &str) -> super::error::Result<()> {
+    remove_matching(|name| owner_of(name) == Some(owner))
+}
+
+fn remove_matching(matches: impl Fn(&str) -> bool) -> super::error::Result<()> {
+    let mut first_error = None;
     if let Ok(root) = cgroup::unified_root() {
-        for name in prefixed_entries(&root).into_iter().filter(|n| is_orphan(n)) {
+        for name in prefixed_entries(&root).into_iter().filter(|n| matches(n)) {
             if let Err(err) = cgroup::destroy_tree(&root.join(&name)) {
-                tracing::warn!(%err, cgroup = %name, "could not remove a leftover cgroup");
+                first_error.get_or_insert(err);
             }
         }
     }
-    for name in netns::list().into_iter().filter(|n| is_orphan(n)) {
+    for name in netns::list().into_iter().filter(|n| matches(n)) {
         if let Err(err) = netns::delete_named(&name) {
-            tracing::warn!(%err, netns = %name, "could not remove a leftover network namespace");
+            first_error.get_or_insert(err);
         }
     }
     for dir in [STATE_DIR, "/sys/fs/bpf"] {
         for name in prefixed_entries(Path::new(dir))
             .into_iter()
-            .filter(|n| is_orphan(n))
+            .filter(|n| matches(n))
         {
             let path = Path::new(dir).join(&name);
             let removed = if path.is_dir() {
@@ -132,11 +150,16 @@ pub fn reap_orphans() {
             } else {
                 std::fs::remove_file(&path)
             };
-            if let Err(err) = removed {
-                tracing::warn!(%err, path = %path.display(), "could not remove a leftover");
+            if let Err(source) = removed {
+                first_error.get_or_insert(super::error::TopologyError::Io {
+                    action: "removing",
+                    path,
+                    source,
+                });
             }
         }
     }
+    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -36,6 +36,20 @@ impl Pod {
         }
     }
 
+    pub(super) fn restore(
+        namespace: &str,
+        name: &str,
+        node: &str,
+        netns: NetNs,
+        cgroup: Cgroup,
+        ip: Ipv4Addr,
+        attachment: Option<Attachment>,
+    ) -> Self {
+        let mut pod = Self::new(namespace, name, node, netns, cgroup);
+        pod.set_network(ip, attachment);
+        pod
+    }
+
     pub(super) fn set_network(&mut self, ip: Ipv4Addr, attachment: Option<Attachment>) {
         self.ip = ip;
         self.attachment = attachment;
