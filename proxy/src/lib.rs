@@ -9,6 +9,7 @@
 //! crate and never on each other, so none of this is written twice.
 
 pub mod admin;
+pub mod authz;
 pub mod control;
 pub mod copy;
 pub mod hbone;

@@ -25,6 +25,10 @@ pub struct ConnectionLog {
     pub dst_identity: Option<String>,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    /// The policy that denied the connection, if one did.
+    pub policy: Option<String>,
+    /// AUDIT policies that matched.
+    pub audited: Vec<String>,
     started: Instant,
 }
 
@@ -44,6 +48,8 @@ impl ConnectionLog {
             dst_identity: None,
             bytes_sent: 0,
             bytes_recv: 0,
+            policy: None,
+            audited: Vec::new(),
             started: Instant::now(),
         }
     }
@@ -56,6 +62,8 @@ impl ConnectionLog {
             .dst_hbone_addr
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let policy = opt(&self.policy);
+        let audit = self.audited.join(",");
         match error {
             None => tracing::info!(
                 target: "access",
@@ -73,6 +81,7 @@ impl ConnectionLog {
                 bytes_sent = self.bytes_sent,
                 bytes_recv = self.bytes_recv,
                 duration_ms,
+                audit = %audit,
                 "connection complete"
             ),
             Some(error) => tracing::warn!(
@@ -91,6 +100,8 @@ impl ConnectionLog {
                 bytes_sent = self.bytes_sent,
                 bytes_recv = self.bytes_recv,
                 duration_ms,
+                audit = %audit,
+                policy = %policy,
                 error = %error,
                 "connection failed"
             ),

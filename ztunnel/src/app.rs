@@ -55,6 +55,15 @@ struct ConfigDump {
     pods: Vec<PodSummary>,
     certificates: Vec<CertificateInfo>,
     hbone: HboneDump,
+    authorization: AuthorizationDump,
+}
+
+#[derive(Serialize)]
+struct AuthorizationDump {
+    /// Inbound connections open now (re-evaluated on every policy change).
+    open_connections: usize,
+    /// Denied connections, by deciding policy.
+    denials: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Serialize)]
@@ -158,6 +167,7 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
         agent_listener,
         pods.clone(),
     )));
+    tasks.push(tokio::spawn(proxy.connections.clone().watch(proxy.clone())));
 
     let (dump_state, dump_status, dump_certs, dump_node, dump_pods, dump_proxy) = (
         state.clone(),
@@ -180,6 +190,10 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
                 handshakes: stats.handshakes.load(Ordering::Relaxed),
                 streams: stats.streams.load(Ordering::Relaxed),
                 reused: stats.reused.load(Ordering::Relaxed),
+            },
+            authorization: AuthorizationDump {
+                open_connections: dump_proxy.connections.open_connections(),
+                denials: dump_proxy.connections.denials(),
             },
         })
     });

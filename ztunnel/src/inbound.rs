@@ -20,8 +20,11 @@ use weft_proxy::{
     },
 };
 
+use weft_proxy::authz::Decision;
+
 use crate::{
     access_log::ConnectionLog,
+    authorization,
     proxy::{PodContext, Proxy},
     socket::{self, TPROXY_MARK},
 };
@@ -94,6 +97,14 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
         return log.finish(Some(&reason));
     }
     log.dst_hbone_addr = Some(SocketAddr::new(authority.ip(), proxy.ports.hbone));
+    let attrs = authorization::attributes(pod, peer.ip(), Some(connect.peer.clone()), authority);
+    let mut registration = match authorize(proxy, &attrs, &mut log) {
+        Ok(()) => proxy.connections.register(attrs),
+        Err(reason) => {
+            connect.reject(StatusCode::UNAUTHORIZED);
+            return log.finish(Some(&format!("{reason} (401)")));
+        }
+    };
     let mut upstream =
         match socket::connect(&pod.netns, authority, TPROXY_MARK, Some(peer.ip())).await {
             Ok(upstream) => upstream,
@@ -110,17 +121,68 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
     };
     // The copy's first leg is the application: what it received is what
     // the client sent.
-    let (t, error) = match copy::tcp_h2(&mut upstream, stream).await {
-        Ok(t) => (t, None),
-        Err(failure) => (failure.transferred, Some(failure.error)),
+    let outcome = tokio::select! {
+        result = copy::tcp_h2(&mut upstream, stream) => Outcome::Done(result),
+        reason = registration.revoked() => Outcome::Revoked(reason),
     };
-    log.bytes_sent = t.received;
-    log.bytes_recv = t.sent;
+    finish(log, outcome, &upstream, |t| (t.received, t.sent));
+}
+
+/// How a proxied connection ended.
+enum Outcome {
+    Done(Result<copy::Transferred, copy::CopyFailure>),
+    /// Cut by a policy change, with the reason.
+    Revoked(String),
+}
+
+fn finish(
+    mut log: ConnectionLog,
+    outcome: Outcome,
+    upstream: &TcpStream,
+    // (bytes the client sent, bytes it received), from the copy's counts.
+    direction: impl Fn(&copy::Transferred) -> (u64, u64),
+) {
+    let error: Option<String> = match outcome {
+        Outcome::Done(Ok(t)) => {
+            (log.bytes_sent, log.bytes_recv) = direction(&t);
+            None
+        }
+        Outcome::Done(Err(failure)) => {
+            (log.bytes_sent, log.bytes_recv) = direction(&failure.transferred);
+            Some(failure.error.to_string())
+        }
+        Outcome::Revoked(reason) => {
+            // Both legs are reset: the tunnel stream was dropped with the
+            // copy (RST_STREAM), and the application's side here.
+            let _ = socket2::SockRef::from(upstream).set_linger(Some(std::time::Duration::ZERO));
+            Some(reason)
+        }
+    };
     log.finish(error.as_ref().map(|e| e as &dyn std::fmt::Display));
 }
 
+/// Decides the connection; records audits and denials in the log.
+fn authorize(
+    proxy: &Proxy,
+    attrs: &authorization::Attributes,
+    log: &mut ConnectionLog,
+) -> Result<(), String> {
+    match authorization::decide(proxy, attrs) {
+        Decision::Allow { audited } => {
+            log.audited = audited;
+            Ok(())
+        }
+        Decision::Deny { reason, audited } => {
+            log.audited = audited;
+            log.policy = Some(reason.policy());
+            proxy.connections.denied(&reason.policy());
+            Err(reason.to_string())
+        }
+    }
+}
+
 /// Serves plaintext inbound (15006) for the pod until the listener is
-/// dropped. (Policy for it arrives with L4 authorization.)
+/// dropped.
 pub async fn serve_plaintext(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpListener) {
     loop {
         let (client, peer) = match listener.accept().await {
@@ -156,6 +218,15 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
             "plaintext to {original} is not for this pod's application"
         )));
     }
+    let attrs = authorization::attributes(pod, peer.ip(), None, original);
+    let mut registration = match authorize(proxy, &attrs, &mut log) {
+        Ok(()) => proxy.connections.register(attrs),
+        Err(reason) => {
+            // Refused plaintext is reset, not merely closed.
+            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            return log.finish(Some(&reason));
+        }
+    };
     let mut upstream =
         match socket::connect(&pod.netns, original, TPROXY_MARK, Some(peer.ip())).await {
             Ok(upstream) => upstream,
@@ -165,11 +236,12 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
                 )))
             }
         };
-    let (t, error) = match copy::tcp_tcp(&mut client, &mut upstream).await {
-        Ok(t) => (t, None),
-        Err(failure) => (failure.transferred, Some(failure.error)),
+    let outcome = tokio::select! {
+        result = copy::tcp_tcp(&mut client, &mut upstream) => Outcome::Done(result),
+        reason = registration.revoked() => Outcome::Revoked(reason),
     };
-    log.bytes_sent = t.sent;
-    log.bytes_recv = t.received;
-    log.finish(error.as_ref().map(|e| e as &dyn std::fmt::Display));
+    if matches!(outcome, Outcome::Revoked(_)) {
+        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+    }
+    finish(log, outcome, &upstream, |t| (t.sent, t.received));
 }

@@ -12,6 +12,7 @@
 
 pub mod access_log;
 pub mod app;
+pub mod authorization;
 pub mod capture;
 pub mod config;
 pub mod inbound;

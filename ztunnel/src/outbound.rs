@@ -173,6 +173,9 @@ async fn handle(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer: So
                 log.bytes_sent = failure.transferred.sent;
                 log.bytes_recv = failure.transferred.received;
             }
+            // The application learns of a refusal (401, 503, no route) as a
+            // reset, as it would from the destination itself.
+            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
             log.finish(Some(&err))
         }
     }

@@ -57,6 +57,8 @@ pub struct Proxy {
     pub pool: Pool,
     pub trust: TrustBundle,
     pub ports: Ports,
+    /// Open inbound connections (for live policy re-evaluation) and denials.
+    pub connections: Arc<crate::authorization::Registry>,
     /// Round-robin position per service.
     next_endpoint: Mutex<HashMap<String, usize>>,
 }
@@ -75,6 +77,7 @@ impl Proxy {
             pool: Pool::default(),
             trust,
             ports: Ports::default(),
+            connections: Arc::default(),
             next_endpoint: Mutex::default(),
         }
     }

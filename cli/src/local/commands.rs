@@ -325,6 +325,9 @@ async fn print_summary(paths: &Paths) -> anyhow::Result<()> {
     for error in &snapshot.errors {
         println!("\nrejected: {error}");
     }
+    for warning in &resources.warnings {
+        println!("\nwarning: {warning}");
+    }
     Ok(())
 }
 

@@ -11,7 +11,10 @@
 //!   at L4, so it allows nothing);
 //! - a DENY rule's L7 attributes are dropped (it denies more, not less);
 //! - policies with `targetRef(s)` belong to waypoints and are skipped here;
-//! - CUSTOM and AUDIT are not node-proxy actions and are skipped.
+//! - CUSTOM (an external authorizer ztunnel does not call) becomes DENY.
+//!
+//! AUDIT policies are sent with `dry_run`: evaluated and recorded in the
+//! access log when they match, never enforced.
 
 use ipnet::IpNet;
 use weft_proto::istio::security;
@@ -69,15 +72,17 @@ fn translate_policy(
         tracing::debug!(policy = %id, "targets {:?}; enforced by waypoints, not ztunnel", policy.target_refs);
         return None;
     }
-    let action = match policy.action {
-        AuthzAction::Allow => security::Action::Allow,
-        AuthzAction::Deny => security::Action::Deny,
-        AuthzAction::Audit | AuthzAction::Custom => {
+    let (action, dry_run) = match policy.action {
+        AuthzAction::Allow => (security::Action::Allow, false),
+        AuthzAction::Deny => (security::Action::Deny, false),
+        // Recorded when it matches, never enforced.
+        AuthzAction::Audit => (security::Action::Allow, true),
+        AuthzAction::Custom => {
             warnings.push(format!(
-                "{id}: action {:?} is not enforced by ztunnel; the policy is ignored",
-                policy.action
+                "{id}: CUSTOM needs an external authorizer that ztunnel does not call; \
+                 connections it matches are denied (fail closed)"
             ));
-            return None;
+            (security::Action::Deny, false)
         }
     };
     let scope = if policy.selector.is_some() {
@@ -115,6 +120,7 @@ fn translate_policy(
         scope: scope as i32,
         action: action as i32,
         rules,
+        dry_run,
     })
 }
 
@@ -142,8 +148,8 @@ fn source_match(s: &Source) -> security::Match {
     security::Match {
         namespaces: strings(&s.namespaces),
         not_namespaces: strings(&s.not_namespaces),
-        principals: strings(&s.principals),
-        not_principals: strings(&s.not_principals),
+        principals: principals(&s.principals),
+        not_principals: principals(&s.not_principals),
         source_ips: cidrs(&s.ip_blocks),
         not_source_ips: cidrs(&s.not_ip_blocks),
         ..Default::default()
@@ -171,8 +177,8 @@ fn condition_match(c: &Condition) -> Option<security::Match> {
             ..Default::default()
         },
         Condition::SourcePrincipal { values, not_values } => security::Match {
-            principals: strings(values),
-            not_principals: strings(not_values),
+            principals: principals(values),
+            not_principals: principals(not_values),
             ..Default::default()
         },
         Condition::DestinationIp { values, not_values } => security::Match {
@@ -188,6 +194,22 @@ fn condition_match(c: &Condition) -> Option<security::Match> {
         Condition::L7 { .. } => return None,
     };
     Some(m)
+}
+
+/// Principals are matched without the `spiffe://` scheme, as Istio writes
+/// them (`cluster.local/ns/NS/sa/SA`); a policy that spells the scheme out
+/// means the same identity.
+fn principals(patterns: &[StringPattern]) -> Vec<security::StringMatch> {
+    let strip = |s: &str| s.strip_prefix("spiffe://").unwrap_or(s).to_owned();
+    let normalized: Vec<StringPattern> = patterns
+        .iter()
+        .map(|p| match p {
+            StringPattern::Exact(s) => StringPattern::Exact(strip(s)),
+            StringPattern::Prefix(s) => StringPattern::Prefix(strip(s)),
+            other => other.clone(),
+        })
+        .collect();
+    strings(&normalized)
 }
 
 fn strings(patterns: &[StringPattern]) -> Vec<security::StringMatch> {

@@ -107,6 +107,7 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> PeerPolicies {
             rules: vec![security::Rule {
                 clauses: vec![no_identity()],
             }],
+            dry_run: false,
         });
     }
     out
@@ -169,5 +170,6 @@ fn port_level_policy(
         scope: security::Scope::WorkloadSelector as i32,
         action: security::Action::Deny as i32,
         rules: vec![security::Rule { clauses }],
+        dry_run: false,
     })
 }

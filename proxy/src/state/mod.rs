@@ -29,6 +29,29 @@ struct Inner {
     /// Address resource name → the key it was stored under (uid or service key).
     address_names: HashMap<String, AddressKey>,
     policies: HashMap<String, Arc<Authorization>>,
+    /// Policy names by the namespace they cover (GLOBAL under `None`);
+    /// selector-scoped ones are reached through the workloads listing them.
+    policy_scopes: HashMap<Option<String>, std::collections::BTreeSet<String>>,
+}
+
+impl Inner {
+    fn scope_key(policy: &Authorization) -> Option<Option<String>> {
+        match policy.scope {
+            PolicyScope::Global => Some(None),
+            PolicyScope::Namespace => Some(Some(policy.namespace.clone())),
+            PolicyScope::WorkloadSelector => None,
+        }
+    }
+
+    fn unindex(&mut self, name: &str) {
+        if let Some(old) = self.policies.get(name) {
+            if let Some(key) = Self::scope_key(old) {
+                if let Some(set) = self.policy_scopes.get_mut(&key) {
+                    set.remove(name);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +155,29 @@ impl ProxyState {
         self.read().policies.get(key).cloned()
     }
 
+    /// The policies that apply to a workload in `namespace` that lists
+    /// `selected` (its selector-scoped policies): every GLOBAL one, every
+    /// NAMESPACE one of its namespace, and the listed ones.
+    pub fn policies_for(&self, namespace: &str, selected: &[String]) -> Vec<Arc<Authorization>> {
+        let inner = self.read();
+        let scoped = [None, Some(namespace.to_owned())];
+        let mut out: Vec<Arc<Authorization>> = scoped
+            .iter()
+            .filter_map(|key| inner.policy_scopes.get(key))
+            .flatten()
+            .filter_map(|name| inner.policies.get(name))
+            .cloned()
+            .collect();
+        out.extend(
+            selected
+                .iter()
+                .filter_map(|key| inner.policies.get(key))
+                .filter(|p| p.scope == PolicyScope::WorkloadSelector)
+                .cloned(),
+        );
+        out
+    }
+
     /// Workloads on `node`.
     pub fn workloads_on(&self, node: &str) -> Vec<Arc<Workload>> {
         let mut found: Vec<_> = self
@@ -198,14 +244,25 @@ impl ProxyState {
     }
 
     pub fn upsert_policy(&self, name: &str, policy: Authorization) {
-        self.write()
-            .policies
-            .insert(name.to_owned(), Arc::new(policy));
+        let mut inner = self.write();
+        inner.unindex(name);
+        if let Some(key) = Inner::scope_key(&policy) {
+            inner
+                .policy_scopes
+                .entry(key)
+                .or_default()
+                .insert(name.to_owned());
+        }
+        inner.policies.insert(name.to_owned(), Arc::new(policy));
+        drop(inner);
         self.changed();
     }
 
     pub fn remove_policy(&self, name: &str) {
-        let removed = self.write().policies.remove(name).is_some();
+        let mut inner = self.write();
+        inner.unindex(name);
+        let removed = inner.policies.remove(name).is_some();
+        drop(inner);
         if removed {
             self.changed();
         }

@@ -78,6 +78,8 @@ pub struct Authorization {
     pub action: PolicyAction,
     /// Any of its rules.
     pub rules: Vec<Rule>,
+    /// Evaluated and recorded, never enforced (AUDIT).
+    pub dry_run: bool,
 }
 
 impl Authorization {
@@ -196,6 +198,7 @@ impl TryFrom<pb::Authorization> for Authorization {
             scope,
             action,
             rules,
+            dry_run: a.dry_run,
         })
     }
 }

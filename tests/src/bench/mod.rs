@@ -1,5 +1,6 @@
 //! Benchmark cases (see the `weft-bench` binary) and their reporting.
 
+pub mod authz;
 pub mod l4;
 pub mod xds_propagation;
 

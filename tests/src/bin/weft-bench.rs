@@ -7,7 +7,7 @@
 
 use weft_tests::{bench, privilege::require_privileged};
 
-const CASES: &[&str] = &["xds-propagation", "throughput", "rr-latency"];
+const CASES: &[&str] = &["xds-propagation", "authz-eval", "throughput", "rr-latency"];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -21,6 +21,9 @@ async fn main() -> anyhow::Result<()> {
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
     if run("xds-propagation") {
         bench::xds_propagation::run().await?;
+    }
+    if run("authz-eval") {
+        bench::authz::run();
     }
     if run("throughput") || run("rr-latency") {
         require_privileged();
