@@ -318,3 +318,53 @@ spec:
         .authorization_policies
         .is_empty());
 }
+
+#[test]
+fn peer_authentication_levels_override_each_other() {
+    let yaml = format!(
+        "{MESH}{}",
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: relaxed, namespace: legacy}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: server-open, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls: {8080: {mode: STRICT}}
+"#
+    );
+    let r = resources(&yaml);
+    let strict = "istio-system/istio_converted_static_strict";
+    // Mesh STRICT reaches a namespace without its own setting…
+    assert_eq!(
+        workload(&r, "demo", "optout").authorization_policies,
+        vec![strict]
+    );
+    // …a namespace's PERMISSIVE overrides it…
+    assert!(workload(&r, "legacy", "old")
+        .authorization_policies
+        .is_empty());
+    // …and a workload's PERMISSIVE with a STRICT port overrides both.
+    let server = workload(&r, "demo", "server");
+    assert_eq!(
+        server.authorization_policies,
+        vec!["demo/converted_peer_authentication_server-open"]
+    );
+    let converted = policy(&r, "demo/converted_peer_authentication_server-open");
+    assert_eq!(
+        converted.rules[0].clauses[1].matches[0].destination_ports,
+        vec![8080],
+        "plaintext denied on 8080 only"
+    );
+}
