@@ -3,6 +3,7 @@
 //! (`weft control …`, `weft ztunnel …`) so one binary is all local mode
 //! needs.
 
+mod inspect;
 mod local;
 
 use std::{ffi::OsString, path::PathBuf};
@@ -31,6 +32,25 @@ enum Command {
         #[command(subcommand)]
         command: local::LocalCommand,
     },
+    /// What a ztunnel holds: workloads, services, policies, certificates or
+    /// open connections (of the local mesh).
+    ZtunnelConfig {
+        kind: inspect::Kind,
+        /// Only this node's ztunnel (certificates and connections default to
+        /// every node's).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = inspect::Output::Table)]
+        output: inspect::Output,
+        #[arg(long, env = "WEFT_LOCAL_DIR", default_value = "/run/weft-local")]
+        dir: PathBuf,
+    },
+    /// The control service, each ztunnel, the enrolled namespaces and the
+    /// waypoints (of the local mesh).
+    Status {
+        #[arg(long, env = "WEFT_LOCAL_DIR", default_value = "/run/weft-local")]
+        dir: PathBuf,
+    },
     /// Run the control service (as `weft-control`).
     #[command(hide = true, disable_help_flag = true)]
     Control {
@@ -55,6 +75,18 @@ fn main() -> anyhow::Result<()> {
                 .block_on(local::run(dir, command))?;
             std::process::exit(code);
         }
+        Command::ZtunnelConfig {
+            kind,
+            node,
+            output,
+            dir,
+        } => block_on(inspect::ztunnel_config(
+            &local::Paths::new(dir),
+            kind,
+            node.as_deref(),
+            output,
+        )),
+        Command::Status { dir } => block_on(inspect::status(&local::Paths::new(dir))),
         Command::Control { args } => weft_control::app::main_from(
             std::iter::once(OsString::from("weft-control")).chain(args),
         ),
@@ -62,4 +94,11 @@ fn main() -> anyhow::Result<()> {
             ztunnel::app::main_from(std::iter::once(OsString::from("ztunnel")).chain(args))
         }
     }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }

@@ -1,52 +1,18 @@
 //! `weft local` as a user runs it: up from the example directory, requests
 //! by service name through the mesh, apply and delete, status, down.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use weft_tests::{privilege::require_privileged, topology::leftovers};
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+mod support;
 
-struct Local {
-    dir: tempfile::TempDir,
-}
-
-impl Local {
-    fn weft(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(WEFT)
-            .arg("local")
-            .args(args)
-            .env("WEFT_LOCAL_DIR", self.dir.path())
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .expect("running weft");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.weft(args);
-        assert!(ok, "weft local {args:?} failed:\n{stdout}\n{stderr}");
-        stdout
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        // Even when an assertion failed: leave nothing running.
-        let _ = self.weft(&["down"]);
-    }
-}
+use support::Local;
 
 #[test]
 fn a_local_mesh_from_up_to_down() {
     require_privileged();
-    let local = Local {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let local = Local::new();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local");
     let summary = local.ok(&["up", "-f", examples.to_str().unwrap()]);
     assert!(
@@ -166,14 +132,22 @@ spec:
     assert!(!hosts.contains("extra"), "{hosts}");
 
     // A second `up` is refused while one runs.
-    let (ok, _, stderr) = local.weft(&["up", "-f", examples.to_str().unwrap()]);
+    let (ok, _, stderr) = local.run(&["up", "-f", examples.to_str().unwrap()]);
     assert!(!ok && stderr.contains("already running"), "{stderr}");
 
+    // This mesh's names (other tests run meshes of their own meanwhile).
+    let layout: serde_json::Value =
+        serde_json::from_str(&local.ok(&["status", "-o", "json"])).unwrap();
+    let stem = layout["control"]["netns"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("-control")
+        .to_owned();
     let down = local.ok(&["down"]);
     assert!(down.contains("nothing left behind"), "{down}");
     let left: Vec<String> = leftovers()
         .into_iter()
-        .filter(|l| l.contains("wft-local"))
+        .filter(|l| l.contains(&stem))
         .collect();
     assert!(left.is_empty(), "down left {left:?}");
     assert!(!local.dir.path().join("state.json").exists());

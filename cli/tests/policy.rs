@@ -4,46 +4,15 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use weft_tests::privilege::require_privileged;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+mod support;
 
-/// An echo server (one line in, the same line out) on port 7000.
-const ECHO: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: echo, namespace: demo, labels: {app: echo}}
-spec:
-  nodeName: n2
-  serviceAccountName: echo
-  containers:
-  - name: echo
-    command:
-    - python3
-    - -u
-    - -c
-    - |
-      import socketserver
-      class Echo(socketserver.StreamRequestHandler):
-          def handle(self):
-              for line in self.rfile:
-                  self.wfile.write(line)
-      socketserver.ThreadingTCPServer.allow_reuse_address = True
-      socketserver.ThreadingTCPServer(("0.0.0.0", 7000), Echo).serve_forever()
-    ports: [{containerPort: 7000}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: demo}
-spec:
-  selector: {app: echo}
-  ports: [{port: 7000}]
-"#;
+use support::{Local, ECHO};
 
 /// Sends a line every 100 ms and prints each echo; prints CUT and exits
 /// when the connection breaks.
@@ -64,71 +33,6 @@ except Exception as e:
 print("CUT", flush=True)
 "#;
 
-struct Local {
-    dir: tempfile::TempDir,
-}
-
-impl Local {
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(WEFT);
-        cmd.arg("local")
-            .env("WEFT_LOCAL_DIR", self.dir.path())
-            .env("RUST_BACKTRACE", "0");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = self.command().args(args).output().expect("running weft");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, text) = self.run(args);
-        assert!(ok, "weft local {args:?} failed:\n{text}");
-        text
-    }
-
-    fn file(&self, name: &str, yaml: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, yaml).unwrap();
-        path.to_string_lossy().into_owned()
-    }
-
-    /// The HTTP status `pod` gets from `url` ("000" when refused or reset).
-    fn curl(&self, pod: &str, url: &str) -> String {
-        let out = self
-            .command()
-            .args([
-                "exec",
-                pod,
-                "--",
-                "curl",
-                "-s",
-                "-m",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                url,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
-    }
-}
-
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check() {
@@ -140,11 +44,8 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[test]
 fn policies_deny_allow_and_cut_open_connections() {
     require_privileged();
-    let local = Local {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local");
-    local.ok(&["up", "-f", examples.to_str().unwrap()]);
+    let local = Local::new();
+    local.up_examples();
     let echo = local.file("echo.yaml", ECHO);
     local.ok(&["apply", "-f", &echo]);
     assert_eq!(local.curl("demo/client", "http://web.demo/"), "200");
@@ -207,8 +108,17 @@ spec: {mtls: {mode: STRICT}}
 
     // A long-lived connection, cut within a second of a DENY appearing.
     let mut talker = local
-        .command()
-        .args(["exec", "demo/client", "--", "python3", "-u", "-c", TALKER])
+        .weft()
+        .args([
+            "local",
+            "exec",
+            "demo/client",
+            "--",
+            "python3",
+            "-u",
+            "-c",
+            TALKER,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -34,6 +34,54 @@ pub struct Transferred {
     pub received: u64,
 }
 
+/// Where a copy reports the bytes it moves, as they move: `forward` for
+/// the first leg → second leg direction, `backward` for the other.
+#[derive(Clone, Copy)]
+pub struct Meter<'a> {
+    meter: Option<&'a crate::metrics::ConnectionMeter>,
+    /// Whether the first leg is the connection's source (so forward bytes
+    /// are its request bytes).
+    first_is_source: bool,
+}
+
+impl<'a> Meter<'a> {
+    /// Counts into `meter`; `first_is_source` tells the directions apart.
+    pub fn new(meter: &'a crate::metrics::ConnectionMeter, first_is_source: bool) -> Self {
+        Self {
+            meter: Some(meter),
+            first_is_source,
+        }
+    }
+
+    /// Counts nothing.
+    pub fn none() -> Self {
+        Self {
+            meter: None,
+            first_is_source: true,
+        }
+    }
+
+    fn forward(&self, n: u64) {
+        if let Some(m) = self.meter {
+            if self.first_is_source {
+                m.add_request(n)
+            } else {
+                m.add_response(n)
+            }
+        }
+    }
+
+    fn backward(&self, n: u64) {
+        if let Some(m) = self.meter {
+            if self.first_is_source {
+                m.add_response(n)
+            } else {
+                m.add_request(n)
+            }
+        }
+    }
+}
+
 /// A copy that ended in an error, with what had been moved until then.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
@@ -92,7 +140,11 @@ impl Growing {
 
 /// Copies between a TCP connection and a tunnel stream until both
 /// directions are done.
-pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred, CopyFailure> {
+pub async fn tcp_h2(
+    tcp: &mut TcpStream,
+    stream: H2Stream,
+    meter: &Meter<'_>,
+) -> Result<Transferred, CopyFailure> {
     let H2Stream { mut send, mut recv } = stream;
     let (mut reader, mut writer) = tcp.split();
     let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -127,6 +179,7 @@ pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred
                 let len = part.len() as u64;
                 send.send_data(part, false)?;
                 sent.fetch_add(len, Relaxed);
+                meter.forward(len);
             }
         }
     };
@@ -142,6 +195,7 @@ pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred
                     source,
                 })?;
             received.fetch_add(len as u64, Relaxed);
+            meter.backward(len as u64);
             recv.flow_control().release_capacity(len)?;
         }
         writer.shutdown().await.map_err(|source| CopyError::Io {
@@ -165,16 +219,27 @@ pub async fn tcp_h2(tcp: &mut TcpStream, stream: H2Stream) -> Result<Transferred
 }
 
 /// Copies between two TCP connections until both directions are done.
-pub async fn tcp_tcp(a: &mut TcpStream, b: &mut TcpStream) -> Result<Transferred, CopyFailure> {
+pub async fn tcp_tcp(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    meter: &Meter<'_>,
+) -> Result<Transferred, CopyFailure> {
     let (mut a_read, mut a_write) = a.split();
     let (mut b_read, mut b_write) = b.split();
     let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
-    let forward = pump(&mut a_read, &mut b_write, ("downstream", "upstream"), &sent);
+    let forward = pump(
+        &mut a_read,
+        &mut b_write,
+        ("downstream", "upstream"),
+        &sent,
+        |n| meter.forward(n),
+    );
     let backward = pump(
         &mut b_read,
         &mut a_write,
         ("upstream", "downstream"),
         &received,
+        |n| meter.backward(n),
     );
     let outcome = tokio::try_join!(forward, backward);
     let transferred = Transferred {
@@ -196,6 +261,7 @@ async fn pump<R, W>(
     writer: &mut W,
     (from, to): (&'static str, &'static str),
     total: &AtomicU64,
+    count: impl Fn(u64),
 ) -> Result<(), CopyError>
 where
     R: AsyncRead + Unpin,
@@ -220,6 +286,7 @@ where
             .map_err(|source| CopyError::Io { side: to, source })?;
         buf.buf.clear();
         total.fetch_add(n as u64, Relaxed);
+        count(n as u64);
     }
 }
 

@@ -14,5 +14,6 @@ pub mod control;
 pub mod copy;
 pub mod hbone;
 pub mod identity;
+pub mod metrics;
 pub mod state;
 pub mod xds;

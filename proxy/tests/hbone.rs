@@ -94,7 +94,9 @@ async fn fixture() -> Fixture {
                     );
                     let mut upstream = TcpStream::connect(app).await.unwrap();
                     let tunnel = connect.accept().unwrap();
-                    copy::tcp_h2(&mut upstream, tunnel).await.unwrap();
+                    copy::tcp_h2(&mut upstream, tunnel, &copy::Meter::none())
+                        .await
+                        .unwrap();
                 })
                 .await;
                 if let Err(err) = result {

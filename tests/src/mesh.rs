@@ -29,6 +29,7 @@ pub struct Mesh {
     pub control: ControlProcess,
     pub ztunnels: BTreeMap<String, ZtunnelProcess>,
     binaries: (std::path::PathBuf, std::path::PathBuf),
+    control_flags: Vec<String>,
 }
 
 /// Replaces `${ns/pod}` with the pod's IP.
@@ -51,6 +52,17 @@ impl Mesh {
         config: &str,
         binaries: Binaries<'_>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(topology, config, binaries, &[]).await
+    }
+
+    /// As [`Mesh::start`], with extra flags for the control service.
+    pub async fn start_with(
+        topology: Topology,
+        config: &str,
+        binaries: Binaries<'_>,
+        control_flags: &[&str],
+    ) -> anyhow::Result<Self> {
+        let control_flags: Vec<String> = control_flags.iter().map(|f| f.to_string()).collect();
         let dir = tempfile::tempdir()?;
         let (config_dir, state_dir) = (dir.path().join("config"), dir.path().join("state"));
         std::fs::create_dir_all(&config_dir)?;
@@ -63,12 +75,13 @@ impl Mesh {
             .context("the topology needs a control plane (TopologyBuilder::control_plane)")?
             .name()
             .to_owned();
-        let control = ControlProcess::start(
+        let control = ControlProcess::start_with(
             binaries.control,
             Some(&control_netns),
             &config_dir,
             &state_dir,
             SocketAddr::from((CONTROL_PLANE_IP, 15012)),
+            &control_flags,
         )
         .await?;
         let mut ztunnels = BTreeMap::new();
@@ -90,6 +103,7 @@ impl Mesh {
             control,
             ztunnels,
             binaries: (binaries.control.to_owned(), binaries.ztunnel.to_owned()),
+            control_flags,
         };
         for z in mesh.ztunnels.values() {
             eventually("ztunnel ready", Duration::from_secs(20), || async {
@@ -146,12 +160,13 @@ impl Mesh {
     /// Restarts the control service on its address (after a kill).
     pub async fn restart_control(&mut self) -> anyhow::Result<()> {
         let netns = self.topology.control_plane().map(|n| n.name().to_owned());
-        self.control = ControlProcess::start(
+        self.control = ControlProcess::start_with(
             &self.binaries.0,
             netns.as_deref(),
             &self.dir.path().join("config"),
             &self.dir.path().join("state"),
             self.control.addr,
+            &self.control_flags,
         )
         .await?;
         Ok(())

@@ -88,6 +88,11 @@ impl Process {
             .with_context(|| format!("killing {}", self.name))
     }
 
+    /// Waits for the process to exit on its own.
+    pub async fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(self.child.wait().await?)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
@@ -161,7 +166,20 @@ impl ControlProcess {
         state_dir: &Path,
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_with(bin, netns, config_dir, state_dir, listen, &[]).await
+    }
+
+    /// As [`ControlProcess::start`], with extra flags (`--cert-lifetime-secs`, …).
+    pub async fn start_with(
+        bin: &Path,
+        netns: Option<&str>,
+        config_dir: &Path,
+        state_dir: &Path,
+        listen: SocketAddr,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let mut cmd = command_in(netns, bin)?;
+        cmd.args(extra);
         cmd.arg("--config-dir")
             .arg(config_dir)
             .arg("--state-dir")
@@ -195,6 +213,7 @@ pub struct ZtunnelProcess {
     pub process: Process,
     pub admin: SocketAddr,
     pub readiness: SocketAddr,
+    pub metrics: SocketAddr,
     /// The namespace it runs in (its node's), by name.
     pub netns: Option<String>,
     /// Its node-agent socket.
@@ -226,21 +245,26 @@ impl ZtunnelProcess {
                 "127.0.0.1:0",
                 "--readiness-address",
                 "127.0.0.1:0",
-            ]);
+            ])
+            .args(["--metrics-address", "127.0.0.1:0"]);
         let (process, line) = Process::start(&format!("ztunnel {node}"), cmd, "admin=").await?;
         let mut admin = None;
         let mut readiness = None;
+        let mut metrics = None;
         for field in line.split_whitespace() {
             if let Some(v) = field.strip_prefix("admin=") {
                 admin = v.parse().ok();
             } else if let Some(v) = field.strip_prefix("readiness=") {
                 readiness = v.parse().ok();
+            } else if let Some(v) = field.strip_prefix("metrics=") {
+                metrics = v.parse().ok();
             }
         }
         Ok(Self {
             process,
             admin: admin.ok_or_else(|| anyhow!("no admin address in {line:?}"))?,
             readiness: readiness.ok_or_else(|| anyhow!("no readiness address in {line:?}"))?,
+            metrics: metrics.ok_or_else(|| anyhow!("no metrics address in {line:?}"))?,
             netns: netns.map(str::to_owned),
             socket: socket.to_owned(),
         })
@@ -251,6 +275,13 @@ impl ZtunnelProcess {
         let (status, body) = http_get(self.netns.as_deref(), self.admin, "/config_dump").await?;
         anyhow::ensure!(status == 200, "config_dump answered {status}: {body}");
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let (status, body) = http_get(self.netns.as_deref(), self.metrics, "/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+        Ok(body)
     }
 
     /// The status code of `GET /healthz/ready`.
@@ -270,6 +301,16 @@ pub async fn http_get(
     addr: SocketAddr,
     path: &str,
 ) -> anyhow::Result<(u16, String)> {
+    http_request(netns, "GET", addr, path).await
+}
+
+/// A minimal HTTP/1.1 request with `method` and no body.
+pub async fn http_request(
+    netns: Option<&str>,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = match netns {
         None => tokio::net::TcpStream::connect(addr)
             .await
@@ -284,7 +325,8 @@ pub async fn http_get(
     };
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await?;
     let mut raw = Vec::new();

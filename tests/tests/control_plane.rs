@@ -6,7 +6,7 @@
 use std::{path::Path, time::Duration};
 
 use weft_control::auth::issue_node_token;
-use weft_tests::processes::{eventually, ControlProcess, ZtunnelProcess};
+use weft_tests::processes::{eventually, http_request, ControlProcess, ZtunnelProcess};
 
 const MESH: &str = r#"
 apiVersion: v1
@@ -113,6 +113,21 @@ async fn ztunnel_rides_out_a_control_service_crash_and_resyncs() -> anyhow::Resu
     .await?;
     assert_eq!(workload_names(&dump), ["client", "late", "server"]);
     assert_eq!(dump["xds"]["nacks"], 0);
+
+    // Admin: the log level changes at run time, and /quitquitquit stops it.
+    let admin = ztunnel.admin;
+    let (status, body) = http_request(None, "POST", admin, "/logging?level=debug").await?;
+    assert_eq!((status, body.trim()), (200, "log level set to debug"));
+    let (status, _) = http_request(None, "POST", admin, "/logging?level=not%20a%20filter[").await?;
+    assert_eq!(status, 400);
+    let (status, _) = http_request(None, "POST", admin, "/quitquitquit").await?;
+    assert_eq!(status, 200);
+    let mut ztunnel = ztunnel;
+    let exit = tokio::time::timeout(Duration::from_secs(10), ztunnel.process.wait()).await??;
+    assert!(
+        exit.success(),
+        "ztunnel exits cleanly on /quitquitquit: {exit}"
+    );
     drop(control);
     Ok(())
 }

@@ -1,25 +1,21 @@
 //! Running ztunnel: connect to the control service, keep config and
 //! certificates, enroll pods from the node agent, serve the admin endpoints.
 
-use std::{sync::atomic::Ordering, sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
-use http::StatusCode;
-use serde::Serialize;
+use tokio::sync::Notify;
 use weft_proxy::{
-    admin::{self, Reply, Routes},
     control::ControlPlane,
     hbone::tls::TrustBundle,
-    identity::{ca_client::CaClient, CertificateInfo, CertificateManager},
-    state::{ProxyState, StateDump},
-    xds::{client::proxy_node, AddressHandler, AuthorizationHandler, XdsClient, XdsStatus},
+    identity::{ca_client::CaClient, CertificateManager},
+    metrics::Metrics,
+    state::ProxyState,
+    xds::{client::proxy_node, AddressHandler, AuthorizationHandler, XdsClient},
 };
 
 use crate::{
-    config::Config,
-    netns::own_netns,
-    nodeagent,
-    pods::{PodSummary, Pods},
-    proxy::Proxy,
+    admin, config::Config, netns::own_netns, nodeagent, pods::Pods, proxy::Proxy,
+    telemetry::Telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,63 +41,14 @@ pub enum StartError {
     },
 }
 
-/// What `/config_dump` returns.
-#[derive(Serialize)]
-struct ConfigDump {
-    node: String,
-    xds: XdsDump,
-    #[serde(flatten)]
-    state: StateDump,
-    pods: Vec<PodSummary>,
-    certificates: Vec<CertificateInfo>,
-    hbone: HboneDump,
-    authorization: AuthorizationDump,
-}
-
-#[derive(Serialize)]
-struct AuthorizationDump {
-    /// Inbound connections open now (re-evaluated on every policy change).
-    open_connections: usize,
-    /// Denied connections, by deciding policy.
-    denials: std::collections::BTreeMap<String, u64>,
-}
-
-#[derive(Serialize)]
-struct HboneDump {
-    connections: usize,
-    handshakes: u64,
-    streams: u64,
-    reused: u64,
-}
-
-#[derive(Serialize)]
-struct XdsDump {
-    connected: bool,
-    synced: bool,
-    last_update: Option<SystemTime>,
-    last_error: Option<String>,
-    acks: u64,
-    nacks: u64,
-}
-
-impl From<&XdsStatus> for XdsDump {
-    fn from(s: &XdsStatus) -> Self {
-        Self {
-            connected: s.connected,
-            synced: s.synced,
-            last_update: s.last_update,
-            last_error: s.last_error.clone(),
-            acks: s.acks,
-            nacks: s.nacks,
-        }
-    }
-}
-
 /// A started ztunnel.
 pub struct Ztunnel {
     pub admin_address: std::net::SocketAddr,
     pub readiness_address: std::net::SocketAddr,
+    pub metrics_address: std::net::SocketAddr,
     pub pods: Arc<Pods>,
+    /// Notified by `POST /quitquitquit`.
+    pub quit: Arc<Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -113,7 +60,11 @@ impl Drop for Ztunnel {
     }
 }
 
-pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
+/// Starts ztunnel; `logging` lets `/logging` change the log filter.
+pub async fn start(
+    config: Config,
+    logging: Option<admin::LogControl>,
+) -> Result<Ztunnel, StartError> {
     let mut control = ControlPlane::from_files(
         &config.control_address,
         &config.root_cert,
@@ -142,6 +93,7 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
         state.clone(),
         certificates.clone(),
         trust,
+        Metrics::default(),
     ));
     let pods = Arc::new(Pods::new(
         proxy.clone(),
@@ -150,12 +102,13 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
 
     // Bind everything before reporting the addresses.
     let bind = |what, addr| async move {
-        admin::bind(addr)
+        weft_proxy::admin::bind(addr)
             .await
             .map_err(|source| StartError::Bind { what, addr, source })
     };
     let (admin_listener, admin_address) = bind("admin", config.admin_address).await?;
     let (ready_listener, readiness_address) = bind("readiness", config.readiness_address).await?;
+    let (metrics_listener, metrics_address) = bind("metrics", config.metrics_address).await?;
     let agent_listener =
         nodeagent::wire::PacketListener::bind(&config.node_agent_socket).map_err(|source| {
             StartError::NodeAgent {
@@ -169,69 +122,42 @@ pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
     )));
     tasks.push(tokio::spawn(proxy.connections.clone().watch(proxy.clone())));
 
-    let (dump_state, dump_status, dump_certs, dump_node, dump_pods, dump_proxy) = (
-        state.clone(),
-        xds_status.clone(),
-        certificates.clone(),
-        config.node_name.clone(),
-        pods.clone(),
+    let sources = admin::Sources {
+        node: config.node_name.clone(),
+        capture: "iptables",
+        proxy: proxy.clone(),
+        pods: pods.clone(),
+        certs: certificates.clone(),
+        xds: xds_status.clone(),
+    };
+    let telemetry = Arc::new(Telemetry::new(
         proxy.clone(),
-    );
-    let admin_routes = Routes::default().route("/config_dump", move |_, _| {
-        let stats = dump_proxy.pool.stats();
-        Reply::json(&ConfigDump {
-            node: dump_node.clone(),
-            xds: XdsDump::from(&*dump_status.borrow()),
-            state: dump_state.dump(),
-            pods: dump_pods.list(),
-            certificates: dump_certs.info(),
-            hbone: HboneDump {
-                connections: dump_proxy.pool.connections(),
-                handshakes: stats.handshakes.load(Ordering::Relaxed),
-                streams: stats.streams.load(Ordering::Relaxed),
-                reused: stats.reused.load(Ordering::Relaxed),
-            },
-            authorization: AuthorizationDump {
-                open_connections: dump_proxy.connections.open_connections(),
-                denials: dump_proxy.connections.denials(),
-            },
-        })
-    });
-    tasks.push(tokio::spawn(admin::serve(admin_listener, admin_routes)));
-
-    let ready_pods = pods.clone();
-    let ready_routes = Routes::default().route("/healthz/ready", move |_, _| {
-        if !xds_status.borrow().synced {
-            return Reply::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: xDS has not synced\n",
-            );
-        }
-        let missing: Vec<String> = ready_pods
-            .identities()
-            .into_iter()
-            .filter(|id| {
-                certificates
-                    .current(id)
-                    .is_none_or(|c| !c.is_valid_at(SystemTime::now()))
-            })
-            .map(|id| id.to_string())
-            .collect();
-        if missing.is_empty() {
-            Reply::text(StatusCode::OK, "ready\n")
-        } else {
-            Reply::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: no certificate yet for {}\n", missing.join(", ")),
-            )
-        }
-    });
-    tasks.push(tokio::spawn(admin::serve(ready_listener, ready_routes)));
+        pods.clone(),
+        xds_status,
+        certificates,
+        sources.capture,
+    ));
+    let quit = Arc::new(Notify::new());
+    let admin_routes = admin::admin_routes(sources.clone(), logging, quit.clone());
+    tasks.push(tokio::spawn(weft_proxy::admin::serve(
+        admin_listener,
+        admin_routes,
+    )));
+    tasks.push(tokio::spawn(weft_proxy::admin::serve(
+        metrics_listener,
+        admin::metrics_routes(telemetry),
+    )));
+    tasks.push(tokio::spawn(weft_proxy::admin::serve(
+        ready_listener,
+        admin::readiness_routes(sources),
+    )));
     tracing::info!(node = %config.node_name, control = %config.control_address, %admin_address, %readiness_address, socket = %config.node_agent_socket.display(), "ztunnel started");
     Ok(Ztunnel {
         admin_address,
         readiness_address,
+        metrics_address,
         pods,
+        quit,
         tasks,
     })
 }
@@ -244,29 +170,46 @@ pub fn main() -> anyhow::Result<()> {
 
 /// Runs ztunnel with `args` (the first is the program name).
 pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // Colour only on a terminal: log files stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    use tracing_subscriber::{
+        layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Layer,
+    };
     let config = <Config as clap::Parser>::parse_from(args);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let (filter, handle) = reload::Layer::new(filter);
+    // Colour only on a terminal: log files stay greppable.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let format = match config.log_format.as_str() {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
+        _ => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .init();
+    let logging: admin::LogControl = Arc::new(move |level: &str| {
+        let filter =
+            EnvFilter::try_new(level).map_err(|e| format!("{level:?} is not a log filter: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async move {
-            let ztunnel = start(config).await?;
+            let ztunnel = start(config, Some(logging)).await?;
             // Machine-readable, for tools that start ztunnel on port 0.
             println!(
-                "admin={} readiness={}",
-                ztunnel.admin_address, ztunnel.readiness_address
+                "admin={} readiness={} metrics={}",
+                ztunnel.admin_address, ztunnel.readiness_address, ztunnel.metrics_address
             );
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = ztunnel.quit.notified() => {}
             }
             tracing::info!("shutting down");
             drop(ztunnel);

@@ -40,6 +40,12 @@ pub struct Config {
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, env = "WEFT_READINESS_ADDRESS", default_value = "0.0.0.0:15021")]
     pub readiness_address: SocketAddr,
+    /// Prometheus metrics endpoint (`/metrics`, `/stats/prometheus`).
+    #[arg(long, env = "WEFT_METRICS_ADDRESS", default_value = "0.0.0.0:15020")]
+    pub metrics_address: SocketAddr,
+    /// Log format: `text` or `json` (one object per line, access logs included).
+    #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// The node-agent socket through which pods are enrolled.
     #[arg(
         long,

@@ -20,11 +20,15 @@ use weft_proxy::{
     },
 };
 
-use weft_proxy::authz::Decision;
+use weft_proxy::{
+    authz::Decision,
+    metrics::{Ends, Reporter, TcpLabels},
+};
 
 use crate::{
     access_log::ConnectionLog,
     authorization,
+    connections::Opening,
     proxy::{PodContext, Proxy},
     socket::{self, TPROXY_MARK},
 };
@@ -98,8 +102,16 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
     }
     log.dst_hbone_addr = Some(SocketAddr::new(authority.ip(), proxy.ports.hbone));
     let attrs = authorization::attributes(pod, peer.ip(), Some(connect.peer.clone()), authority);
+    let opening = opening(
+        proxy,
+        pod,
+        peer,
+        authority,
+        Some(&connect.peer),
+        attrs.clone(),
+    );
     let mut registration = match authorize(proxy, &attrs, &mut log) {
-        Ok(()) => proxy.connections.register(attrs),
+        Ok(()) => proxy.connections.open(opening),
         Err(reason) => {
             connect.reject(StatusCode::UNAUTHORIZED);
             return log.finish(Some(&format!("{reason} (401)")));
@@ -121,8 +133,10 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
     };
     // The copy's first leg is the application: what it received is what
     // the client sent.
+    let counters = registration.meter.clone();
+    let meter = copy::Meter::new(&counters, false);
     let outcome = tokio::select! {
-        result = copy::tcp_h2(&mut upstream, stream) => Outcome::Done(result),
+        result = copy::tcp_h2(&mut upstream, stream, &meter) => Outcome::Done(result),
         reason = registration.revoked() => Outcome::Revoked(reason),
     };
     finish(log, outcome, &upstream, |t| (t.received, t.sent));
@@ -159,6 +173,37 @@ fn finish(
         }
     };
     log.finish(error.as_ref().map(|e| e as &dyn std::fmt::Display));
+}
+
+/// The table entry (and metric labels) of an inbound connection.
+fn opening(
+    proxy: &Proxy,
+    pod: &PodContext,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    peer_identity: Option<&weft_proto::spiffe::Identity>,
+    attrs: authorization::Attributes,
+) -> Opening {
+    let source = proxy.state.workload_by_ip(peer.ip());
+    let destination = proxy.state.workload_by_ip(dst.ip());
+    let labels = TcpLabels::new(&Ends {
+        reporter: Reporter::Destination,
+        source: source.as_deref(),
+        source_identity: peer_identity,
+        destination: destination.as_deref(),
+        destination_identity: Some(&pod.identity),
+        service: None,
+        mtls: peer_identity.is_some(),
+    });
+    Opening {
+        direction: "inbound",
+        src: peer,
+        dst,
+        src_identity: peer_identity.map(ToString::to_string),
+        dst_identity: Some(pod.identity.to_string()),
+        labels,
+        policy: Some(attrs),
+    }
 }
 
 /// Decides the connection; records audits and denials in the log.
@@ -219,8 +264,9 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
         )));
     }
     let attrs = authorization::attributes(pod, peer.ip(), None, original);
+    let opening = opening(proxy, pod, peer, original, None, attrs.clone());
     let mut registration = match authorize(proxy, &attrs, &mut log) {
-        Ok(()) => proxy.connections.register(attrs),
+        Ok(()) => proxy.connections.open(opening),
         Err(reason) => {
             // Refused plaintext is reset, not merely closed.
             let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
@@ -236,8 +282,10 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
                 )))
             }
         };
+    let counters = registration.meter.clone();
+    let meter = copy::Meter::new(&counters, true);
     let outcome = tokio::select! {
-        result = copy::tcp_tcp(&mut client, &mut upstream) => Outcome::Done(result),
+        result = copy::tcp_tcp(&mut client, &mut upstream, &meter) => Outcome::Done(result),
         reason = registration.revoked() => Outcome::Revoked(reason),
     };
     if matches!(outcome, Outcome::Revoked(_)) {

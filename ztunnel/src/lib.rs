@@ -11,10 +11,12 @@
 //! the waypoint (HBONE, identity, xDS client, metrics) lives in `weft-proxy`.
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod authorization;
 pub mod capture;
 pub mod config;
+pub mod connections;
 pub mod inbound;
 pub mod netns;
 pub mod nodeagent;
@@ -22,3 +24,4 @@ pub mod outbound;
 pub mod pods;
 pub mod proxy;
 pub mod socket;
+pub mod telemetry;

@@ -22,8 +22,14 @@ use weft_proxy::{
     state::{TunnelProtocol, Workload},
 };
 
+use weft_proxy::{
+    metrics::{Ends, Reporter, TcpLabels},
+    state::Service,
+};
+
 use crate::{
     access_log::ConnectionLog,
+    connections::Opening,
     proxy::{PodContext, Proxy},
     socket::{self, SKIP_MARK},
 };
@@ -59,12 +65,12 @@ pub enum Route {
         hbone: SocketAddr,
         /// The CONNECT authority: the endpoint's address and target port.
         authority: SocketAddr,
-        service: Option<String>,
+        service: Option<Arc<Service>>,
     },
     Direct {
         addr: SocketAddr,
         workload: Option<Arc<Workload>>,
-        service: Option<String>,
+        service: Option<Arc<Service>>,
     },
 }
 
@@ -99,7 +105,7 @@ pub fn resolve(proxy: &Proxy, dst: SocketAddr) -> Result<Route, OutboundError> {
                 service: key.clone(),
             })?;
         let authority = SocketAddr::new(ip, target);
-        return Ok(route_to(proxy, endpoint, authority, Some(key)));
+        return Ok(route_to(proxy, endpoint, authority, Some(service)));
     }
     match proxy.state.workload_by_ip(dst.ip()) {
         Some(workload) => Ok(route_to(proxy, workload, dst, None)),
@@ -115,7 +121,7 @@ fn route_to(
     proxy: &Proxy,
     workload: Arc<Workload>,
     authority: SocketAddr,
-    service: Option<String>,
+    service: Option<Arc<Service>>,
 ) -> Route {
     match workload.protocol {
         TunnelProtocol::Hbone => Route::Hbone {
@@ -189,15 +195,51 @@ async fn forward(
     original: SocketAddr,
     log: &mut ConnectionLog,
 ) -> Result<copy::Transferred, OutboundError> {
-    match resolve(proxy, original)? {
+    let source = pod
+        .info
+        .ips
+        .first()
+        .and_then(|ip| proxy.state.workload_by_ip(*ip));
+    let route = resolve(proxy, original)?;
+    let (destination, service, mtls) = match &route {
+        Route::Hbone {
+            workload, service, ..
+        } => (Some(workload.clone()), service.clone(), true),
+        Route::Direct {
+            workload, service, ..
+        } => (workload.clone(), service.clone(), false),
+    };
+    let labels = TcpLabels::new(&Ends {
+        reporter: Reporter::Source,
+        source: source.as_deref(),
+        source_identity: Some(&pod.identity),
+        destination: destination.as_deref(),
+        destination_identity: destination.as_ref().filter(|_| mtls).map(|w| &w.identity),
+        service: service.as_deref(),
+        mtls,
+    });
+    let tracking = proxy.connections.open(Opening {
+        direction: "outbound",
+        src: peer,
+        dst: original,
+        src_identity: Some(pod.identity.to_string()),
+        dst_identity: destination
+            .as_ref()
+            .filter(|_| mtls)
+            .map(|w| w.identity.to_string()),
+        labels,
+        policy: None,
+    });
+    let meter = copy::Meter::new(&tracking.meter, true);
+    log.dst_service = service.map(|s| s.key());
+    match route {
         Route::Hbone {
             workload,
             hbone,
             authority,
-            service,
+            ..
         } => {
             log.dst_hbone_addr = Some(hbone);
-            log.dst_service = service;
             log.dst_workload = Some(workload.name.clone());
             log.dst_namespace = Some(workload.namespace.clone());
             log.dst_identity = Some(workload.identity.to_string());
@@ -230,14 +272,9 @@ async fn forward(
                     }
                 })
                 .await?;
-            Ok(copy::tcp_h2(client, pooled.take()).await?)
+            Ok(copy::tcp_h2(client, pooled.take(), &meter).await?)
         }
-        Route::Direct {
-            addr,
-            workload,
-            service,
-        } => {
-            log.dst_service = service;
+        Route::Direct { addr, workload, .. } => {
             if let Some(w) = workload {
                 log.dst_workload = Some(w.name.clone());
                 log.dst_namespace = Some(w.namespace.clone());
@@ -245,7 +282,7 @@ async fn forward(
             let mut upstream = socket::connect(&pod.netns, addr, SKIP_MARK, None)
                 .await
                 .map_err(|source| OutboundError::Connect { addr, source })?;
-            Ok(copy::tcp_tcp(client, &mut upstream).await?)
+            Ok(copy::tcp_tcp(client, &mut upstream, &meter).await?)
         }
     }
 }

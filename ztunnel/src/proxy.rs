@@ -11,6 +11,7 @@ use weft_proto::spiffe::Identity;
 use weft_proxy::{
     hbone::{pool::Pool, tls::TrustBundle},
     identity::CertificateManager,
+    metrics::Metrics,
     state::{ProxyState, Workload},
 };
 
@@ -57,8 +58,10 @@ pub struct Proxy {
     pub pool: Pool,
     pub trust: TrustBundle,
     pub ports: Ports,
-    /// Open inbound connections (for live policy re-evaluation) and denials.
-    pub connections: Arc<crate::authorization::Registry>,
+    /// Open connections (for status, metrics and live policy
+    /// re-evaluation) and denials.
+    pub connections: Arc<crate::connections::Connections>,
+    pub metrics: Metrics,
     /// Round-robin position per service.
     next_endpoint: Mutex<HashMap<String, usize>>,
 }
@@ -69,6 +72,7 @@ impl Proxy {
         state: Arc<ProxyState>,
         certs: CertificateManager,
         trust: TrustBundle,
+        metrics: Metrics,
     ) -> Self {
         Self {
             node,
@@ -77,7 +81,8 @@ impl Proxy {
             pool: Pool::default(),
             trust,
             ports: Ports::default(),
-            connections: Arc::default(),
+            connections: Arc::new(crate::connections::Connections::new(metrics.tcp.clone())),
+            metrics,
             next_endpoint: Mutex::default(),
         }
     }

@@ -12,6 +12,7 @@
 
 mod commands;
 mod config;
+mod mesh;
 mod paths;
 mod runtime;
 mod state;
@@ -20,7 +21,8 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-pub use paths::Paths;
+pub use mesh::LocalMesh;
+pub use paths::{Paths, CONTROL_ADDRESS};
 
 #[derive(Subcommand)]
 pub enum LocalCommand {
@@ -48,7 +50,11 @@ pub enum LocalCommand {
         path: PathBuf,
     },
     /// Show nodes, pods, services, the control service and the ztunnels.
-    Status,
+    Status {
+        /// `json` describes where everything is, for tools.
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
     /// Print a pod's output (or `control`, or `ztunnel/NODE`).
     Logs { pod: String },
     /// Stop everything and remove every namespace, cgroup and file.
@@ -63,7 +69,14 @@ pub async fn run(dir: PathBuf, command: LocalCommand) -> anyhow::Result<i32> {
         LocalCommand::Exec { pod, command } => commands::exec(&paths, &pod, &command),
         LocalCommand::Apply { path } => commands::apply(&paths, &path).await.map(|()| 0),
         LocalCommand::Delete { path } => commands::delete(&paths, &path).await.map(|()| 0),
-        LocalCommand::Status => commands::status(&paths).await.map(|()| 0),
+        LocalCommand::Status { output } if output == "json" => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&LocalMesh::open(&paths)?.describe())?
+            );
+            Ok(0)
+        }
+        LocalCommand::Status { .. } => commands::status(&paths).await.map(|()| 0),
         LocalCommand::Logs { pod } => commands::logs(&paths, &pod).map(|()| 0),
         LocalCommand::Down => commands::down(&paths).map(|()| 0),
     }

@@ -1,0 +1,199 @@
+//! ztunnel's HTTP endpoints:
+//! - admin (localhost:15000): `/config_dump`, `/logging`, `/quitquitquit`;
+//! - metrics (:15020): `/metrics` and `/stats/prometheus`;
+//! - readiness (:15021): `/healthz/ready`, 200 once xDS has synced and the
+//!   enrolled pods' certificates are held (and 503 again if one is lost).
+
+use std::{
+    collections::BTreeMap,
+    sync::{atomic::Ordering, Arc},
+    time::SystemTime,
+};
+
+use http::{Method, StatusCode};
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use weft_proxy::{
+    admin::{Reply, Routes},
+    identity::{CertificateInfo, CertificateManager},
+    state::StateDump,
+    xds::XdsStatus,
+};
+
+use crate::{
+    connections::ConnectionSummary,
+    pods::{PodSummary, Pods},
+    proxy::Proxy,
+    telemetry::Telemetry,
+};
+
+/// Changes the log filter at run time (`/logging?level=…`).
+pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What `/config_dump` returns.
+#[derive(Serialize)]
+struct ConfigDump {
+    node: String,
+    capture: CaptureDump,
+    xds: XdsDump,
+    #[serde(flatten)]
+    state: StateDump,
+    pods: Vec<PodSummary>,
+    certificates: Vec<CertificateInfo>,
+    connections: Vec<ConnectionSummary>,
+    hbone: HboneDump,
+    authorization: AuthorizationDump,
+}
+
+#[derive(Serialize)]
+struct CaptureDump {
+    mode: &'static str,
+}
+
+#[derive(Serialize)]
+struct HboneDump {
+    connections: usize,
+    handshakes: u64,
+    streams: u64,
+    reused: u64,
+}
+
+#[derive(Serialize)]
+struct AuthorizationDump {
+    /// Denied connections, by deciding policy.
+    denials: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+struct XdsDump {
+    connected: bool,
+    synced: bool,
+    last_update: Option<SystemTime>,
+    last_error: Option<String>,
+    acks: u64,
+    nacks: u64,
+}
+
+/// Everything the endpoints read.
+#[derive(Clone)]
+pub struct Sources {
+    pub node: String,
+    pub capture: &'static str,
+    pub proxy: Arc<Proxy>,
+    pub pods: Arc<Pods>,
+    pub certs: CertificateManager,
+    pub xds: watch::Receiver<XdsStatus>,
+}
+
+pub fn admin_routes(sources: Sources, logging: Option<LogControl>, quit: Arc<Notify>) -> Routes {
+    let dump = sources.clone();
+    Routes::default()
+        .route("/config_dump", move |_, _| {
+            let s = &dump;
+            let stats = s.proxy.pool.stats();
+            let xds = s.xds.borrow().clone();
+            Reply::json(&ConfigDump {
+                node: s.node.clone(),
+                capture: CaptureDump { mode: s.capture },
+                xds: XdsDump {
+                    connected: xds.connected,
+                    synced: xds.synced,
+                    last_update: xds.last_update,
+                    last_error: xds.last_error,
+                    acks: xds.acks,
+                    nacks: xds.nacks,
+                },
+                state: s.proxy.state.dump(),
+                pods: s.pods.list(),
+                certificates: s.certs.info(),
+                connections: s.proxy.connections.list(),
+                hbone: HboneDump {
+                    connections: s.proxy.pool.connections(),
+                    handshakes: stats.handshakes.load(Ordering::Relaxed),
+                    streams: stats.streams.load(Ordering::Relaxed),
+                    reused: stats.reused.load(Ordering::Relaxed),
+                },
+                authorization: AuthorizationDump {
+                    denials: s.proxy.connections.denials(),
+                },
+            })
+        })
+        .route("/logging", move |method, query| {
+            let level = query
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("level="))
+                .map(str::to_owned);
+            match (method, level, &logging) {
+                (&Method::POST, Some(level), Some(set)) => match set(&level) {
+                    Ok(()) => {
+                        tracing::info!(%level, "log level changed");
+                        Reply::text(StatusCode::OK, format!("log level set to {level}\n"))
+                    }
+                    Err(err) => Reply::text(StatusCode::BAD_REQUEST, format!("{err}\n")),
+                },
+                (&Method::POST, _, None) => Reply::text(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "this ztunnel was started without a reloadable log filter\n",
+                ),
+                _ => Reply::text(
+                    StatusCode::BAD_REQUEST,
+                    "use POST /logging?level=LEVEL (e.g. info, debug, access=info,warn)\n",
+                ),
+            }
+        })
+        .route("/quitquitquit", move |method, _| {
+            if method == Method::POST {
+                quit.notify_one();
+                Reply::text(StatusCode::OK, "shutting down\n")
+            } else {
+                Reply::text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+            }
+        })
+}
+
+pub fn metrics_routes(telemetry: Arc<Telemetry>) -> Routes {
+    let other = telemetry.clone();
+    let reply = |text: String| Reply {
+        status: StatusCode::OK,
+        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body: text.into_bytes(),
+    };
+    Routes::default()
+        .route("/metrics", move |_, _| reply(telemetry.render()))
+        .route("/stats/prometheus", move |_, _| reply(other.render()))
+}
+
+pub fn readiness_routes(sources: Sources) -> Routes {
+    Routes::default().route("/healthz/ready", move |_, _| {
+        if !sources.xds.borrow().synced {
+            return Reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: xDS has not synced\n",
+            );
+        }
+        let missing: Vec<String> = sources
+            .pods
+            .identities()
+            .into_iter()
+            .filter(|id| {
+                sources
+                    .certs
+                    .current(id)
+                    .is_none_or(|c| !c.is_valid_at(SystemTime::now()))
+            })
+            .map(|id| id.to_string())
+            .collect();
+        if missing.is_empty() {
+            Reply::text(StatusCode::OK, "ready\n")
+        } else {
+            Reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: no valid certificate for {}\n",
+                    missing.join(", ")
+                ),
+            )
+        }
+    })
+}
