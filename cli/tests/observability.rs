@@ -280,7 +280,7 @@ spec: {action: AUDIT, rules: [{}]}
     assert!(
         status
             .lines()
-            .filter(|l| l.contains("connected") && l.contains("iptables"))
+            .filter(|l| l.contains("connected") && l.contains("ebpf"))
             .count()
             == 2,
         "{status}"

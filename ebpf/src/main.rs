@@ -1,17 +1,33 @@
 //! Weft's kernel programs, one object file loaded by ztunnel.
 //!
-//! Programs are attached once per node at the pods' parent cgroup; whether a
-//! given socket is captured is decided by a map lookup on its network
-//! namespace cookie, so enrolling a pod is a map update, never a program load.
+//! Programs attach once per node: the cgroup ones at the node's pods'
+//! parent cgroup, the splice program at its socket map, sk_lookup in each
+//! enrolled pod's network namespace. Whether a socket is captured is
+//! decided by looking its network namespace cookie up in `WEFT_PODS`, so
+//! enrolling a pod is a map update, never a program load.
 //!
-//! - [`connect4`]: rewrites an enrolled pod's outbound TCP `connect()` to
-//!   ztunnel's outbound listener on the pod's loopback and records the
-//!   original destination under the socket's cookie.
+//! - [`connect`]: an enrolled pod's outbound TCP `connect()` goes to
+//!   ztunnel's outbound listener on the pod's loopback; the original
+//!   destination is kept under the socket's cookie.
+//! - [`sockops`]: once such a socket is established, its original
+//!   destination is re-keyed by its address, where ztunnel finds it.
+//! - [`lookup`]: inbound TCP to an enrolled pod that is not HBONE goes to
+//!   ztunnel's plaintext listener; with ztunnel away, it is dropped.
+//! - [`splice`]: for two pods on this node, what one of ztunnel's two
+//!   sockets receives is sent on by the other in the kernel.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod connect4;
+mod connect;
+#[cfg(target_arch = "bpf")]
+mod lookup;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod sockops;
+#[cfg(target_arch = "bpf")]
+mod splice;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

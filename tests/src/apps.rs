@@ -33,6 +33,42 @@ pub fn spawn_echo(listener: std::net::TcpListener, name: &str) -> std::io::Resul
     }))
 }
 
+/// Serves `listener` forever as a minimal HTTP/1.1 server: every request
+/// gets `200` with the body `"<name> saw <peer>: <method> <path>"`, and the
+/// connection closes.
+pub fn spawn_http(listener: std::net::TcpListener, name: &str) -> std::io::Result<JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let name = name.to_owned();
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let request_line = head.lines().next().unwrap_or_default();
+                let target: Vec<&str> = request_line.split_whitespace().take(2).collect();
+                let body = echo_reply(&name, peer, &target.join(" "));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    }))
+}
+
 /// The reply [`spawn_echo`] gives.
 pub fn echo_reply(name: &str, peer: SocketAddr, request: &str) -> String {
     format!("{name} saw {}: {request}", peer.ip())

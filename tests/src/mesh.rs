@@ -11,8 +11,10 @@ use anyhow::Context;
 use weft_control::auth::issue_node_token;
 use ztunnel::nodeagent::client::{AgentClient, Pod as AgentPod};
 
+use ztunnel::capture::CaptureMode;
+
 use crate::{
-    processes::{eventually, ControlProcess, ZtunnelProcess},
+    processes::{eventually, CaptureSetup, ControlProcess, ZtunnelProcess},
     topology::{addressing::CONTROL_PLANE_IP, Topology},
 };
 
@@ -30,6 +32,34 @@ pub struct Mesh {
     pub ztunnels: BTreeMap<String, ZtunnelProcess>,
     binaries: (std::path::PathBuf, std::path::PathBuf),
     control_flags: Vec<String>,
+    capture: CaptureMode,
+    splice: bool,
+    /// Enrolled pods (qualified name → service account), to enroll again
+    /// after a ztunnel restart, as the node agent would.
+    enrolled: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+/// How a mesh is started.
+#[derive(Clone, Copy, Debug)]
+pub struct MeshOptions<'a> {
+    /// Extra flags for the control service.
+    pub control_flags: &'a [&'a str],
+    /// The ztunnels' capture mode: eBPF unless a test says otherwise (and
+    /// never `auto`, so a missing kernel feature fails the test).
+    pub capture: CaptureMode,
+    /// Whether eBPF capture joins same-node connections in the kernel
+    /// (ztunnel's `--splice`); on unless a benchmark compares.
+    pub splice: bool,
+}
+
+impl Default for MeshOptions<'_> {
+    fn default() -> Self {
+        Self {
+            control_flags: &[],
+            capture: CaptureMode::Ebpf,
+            splice: true,
+        }
+    }
 }
 
 /// Replaces `${ns/pod}` with the pod's IP.
@@ -52,17 +82,21 @@ impl Mesh {
         config: &str,
         binaries: Binaries<'_>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(topology, config, binaries, &[]).await
+        Self::start_with(topology, config, binaries, MeshOptions::default()).await
     }
 
-    /// As [`Mesh::start`], with extra flags for the control service.
+    /// As [`Mesh::start`], with options.
     pub async fn start_with(
         topology: Topology,
         config: &str,
         binaries: Binaries<'_>,
-        control_flags: &[&str],
+        options: MeshOptions<'_>,
     ) -> anyhow::Result<Self> {
-        let control_flags: Vec<String> = control_flags.iter().map(|f| f.to_string()).collect();
+        let control_flags: Vec<String> = options
+            .control_flags
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
         let dir = tempfile::tempdir()?;
         let (config_dir, state_dir) = (dir.path().join("config"), dir.path().join("state"));
         std::fs::create_dir_all(&config_dir)?;
@@ -84,34 +118,74 @@ impl Mesh {
             &control_flags,
         )
         .await?;
-        let mut ztunnels = BTreeMap::new();
-        for node in topology.nodes() {
-            let socket = dir.path().join(format!("{}.sock", node.name()));
-            let z = ZtunnelProcess::start(
-                binaries.ztunnel,
-                node.name(),
-                Some(node.netns().name()),
-                &socket,
-                &control,
-            )
-            .await?;
-            ztunnels.insert(node.name().to_owned(), z);
-        }
-        let mesh = Self {
+        let mut mesh = Self {
             topology,
             dir,
             control,
-            ztunnels,
+            ztunnels: BTreeMap::new(),
             binaries: (binaries.control.to_owned(), binaries.ztunnel.to_owned()),
             control_flags,
+            capture: options.capture,
+            splice: options.splice,
+            enrolled: Default::default(),
         };
-        for z in mesh.ztunnels.values() {
-            eventually("ztunnel ready", Duration::from_secs(20), || async {
-                (z.readiness().await.ok()? == 200).then_some(())
-            })
-            .await?;
+        let nodes: Vec<String> = mesh
+            .topology
+            .nodes()
+            .iter()
+            .map(|n| n.name().to_owned())
+            .collect();
+        for node in nodes {
+            mesh.start_ztunnel(&node).await?;
+        }
+        for node in mesh.ztunnels.keys() {
+            mesh.wait_ready(node).await?;
         }
         Ok(mesh)
+    }
+
+    /// Starts `node`'s ztunnel (again, after [`Mesh::kill_ztunnel`]).
+    pub async fn start_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
+        let socket = self.dir.path().join(format!("{node}.sock"));
+        let setup = CaptureSetup {
+            splice: self.splice,
+            ..CaptureSetup::for_node(&self.topology, node, self.capture)
+        };
+        let z = ZtunnelProcess::start_with(
+            &self.binaries.1,
+            node,
+            Some(self.topology.node(node).netns().name()),
+            &socket,
+            &self.control,
+            Some(&setup),
+        )
+        .await?;
+        self.ztunnels.insert(node.to_owned(), z);
+        Ok(())
+    }
+
+    /// SIGKILLs `node`'s ztunnel, as a crash would.
+    pub async fn kill_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
+        if let Some(mut z) = self.ztunnels.remove(node) {
+            z.process.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the control service's config (rendered as at start); the
+    /// control service picks the change up from its directory.
+    pub fn update_config(&self, config: &str) -> anyhow::Result<()> {
+        let path = self.dir.path().join("config").join("mesh.yaml");
+        // Written aside and renamed in, so the control service never reads
+        // half a file.
+        let staged = self.dir.path().join("mesh.yaml.new");
+        std::fs::write(&staged, render(&self.topology, config))?;
+        std::fs::rename(&staged, &path)?;
+        Ok(())
+    }
+
+    pub fn capture(&self) -> CaptureMode {
+        self.capture
     }
 
     pub fn ztunnel(&self, node: &str) -> &ZtunnelProcess {
@@ -122,8 +196,22 @@ impl Mesh {
     /// ztunnel, and waits until ztunnel holds its certificate.
     pub async fn enroll(&self, qualified: &str, service_account: &str) -> anyhow::Result<()> {
         let pod = self.topology.pod(qualified);
-        let z = self.ztunnel(pod.node());
-        let client = AgentClient::connect(&z.socket).await?;
+        let client = AgentClient::connect(&self.ztunnel(pod.node()).socket).await?;
+        self.add_pod(&client, qualified, service_account).await?;
+        self.enrolled
+            .lock()
+            .expect("enrolled lock")
+            .insert(qualified.to_owned(), service_account.to_owned());
+        self.wait_ready(pod.node()).await
+    }
+
+    async fn add_pod(
+        &self,
+        client: &AgentClient,
+        qualified: &str,
+        service_account: &str,
+    ) -> anyhow::Result<()> {
+        let pod = self.topology.pod(qualified);
         let uid = format!("Kubernetes//Pod/{}/{}", pod.namespace(), pod.name());
         client
             .add(
@@ -137,16 +225,49 @@ impl Mesh {
                 pod.netns().file(),
             )
             .await?;
-        eventually("the pod's certificate", Duration::from_secs(20), || async {
+        Ok(())
+    }
+
+    /// Waits until `node`'s ztunnel is ready (config synced, every pod's
+    /// certificate held).
+    pub async fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
+        let z = self.ztunnel(node);
+        eventually("ztunnel ready", Duration::from_secs(20), || async {
             (z.readiness().await.ok()? == 200).then_some(())
         })
         .await
+    }
+
+    /// SIGKILLs `node`'s ztunnel and starts it again; like the node agent
+    /// after a restart, sends it the node's enrolled pods and a snapshot
+    /// marker, and waits until it is ready.
+    pub async fn restart_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
+        self.kill_ztunnel(node).await?;
+        self.start_ztunnel(node).await?;
+        let client = AgentClient::connect(&self.ztunnel(node).socket).await?;
+        let pods: Vec<(String, String)> = self
+            .enrolled
+            .lock()
+            .expect("enrolled lock")
+            .iter()
+            .filter(|(qualified, _)| self.topology.pod(qualified).node() == node)
+            .map(|(q, sa)| (q.clone(), sa.clone()))
+            .collect();
+        for (qualified, service_account) in pods {
+            self.add_pod(&client, &qualified, &service_account).await?;
+        }
+        client.snapshot_done().await?;
+        self.wait_ready(node).await
     }
 
     /// Releases a pod from its ztunnel.
     pub async fn release(&self, qualified: &str) -> anyhow::Result<()> {
         let pod = self.topology.pod(qualified);
         let client = AgentClient::connect(&self.ztunnel(pod.node()).socket).await?;
+        self.enrolled
+            .lock()
+            .expect("enrolled lock")
+            .remove(qualified);
         client
             .remove(&format!(
                 "Kubernetes//Pod/{}/{}",

@@ -15,7 +15,9 @@ use tokio::{
     process::{Child, Command},
 };
 
-use crate::topology::NetNs;
+use ztunnel::capture::CaptureMode;
+
+use crate::topology::{cgroup::Cgroup, NetNs, Topology};
 
 /// A child process that is SIGKILLed when dropped.
 pub struct Process {
@@ -50,11 +52,17 @@ impl Process {
                 sink.lock().expect("output lock").push(line);
             }
         });
+        let early = output.clone();
         let wait = async {
             while let Some(line) = stdout.next_line().await? {
                 if line.starts_with(ready_prefix) {
                     return Ok(line);
                 }
+                // What it says while starting is part of its output too.
+                if echo_output() {
+                    eprintln!("[{name}] {line}");
+                }
+                early.lock().expect("output lock").push(line);
             }
             bail!("{name} exited before printing {ready_prefix:?}")
         };
@@ -220,9 +228,43 @@ pub struct ZtunnelProcess {
     pub socket: PathBuf,
 }
 
+/// How a ztunnel on a topology's node captures: the mode, and the node's
+/// cgroups and pin directory.
+#[derive(Debug)]
+pub struct CaptureSetup {
+    pub mode: CaptureMode,
+    pub pods_cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    /// The cgroup ztunnel runs in (its own).
+    pub cgroup: Cgroup,
+    /// ztunnel's `--splice`.
+    pub splice: bool,
+}
+
+impl CaptureSetup {
+    pub fn for_node(topology: &Topology, node: &str, mode: CaptureMode) -> Self {
+        Self {
+            mode,
+            pods_cgroup: topology.node_pods_cgroup(node),
+            pin_dir: topology.bpf_pin_dir(node),
+            cgroup: topology.ztunnel_cgroup(node),
+            splice: true,
+        }
+    }
+
+    /// The mode as ztunnel's `--capture` spells it.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            CaptureMode::Auto => "auto",
+            CaptureMode::Ebpf => "ebpf",
+            CaptureMode::Iptables => "iptables",
+        }
+    }
+}
+
 impl ZtunnelProcess {
     /// Starts ztunnel for `node` (inside `netns`, if given) with its
-    /// node-agent socket at `socket`.
+    /// node-agent socket at `socket`, capturing in iptables mode.
     pub async fn start(
         bin: &Path,
         node: &str,
@@ -230,7 +272,33 @@ impl ZtunnelProcess {
         socket: &Path,
         control: &ControlProcess,
     ) -> anyhow::Result<Self> {
+        Self::start_with(bin, node, netns, socket, control, None).await
+    }
+
+    /// As [`ZtunnelProcess::start`], capturing as `capture` says.
+    pub async fn start_with(
+        bin: &Path,
+        node: &str,
+        netns: Option<&str>,
+        socket: &Path,
+        control: &ControlProcess,
+        capture: Option<&CaptureSetup>,
+    ) -> anyhow::Result<Self> {
         let mut cmd = command_in(netns, bin)?;
+        match capture {
+            Some(setup) => {
+                cmd.args(["--capture", setup.mode_name()])
+                    .arg("--pods-cgroup")
+                    .arg(&setup.pods_cgroup)
+                    .arg("--bpf-pin-dir")
+                    .arg(&setup.pin_dir)
+                    .args(["--splice", if setup.splice { "true" } else { "false" }]);
+                setup.cgroup.confine(cmd.as_std_mut())?;
+            }
+            None => {
+                cmd.args(["--capture", "iptables"]);
+            }
+        }
         cmd.args(["--node-name", node])
             .arg("--node-agent-socket")
             .arg(socket)

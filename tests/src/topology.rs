@@ -283,9 +283,26 @@ impl Topology {
             })
     }
 
-    /// The cgroup every pod's cgroup sits under: where capture attaches.
+    /// The cgroup all nodes' pods' cgroups sit under.
     pub fn pods_cgroup(&self) -> &std::path::Path {
         &self.pods_cgroup
+    }
+
+    /// The cgroup `node`'s pods sit under: where its ztunnel's capture
+    /// attaches.
+    pub fn node_pods_cgroup(&self, node: &str) -> PathBuf {
+        self.pods_cgroup.join(node)
+    }
+
+    /// The cgroup `node`'s ztunnel runs in: its own, beside the pods'.
+    pub fn ztunnel_cgroup(&self, node: &str) -> cgroup::Cgroup {
+        cgroup::Cgroup::open(self.system_cgroup.join(format!("ztunnel-{node}")))
+    }
+
+    /// Where `node`'s ztunnel pins its eBPF programs, maps and links
+    /// (named for the topology, so teardown and the leftover check find it).
+    pub fn bpf_pin_dir(&self, node: &str) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(self.id.child(node))
     }
 
     /// Whether pods were networked by the CNI plugins.
@@ -315,14 +332,16 @@ impl Topology {
                 TopologyError::Invalid(format!("no node {node} for pod {qualified_name}"))
             })?;
         let netns = NetNs::create(&self.id.child(&format!("pod-{namespace}-{name}")))?;
-        let cgroup =
-            match cgroup::Cgroup::create(self.pods_cgroup.join(format!("{namespace}_{name}"))) {
-                Ok(cgroup) => cgroup,
-                Err(err) => {
-                    let _ = netns.delete();
-                    return Err(err);
-                }
-            };
+        let cgroup = match cgroup::Cgroup::create(
+            self.node_pods_cgroup(node)
+                .join(format!("{namespace}_{name}")),
+        ) {
+            Ok(cgroup) => cgroup,
+            Err(err) => {
+                let _ = netns.delete();
+                return Err(err);
+            }
+        };
         let mut pod = Pod::new(namespace, name, node, netns, cgroup);
         let wired = match &self.cni {
             Some(plugins) => self.attach_with_cni(plugins, node_index, &mut pod),
@@ -462,6 +481,8 @@ impl Topology {
     fn add_node(&mut self, name: &str, index: usize) -> Result<()> {
         let addresses = NodeAddresses::for_node(index)?;
         let netns = NetNs::create(&self.id.child(name))?;
+        cgroup::Cgroup::create(self.node_pods_cgroup(name))?;
+        cgroup::Cgroup::create(self.ztunnel_cgroup(name).path().to_owned())?;
         let network = NodeNetwork {
             name: self.id.child(name),
             subnet: addresses.pod_cidr(),
@@ -559,6 +580,12 @@ impl Topology {
         }
         for node in self.nodes.drain(..) {
             note(node.netns.delete());
+            // Pins hold the capture programs in the kernel: removing them
+            // detaches and unloads everything ztunnel left.
+            let pins = PathBuf::from("/sys/fs/bpf").join(self.id.child(&node.name));
+            if pins.exists() {
+                note(std::fs::remove_dir_all(&pins).map_err(TopologyError::io("removing", &pins)));
+            }
         }
         if let Some(control_plane) = self.control_plane.take() {
             note(control_plane.delete());

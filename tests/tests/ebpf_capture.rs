@@ -1,135 +1,286 @@
-//! Weft's `cgroup/connect4` program, loaded into this kernel and attached to
-//! a topology's pods cgroup, rewrites a real `connect()` of an enrolled pod's
-//! process to ztunnel's outbound port, and nothing else.
+//! eBPF capture with real processes: Weft's programs, loaded into this
+//! kernel by ztunnel, capture an unmodified `curl` of an enrolled pod and
+//! leave an unenrolled pod's alone; enrolling and releasing a running pod
+//! disturbs neither its established connections nor another pod's.
 
+#[macro_use]
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::{net::SocketAddr, path::Path};
 
-use support::probe;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weft_tests::{apps, privilege::require_privileged, topology::Topology};
-use ztunnel::capture::ebpf::{netns_cookie_of, EbpfCapture, NetnsCookie};
+use support::{curl, logged, probe, HeldProbe};
+use weft_tests::{
+    apps,
+    mesh::{Binaries, Mesh},
+    privilege::require_privileged,
+    topology::Topology,
+};
 
-const OUTBOUND_PORT: u16 = 15001;
-
-/// A destination nobody listens on: only capture can make a connection to
-/// it succeed.
-const UNROUTED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 250, 9), 80);
-
-fn netns_cookie(pod: &weft_tests::topology::Pod) -> NetnsCookie {
-    pod.enter(|| {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("a socket in the pod");
-        netns_cookie_of(std::os::fd::AsFd::as_fd(&socket)).expect("SO_NETNS_COOKIE")
-    })
-    .expect("entering the pod")
+fn binaries() -> Binaries<'static> {
+    Binaries {
+        control: Path::new(env!("CARGO_BIN_EXE_wt-control")),
+        ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
+    }
 }
 
-fn weft_programs_loaded() -> usize {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|info| info.name_as_str() == Some(weft_ebpf_common::CONNECT4_PROGRAM))
-        .count()
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo}
+spec: {nodeName: n1, serviceAccountName: client}
+status: {podIP: "${demo/client}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bystander, namespace: demo}
+spec: {nodeName: n1, serviceAccountName: bystander}
+status: {podIP: "${demo/bystander}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: legacy}
+spec: {nodeName: n1}
+status: {podIP: "${legacy/outsider}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: demo}
+spec: {nodeName: n2, serviceAccountName: server}
+status: {podIP: "${demo/server}"}
+"#;
+
+/// A two-node mesh in eBPF mode with an HTTP server (port 8080) and an echo
+/// server (port 9090) in the enrolled `demo/server` pod on n2.
+async fn mesh() -> anyhow::Result<Mesh> {
+    let topology = Topology::builder()
+        .control_plane()
+        .node("n1")
+        .node("n2")
+        .pod("demo/client", "n1")
+        .pod("demo/bystander", "n1")
+        .pod("legacy/outsider", "n1")
+        .pod("demo/server", "n2")
+        .build()?;
+    let mesh = Mesh::start(topology, CONFIG, binaries()).await?;
+    mesh.enroll("demo/server", "server").await?;
+    let server = mesh.topology.pod("demo/server");
+    let http = server.enter(|| std::net::TcpListener::bind((server.ip(), 8080)))??;
+    apps::spawn_http(http, "server")?;
+    let echo = server.enter(|| std::net::TcpListener::bind((server.ip(), 9090)))??;
+    apps::spawn_echo(echo, "server")?;
+    Ok(mesh)
+}
+
+/// Lines of `node`'s ztunnel logging a finished outbound connection from
+/// `pod` (captured) to `dst`.
+fn outbound_lines(mesh: &Mesh, node: &str, pod_ip: &str, dst: &str) -> Vec<String> {
+    mesh.ztunnel(node).process.lines_with(&[
+        "connection complete",
+        "outbound",
+        &format!("src.addr={pod_ip}:"),
+        &format!("dst.addr={dst}"),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect4_rewrites_an_enrolled_pods_connect_and_nothing_else() -> anyhow::Result<()> {
+async fn curl_in_an_enrolled_pod_is_captured_and_an_unenrolled_pods_is_not() -> anyhow::Result<()> {
     require_privileged();
-    let topo = Topology::builder()
-        .node("n1")
-        .pod("default/enrolled", "n1")
-        .pod("default/bystander", "n1")
-        .build()?;
-    let enrolled = topo.pod("default/enrolled");
-    let bystander = topo.pod("default/bystander");
-
-    // ztunnel's stand-in: the outbound listener on the enrolled pod's loopback.
-    let outbound = enrolled.enter(|| TcpListener::bind((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)))??;
-    outbound.set_nonblocking(true)?;
-    let outbound = tokio::net::TcpListener::from_std(outbound)?;
-    // A real server in the bystander pod, for connections that must go direct.
-    let direct = bystander.enter(|| TcpListener::bind((bystander.ip(), 8080)))??;
-    let _direct = apps::spawn_echo(direct, "bystander")?;
-    let direct_addr = SocketAddr::from((bystander.ip(), 8080));
-
-    let before = weft_programs_loaded();
-    let mut capture = EbpfCapture::load()?;
-    capture.attach(topo.pods_cgroup())?;
-    let cookie = netns_cookie(enrolled);
-    capture.enroll(cookie, OUTBOUND_PORT)?;
-    assert!(capture.is_enrolled(cookie));
-
-    // 1. The enrolled pod's connect() to an unrouted address lands on the
-    //    outbound listener, and the original destination is recorded.
-    let accept = tokio::spawn(async move {
-        let (mut stream, _) = outbound.accept().await?;
-        let mut request = Vec::new();
-        stream.read_to_end(&mut request).await?;
-        stream.write_all(b"captured").await?;
-        anyhow::Ok((String::from_utf8(request)?, outbound))
-    });
-    let report = probe(enrolled, SocketAddr::V4(UNROUTED), "to the void").await?;
-    let (request, outbound) = accept.await??;
-    assert_eq!(request, "to the void");
-    assert_eq!(report.reply, "captured");
-    assert_eq!(
-        report.peer,
-        SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT))
+    let mesh = mesh().await?;
+    mesh.enroll("demo/client", "client").await?;
+    let (client, outsider) = (
+        mesh.topology.pod("demo/client"),
+        mesh.topology.pod("legacy/outsider"),
     );
-    assert_eq!(capture.original_dst(report.socket_cookie)?, Some(UNROUTED));
+    let server_ip = mesh.topology.pod("demo/server").ip();
+    let url = format!("http://{server_ip}:8080/hello");
+    let dst = format!("{server_ip}:8080");
 
-    // 2. A process in the same network namespace but outside the pods'
-    //    cgroup (as ztunnel is) goes direct.
-    let mut outsider = enrolled.netns().command(env!("CARGO_BIN_EXE_weft-probe"));
-    outsider.args(["connect", &direct_addr.to_string(), "--send", "outsider"]);
-    let out = tokio::process::Command::from(outsider).output().await?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let outsider = weft_tests::apps::ProbeReport::parse(&out.stdout)?;
-    assert_eq!(outsider.peer, direct_addr);
-    assert_eq!(capture.original_dst(outsider.socket_cookie)?, None);
+    let dump = mesh.ztunnel("n1").config_dump().await?;
+    assert_eq!(dump["capture"]["mode"], "ebpf", "{}", dump["capture"]);
+    // connect4, connect6 and sockops on the pods' cgroup, and one sk_lookup
+    // per enrolled pod.
+    assert_eq!(dump["capture"]["bpf_attachments"], 4, "{}", dump["capture"]);
 
-    // 3. A pod in the cgroup that is not enrolled goes direct.
-    let report = probe(bystander, direct_addr, "unenrolled").await?;
-    assert_eq!(report.peer, direct_addr);
-    assert!(report.reply.starts_with("bystander saw"));
-
-    // 4. Loopback destinations of the enrolled pod stay local.
-    let local = enrolled.enter(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 9090)))??;
-    let _local = apps::spawn_echo(local, "local")?;
-    let report = probe(
-        enrolled,
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
-        "lo",
+    // The enrolled pod's curl goes through both ztunnels, over HBONE, and
+    // the server still sees the client pod's own address.
+    let body = curl(client, &url).await?;
+    assert_eq!(body, format!("server saw {}: GET /hello", client.ip()));
+    logged(
+        mesh.ztunnel("n1"),
+        &[
+            "connection complete",
+            "outbound",
+            &format!("src.addr={}:", client.ip()),
+            &format!("dst.addr={dst}"),
+            "src.identity=spiffe://cluster.local/ns/demo/sa/client",
+        ],
     )
     .await?;
-    assert_eq!(report.reply, "local saw 127.0.0.1: lo");
+    logged(
+        mesh.ztunnel("n2"),
+        &[
+            "connection complete",
+            "inbound",
+            "src.identity=spiffe://cluster.local/ns/demo/sa/client",
+            &format!("dst.addr={dst}"),
+        ],
+    )
+    .await?;
 
-    // 5. Released, the pod's next connect() goes direct.
-    capture.release(cookie)?;
-    assert!(!capture.is_enrolled(cookie));
-    let report = probe(enrolled, direct_addr, "released").await?;
-    assert_eq!(report.peer, direct_addr);
+    // The unenrolled pod's curl is not captured on its node; it reaches the
+    // enrolled server in plaintext, which the server's capture (sk_lookup)
+    // takes in, without an identity.
+    let body = curl(outsider, &url).await?;
+    assert_eq!(body, format!("server saw {}: GET /hello", outsider.ip()));
+    logged(
+        mesh.ztunnel("n2"),
+        &[
+            "connection complete",
+            "inbound",
+            &format!("src.addr={}:", outsider.ip()),
+            "src.identity= ",
+        ],
+    )
+    .await?;
+    assert!(
+        mesh.ztunnel("n1")
+            .process
+            .lines_with(&[&outsider.ip().to_string()])
+            .is_empty(),
+        "n1's ztunnel saw the unenrolled pod's traffic"
+    );
+
+    // Loopback inside an enrolled pod is never captured.
+    let local = client.enter(|| std::net::TcpListener::bind(("127.0.0.1", 0)))??;
+    let local_addr = local.local_addr()?;
+    let _local = apps::spawn_echo(local, "local")?;
+    let report = probe(client, local_addr, "on loopback").await?;
+    assert_eq!(report.reply, "local saw 127.0.0.1: on loopback");
+    assert_eq!(
+        report.peer, local_addr,
+        "a loopback connect is not rewritten"
+    );
+    // Nor is the pod talking to itself on its own address, either way.
+    let own = client.enter(|| std::net::TcpListener::bind((client.ip(), 0)))??;
+    let own_addr = own.local_addr()?;
+    let _own = apps::spawn_echo(own, "itself")?;
+    let report = probe(client, own_addr, "to itself").await?;
     assert_eq!(
         report.reply,
-        format!("bystander saw {}: released", enrolled.ip())
+        format!("itself saw {}: to itself", client.ip())
+    );
+    assert_eq!(report.peer, own_addr);
+    assert!(
+        mesh.ztunnel("n1")
+            .process
+            .lines_with(&[&format!("dst.addr={own_addr}")])
+            .is_empty(),
+        "ztunnel saw the pod's connection to itself"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolling_and_releasing_a_running_pod_disturbs_no_connection() -> anyhow::Result<()> {
+    require_privileged();
+    let mesh = mesh().await?;
+    mesh.enroll("demo/bystander", "bystander").await?;
+    let (client, bystander) = (
+        mesh.topology.pod("demo/client"),
+        mesh.topology.pod("demo/bystander"),
+    );
+    let server_ip = mesh.topology.pod("demo/server").ip();
+    let echo = SocketAddr::from((server_ip, 9090));
+    let dst = echo.to_string();
+    let client_ip = client.ip().to_string();
+
+    // Not enrolled yet: the client's connections go direct.
+    let report = probe(client, echo, "before").await?;
+    assert_eq!(report.reply, format!("server saw {client_ip}: before"));
+    assert_eq!(
+        report.peer, echo,
+        "an unenrolled pod's connect is not rewritten"
+    );
+    assert!(outbound_lines(&mesh, "n1", &client_ip, &dst).is_empty());
+
+    // Connections open across the enrollment: one of the client (direct)
+    // and one of another enrolled pod (captured).
+    let direct = HeldProbe::start(client, echo, "opened direct").await?;
+    let neighbour = HeldProbe::start(bystander, echo, "neighbour").await?;
+
+    mesh.enroll("demo/client", "client").await?;
+    let report = probe(client, echo, "enrolled").await?;
+    assert_eq!(report.reply, format!("server saw {client_ip}: enrolled"));
+    logged(
+        mesh.ztunnel("n1"),
+        &[
+            "connection complete",
+            "outbound",
+            &format!("src.addr={client_ip}:"),
+            &format!("dst.addr={dst}"),
+            "bytes_sent=8",
+        ],
+    )
+    .await?;
+    // The direct connection opened before enrollment finishes as it began.
+    assert_eq!(
+        direct.finish().await?.reply,
+        format!("server saw {client_ip}: opened direct")
     );
 
-    // 6. Enrolled again, then the programs dropped: detached and unloaded.
-    capture.enroll(cookie, OUTBOUND_PORT)?;
-    assert_eq!(weft_programs_loaded(), before + 1);
-    drop(capture);
+    // A captured connection open across the release finishes through
+    // ztunnel; new connections after the release go direct.
+    let captured = HeldProbe::start(client, echo, "opened captured").await?;
+    mesh.release("demo/client").await?;
+    let before = outbound_lines(&mesh, "n1", &client_ip, &dst).len();
+    let report = probe(client, echo, "released").await?;
+    assert_eq!(report.reply, format!("server saw {client_ip}: released"));
     assert_eq!(
-        weft_programs_loaded(),
-        before,
-        "dropping the loader unloads its program"
+        report.peer, echo,
+        "a released pod's connect is not rewritten"
     );
-    let report = probe(enrolled, direct_addr, "after unload").await?;
-    assert_eq!(report.peer, direct_addr);
-    drop(outbound);
-    topo.teardown()?;
+    assert_eq!(
+        captured.finish().await?.reply,
+        format!("server saw {client_ip}: opened captured")
+    );
+    logged(
+        mesh.ztunnel("n1"),
+        &[
+            "connection complete",
+            "outbound",
+            &format!("src.addr={client_ip}:"),
+            "bytes_sent=15",
+        ],
+    )
+    .await?;
+    assert_eq!(
+        outbound_lines(&mesh, "n1", &client_ip, &dst).len(),
+        before + 1,
+        "only the connection opened before the release went through ztunnel"
+    );
+
+    // The other pod was never disturbed.
+    assert_eq!(
+        neighbour.finish().await?.reply,
+        format!("server saw {}: neighbour", bystander.ip())
+    );
+    logged(
+        mesh.ztunnel("n1"),
+        &[
+            "connection complete",
+            "outbound",
+            &format!("src.addr={}:", bystander.ip()),
+            "src.identity=spiffe://cluster.local/ns/demo/sa/bystander",
+        ],
+    )
+    .await?;
     Ok(())
 }

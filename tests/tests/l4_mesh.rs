@@ -4,13 +4,16 @@
 //! crosses the wire in clear; unenrolled pods keep working both ways; every
 //! kind of bad peer is refused with a clear log line; connections are
 //! pooled; and the mesh keeps working while the control service is down.
+//!
+//! Every test runs twice, once per capture mode (`iptables::…`, `ebpf::…`).
 
+#[macro_use]
 mod support;
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use http::StatusCode;
-use support::probe;
+use support::{probe, HeldProbe};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -25,11 +28,12 @@ use weft_tests::{
     apps,
     capture::{contains, PacketCapture},
     forge,
-    mesh::{Binaries, Mesh},
+    mesh::{Binaries, Mesh, MeshOptions},
     privilege::require_privileged,
     processes::eventually,
     topology::{Pod, Topology},
 };
+use ztunnel::capture::CaptureMode;
 
 fn binaries() -> Binaries<'static> {
     Binaries {
@@ -80,7 +84,7 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#;
 
-async fn mesh() -> anyhow::Result<Mesh> {
+async fn mesh(capture: CaptureMode) -> anyhow::Result<Mesh> {
     let topology = Topology::builder()
         .control_plane()
         .node("n1")
@@ -90,7 +94,16 @@ async fn mesh() -> anyhow::Result<Mesh> {
         .pod("legacy/outsider", "n1")
         .pod("demo/fake", "n2")
         .build()?;
-    let mesh = Mesh::start(topology, CONFIG, binaries()).await?;
+    let mesh = Mesh::start_with(
+        topology,
+        CONFIG,
+        binaries(),
+        MeshOptions {
+            capture,
+            ..MeshOptions::default()
+        },
+    )
+    .await?;
     mesh.enroll("demo/client", "client").await?;
     mesh.enroll("demo/server", "server").await?;
     let server = mesh.topology.pod("demo/server");
@@ -99,10 +112,11 @@ async fn mesh() -> anyhow::Result<Mesh> {
     Ok(mesh)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrolled_pods_talk_across_nodes_by_ip_and_by_service_vip() -> anyhow::Result<()> {
+async fn enrolled_pods_talk_across_nodes_by_ip_and_by_service_vip(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
     require_privileged();
-    let mesh = mesh().await?;
+    let mesh = mesh(capture).await?;
     let client = mesh.topology.pod("demo/client");
     let server = mesh.topology.pod("demo/server");
 
@@ -164,19 +178,14 @@ fn id(ns: &str, sa: &str) -> Identity {
 
 /// Waits for a line in `node`'s ztunnel output containing all of `needles`.
 async fn logged(mesh: &Mesh, node: &str, needles: &[&str]) -> anyhow::Result<String> {
-    let z = mesh.ztunnel(node);
-    eventually(
-        &format!("a log line with {needles:?}"),
-        Duration::from_secs(10),
-        || async { z.process.lines_with(needles).into_iter().next() },
-    )
-    .await
+    support::logged(mesh.ztunnel(node), needles).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_payload_crosses_the_wire_in_clear_but_passthrough_does() -> anyhow::Result<()> {
+async fn no_payload_crosses_the_wire_in_clear_but_passthrough_does(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
     require_privileged();
-    let mesh = mesh().await?;
+    let mesh = mesh(capture).await?;
     let (client, server, outsider) = (
         mesh.topology.pod("demo/client"),
         mesh.topology.pod("demo/server"),
@@ -251,10 +260,11 @@ async fn no_payload_crosses_the_wire_in_clear_but_passthrough_does() -> anyhow::
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unenrolled_client_reaches_an_enrolled_server_in_plaintext() -> anyhow::Result<()> {
+async fn an_unenrolled_client_reaches_an_enrolled_server_in_plaintext(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
     require_privileged();
-    let mesh = mesh().await?;
+    let mesh = mesh(capture).await?;
     let (server, outsider) = (
         mesh.topology.pod("demo/server"),
         mesh.topology.pod("legacy/outsider"),
@@ -287,10 +297,11 @@ async fn an_unenrolled_client_reaches_an_enrolled_server_in_plaintext() -> anyho
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_sequential_connections_cost_one_handshake() -> anyhow::Result<()> {
+async fn fifty_sequential_connections_cost_one_handshake(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
     require_privileged();
-    let mesh = mesh().await?;
+    let mesh = mesh(capture).await?;
     let (client, server) = (
         mesh.topology.pod("demo/client"),
         mesh.topology.pod("demo/server"),
@@ -311,10 +322,9 @@ async fn fifty_sequential_connections_cost_one_handshake() -> anyhow::Result<()>
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_peers_are_refused_with_a_reason() -> anyhow::Result<()> {
+async fn bad_peers_are_refused_with_a_reason(capture: CaptureMode) -> anyhow::Result<()> {
     require_privileged();
-    let mesh = mesh().await?;
+    let mesh = mesh(capture).await?;
     let (server, outsider) = (
         mesh.topology.pod("demo/server"),
         mesh.topology.pod("legacy/outsider"),
@@ -446,17 +456,22 @@ async fn bad_peers_are_refused_with_a_reason() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mesh_keeps_working_while_the_control_service_is_down() -> anyhow::Result<()> {
+async fn the_mesh_keeps_working_while_the_control_service_is_down(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
     require_privileged();
-    let mut mesh = mesh().await?;
+    let mut mesh = mesh(capture).await?;
     let (client, server) = (
         mesh.topology.pod("demo/client"),
         mesh.topology.pod("demo/server"),
     );
-    // An open connection from the client pod (its namespace: captured).
-    let mut open = connect_from(client, SocketAddr::from((server.ip(), 8080))).await?;
-    open.write_all(b"opened before").await?;
+    // An open connection from the client pod (captured).
+    let open = HeldProbe::start(
+        client,
+        SocketAddr::from((server.ip(), 8080)),
+        "opened before",
+    )
+    .await?;
 
     mesh.control.process.kill().await?;
     eventually("ztunnels to notice", Duration::from_secs(10), || async {
@@ -466,10 +481,11 @@ async fn the_mesh_keeps_working_while_the_control_service_is_down() -> anyhow::R
     .await?;
 
     // The old connection finishes…
-    open.shutdown().await?;
-    let mut reply = String::new();
-    open.read_to_string(&mut reply).await?;
-    assert_eq!(reply, format!("server saw {}: opened before", client.ip()));
+    let report = open.finish().await?;
+    assert_eq!(
+        report.reply,
+        format!("server saw {}: opened before", client.ip())
+    );
     // …and new ones work, by IP and by VIP.
     let report = probe(client, SocketAddr::from((server.ip(), 8080)), "while down").await?;
     assert!(report.reply.ends_with("while down"));
@@ -484,3 +500,12 @@ async fn the_mesh_keeps_working_while_the_control_service_is_down() -> anyhow::R
     .await?;
     Ok(())
 }
+
+in_both_capture_modes!(
+    enrolled_pods_talk_across_nodes_by_ip_and_by_service_vip,
+    no_payload_crosses_the_wire_in_clear_but_passthrough_does,
+    an_unenrolled_client_reaches_an_enrolled_server_in_plaintext,
+    fifty_sequential_connections_cost_one_handshake,
+    bad_peers_are_refused_with_a_reason,
+    the_mesh_keeps_working_while_the_control_service_is_down,
+);

@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use weft_tests::{
-    mesh::{Binaries, Mesh},
+    mesh::{Binaries, Mesh, MeshOptions},
     privilege::require_privileged,
     processes::eventually,
     topology::Topology,
@@ -39,8 +39,16 @@ async fn readiness_follows_sync_and_certificates() -> anyhow::Result<()> {
         ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
     };
     // Certificates that live 4 s: renewed every 2 s while the CA is there.
-    let mut mesh =
-        Mesh::start_with(topology, CONFIG, binaries, &["--cert-lifetime-secs", "4"]).await?;
+    let mut mesh = Mesh::start_with(
+        topology,
+        CONFIG,
+        binaries,
+        MeshOptions {
+            control_flags: &["--cert-lifetime-secs", "4"],
+            ..MeshOptions::default()
+        },
+    )
+    .await?;
     let z = mesh.ztunnel("n1");
     assert_eq!(
         z.readiness().await?,
@@ -93,7 +101,7 @@ async fn readiness_follows_sync_and_certificates() -> anyhow::Result<()> {
     let metrics = z.metrics_text().await?;
     assert!(metrics.contains("weft_ztunnel_certificate_expiry_timestamp_seconds{identity=\"spiffe://cluster.local/ns/demo/sa/app\"}"), "{metrics}");
     assert!(
-        metrics.contains("weft_ztunnel_capture_mode{mode=\"iptables\"} 1"),
+        metrics.contains("weft_ztunnel_capture_mode{mode=\"ebpf\"} 1"),
         "{metrics}"
     );
     Ok(())

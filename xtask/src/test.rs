@@ -21,9 +21,9 @@ pub fn run(root: &Path, lint: bool, cargo_args: &[String]) -> anyhow::Result<()>
     // Privileged tests fail (never skip) when root or a kernel feature is
     // missing, so a green run means every test really ran.
     // A mesh the developer runs (say, `cargo xtask demo`) is not the tests'.
-    let before = weft_tests::topology::leftovers();
+    let before = leftovers(root)?;
     run_cmd(cargo(root).args(["test", "--workspace"]).args(cargo_args))?;
-    let left: Vec<String> = weft_tests::topology::leftovers()
+    let left: Vec<String> = leftovers(root)?
         .into_iter()
         .filter(|item| !before.contains(item))
         .collect();
@@ -32,4 +32,27 @@ pub fn run(root: &Path, lint: bool, cargo_args: &[String]) -> anyhow::Result<()>
     }
     println!("test: all passed; nothing left behind (namespaces, cgroups, pins, state)");
     Ok(())
+}
+
+/// What carries the harness's name prefix right now.
+fn leftovers(root: &Path) -> anyhow::Result<Vec<String>> {
+    let out = cargo(root)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "weft-tests",
+            "--bin",
+            "weft-leftovers",
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "weft-leftovers failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
 }

@@ -5,7 +5,9 @@
 //! `dst.identity`, `direction`, `bytes_sent`, `bytes_recv`, `duration`,
 //! `error`; `bytes_sent` is what the source sent towards the destination,
 //! `bytes_recv` what came back), emitted as a `tracing` event with target `access`, so the log
-//! format (text or JSON) is the subscriber's.
+//! format (text or JSON) is the subscriber's. `bytes_spliced` says how many
+//! of the bytes (both ways) the kernel moved without ztunnel copying them
+//! (a same-node splice; 0 otherwise).
 
 use std::{net::SocketAddr, time::Instant};
 
@@ -25,6 +27,8 @@ pub struct ConnectionLog {
     pub dst_identity: Option<String>,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    /// Bytes (both ways) moved by the kernel splice, not copied by ztunnel.
+    pub bytes_spliced: u64,
     /// The policy that denied the connection, if one did.
     pub policy: Option<String>,
     /// AUDIT policies that matched.
@@ -48,6 +52,7 @@ impl ConnectionLog {
             dst_identity: None,
             bytes_sent: 0,
             bytes_recv: 0,
+            bytes_spliced: 0,
             policy: None,
             audited: Vec::new(),
             started: Instant::now(),
@@ -80,6 +85,7 @@ impl ConnectionLog {
                 dst.identity = %opt(&self.dst_identity),
                 bytes_sent = self.bytes_sent,
                 bytes_recv = self.bytes_recv,
+                bytes_spliced = self.bytes_spliced,
                 duration_ms,
                 audit = %audit,
                 "connection complete"
@@ -99,6 +105,7 @@ impl ConnectionLog {
                 dst.identity = %opt(&self.dst_identity),
                 bytes_sent = self.bytes_sent,
                 bytes_recv = self.bytes_recv,
+                bytes_spliced = self.bytes_spliced,
                 duration_ms,
                 audit = %audit,
                 policy = %policy,

@@ -48,6 +48,8 @@ struct ConfigDump {
 #[derive(Serialize)]
 struct CaptureDump {
     mode: &'static str,
+    /// BPF attachments in place (0 in iptables mode).
+    bpf_attachments: usize,
 }
 
 #[derive(Serialize)]
@@ -78,7 +80,6 @@ struct XdsDump {
 #[derive(Clone)]
 pub struct Sources {
     pub node: String,
-    pub capture: &'static str,
     pub proxy: Arc<Proxy>,
     pub pods: Arc<Pods>,
     pub certs: CertificateManager,
@@ -94,7 +95,10 @@ pub fn admin_routes(sources: Sources, logging: Option<LogControl>, quit: Arc<Not
             let xds = s.xds.borrow().clone();
             Reply::json(&ConfigDump {
                 node: s.node.clone(),
-                capture: CaptureDump { mode: s.capture },
+                capture: CaptureDump {
+                    mode: s.proxy.capture.name(),
+                    bpf_attachments: s.proxy.capture.attachments(),
+                },
                 xds: XdsDump {
                     connected: xds.connected,
                     synced: xds.synced,

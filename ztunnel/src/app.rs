@@ -14,8 +14,8 @@ use weft_proxy::{
 };
 
 use crate::{
-    admin, config::Config, netns::own_netns, nodeagent, pods::Pods, proxy::Proxy,
-    telemetry::Telemetry,
+    admin, capture::Capture, config::Config, netns::own_netns, nodeagent, pods::Pods, proxy::Ports,
+    proxy::Proxy, telemetry::Telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("capture: {0}")]
+    Capture(#[from] crate::capture::CaptureError),
     #[error("opening ztunnel's own network namespace: {0}")]
     Netns(std::io::Error),
     #[error("the node-agent socket {path}: {source}")]
@@ -88,12 +90,15 @@ pub async fn start(
     let xds_status = xds.status();
     let certificates = CertificateManager::new(CaClient::new(control));
     let mut tasks = vec![tokio::spawn(xds.run())];
+    let capture = tokio::task::block_in_place(|| Capture::start(&config, Ports::default()))?;
     let proxy = Arc::new(Proxy::new(
         config.node_name.clone(),
         state.clone(),
         certificates.clone(),
         trust,
         Metrics::default(),
+        Arc::new(capture),
+        xds_status.clone(),
     ));
     let pods = Arc::new(Pods::new(
         proxy.clone(),
@@ -124,7 +129,6 @@ pub async fn start(
 
     let sources = admin::Sources {
         node: config.node_name.clone(),
-        capture: "iptables",
         proxy: proxy.clone(),
         pods: pods.clone(),
         certs: certificates.clone(),
@@ -135,7 +139,6 @@ pub async fn start(
         pods.clone(),
         xds_status,
         certificates,
-        sources.capture,
     ));
     let quit = Arc::new(Notify::new());
     let admin_routes = admin::admin_routes(sources.clone(), logging, quit.clone());

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 
+use crate::capture::CaptureMode;
+
 #[derive(Clone, Debug, Parser)]
 #[command(name = "ztunnel", version, about = "Weft's node proxy")]
 pub struct Config {
@@ -56,4 +58,24 @@ pub struct Config {
     /// The mesh's SPIFFE trust domain.
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// How enrolled pods' traffic is captured: `auto` (eBPF where the
+    /// kernel has every hook, else iptables), `ebpf` or `iptables`.
+    #[arg(long, env = "WEFT_CAPTURE", value_enum, default_value = "auto")]
+    pub capture: CaptureMode,
+    /// The cgroup v2 directory holding this node's pods (under it, eBPF
+    /// capture attaches once for all of them).
+    #[arg(long, env = "WEFT_PODS_CGROUP")]
+    pub pods_cgroup: Option<PathBuf>,
+    /// Where eBPF programs, maps and links are pinned (on bpffs); a
+    /// restarted ztunnel adopts what it finds there.
+    #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
+    pub bpf_pin_dir: PathBuf,
+    /// Ports capture leaves alone in both directions (kubelet probes, for
+    /// instance), comma-separated.
+    #[arg(long, env = "WEFT_CAPTURE_EXCLUDE_PORTS", value_delimiter = ',')]
+    pub capture_exclude_ports: Vec<u16>,
+    /// Join the sockets of same-node connections in the kernel once they
+    /// are authorized (eBPF capture only); `false` copies them in ztunnel.
+    #[arg(long, env = "WEFT_SPLICE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub splice: bool,
 }

@@ -33,6 +33,18 @@ use crate::{
     socket::{self, TPROXY_MARK},
 };
 
+/// Connects to the pod's application at `app` from the client's own
+/// address `source`, through a transparent socket inside the pod.
+pub(crate) async fn connect_app(
+    proxy: &Proxy,
+    pod: &PodContext,
+    app: SocketAddr,
+    source: std::net::IpAddr,
+) -> std::io::Result<TcpStream> {
+    let (socket, bound) = socket::transparent(&pod.netns, app, TPROXY_MARK, source)?;
+    proxy.capture.connect_upstream(socket, bound, app).await
+}
+
 /// Serves HBONE for the pod until the listener is dropped.
 pub async fn serve_hbone(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpListener) {
     let (certs, identity) = (proxy.certs.clone(), pod.identity.clone());
@@ -49,6 +61,7 @@ pub async fn serve_hbone(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpL
             Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(pod = %pod.info.uid, %err, "HBONE accept failed");
+                socket::after_accept_error().await;
                 continue;
             }
         };
@@ -92,6 +105,10 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
         connect.reject(StatusCode::BAD_REQUEST);
         return log.finish(Some(&reason));
     };
+    if let Err(err) = proxy.config_ready().await {
+        connect.reject(StatusCode::SERVICE_UNAVAILABLE);
+        return log.finish(Some(&format!("{err} (503)")));
+    }
     if !pod.owns(authority.ip()) || proxy.ports.is_own(authority.port()) {
         let reason = format!(
             "CONNECT authority {authority} is not an address of pod {}/{} (400)",
@@ -117,16 +134,15 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
             return log.finish(Some(&format!("{reason} (401)")));
         }
     };
-    let mut upstream =
-        match socket::connect(&pod.netns, authority, TPROXY_MARK, Some(peer.ip())).await {
-            Ok(upstream) => upstream,
-            Err(err) => {
-                let reason =
-                    format!("the application at {authority} refused the connection: {err} (503)");
-                connect.reject(StatusCode::SERVICE_UNAVAILABLE);
-                return log.finish(Some(&reason));
-            }
-        };
+    let mut upstream = match connect_app(proxy, pod, authority, peer.ip()).await {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            let reason =
+                format!("the application at {authority} refused the connection: {err} (503)");
+            connect.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return log.finish(Some(&reason));
+        }
+    };
     let stream = match connect.accept() {
         Ok(stream) => stream,
         Err(err) => return log.finish(Some(&err)),
@@ -176,7 +192,7 @@ fn finish(
 }
 
 /// The table entry (and metric labels) of an inbound connection.
-fn opening(
+pub(crate) fn opening(
     proxy: &Proxy,
     pod: &PodContext,
     peer: SocketAddr,
@@ -207,7 +223,7 @@ fn opening(
 }
 
 /// Decides the connection; records audits and denials in the log.
-fn authorize(
+pub(crate) fn authorize(
     proxy: &Proxy,
     attrs: &authorization::Attributes,
     log: &mut ConnectionLog,
@@ -234,6 +250,7 @@ pub async fn serve_plaintext(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: 
             Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(pod = %pod.info.uid, %err, "plaintext accept failed");
+                socket::after_accept_error().await;
                 continue;
             }
         };
@@ -244,7 +261,7 @@ pub async fn serve_plaintext(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: 
 
 async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
-    let original = match socket::original_dst(&client) {
+    let original = match proxy.capture.inbound_original_dst(&client) {
         Ok(dst) => dst,
         Err(err) => {
             return ConnectionLog::new("inbound", peer, peer)
@@ -263,6 +280,10 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
             "plaintext to {original} is not for this pod's application"
         )));
     }
+    if let Err(err) = proxy.config_ready().await {
+        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        return log.finish(Some(&err));
+    }
     let attrs = authorization::attributes(pod, peer.ip(), None, original);
     let opening = opening(proxy, pod, peer, original, None, attrs.clone());
     let mut registration = match authorize(proxy, &attrs, &mut log) {
@@ -273,15 +294,14 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
             return log.finish(Some(&reason));
         }
     };
-    let mut upstream =
-        match socket::connect(&pod.netns, original, TPROXY_MARK, Some(peer.ip())).await {
-            Ok(upstream) => upstream,
-            Err(err) => {
-                return log.finish(Some(&format!(
-                    "the application at {original} refused the connection: {err}"
-                )))
-            }
-        };
+    let mut upstream = match connect_app(proxy, pod, original, peer.ip()).await {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            return log.finish(Some(&format!(
+                "the application at {original} refused the connection: {err}"
+            )))
+        }
+    };
     let counters = registration.meter.clone();
     let meter = copy::Meter::new(&counters, true);
     let outcome = tokio::select! {

@@ -30,6 +30,7 @@ use weft_proxy::{
 use crate::{
     access_log::ConnectionLog,
     connections::Opening,
+    local,
     proxy::{PodContext, Proxy},
     socket::{self, SKIP_MARK},
 };
@@ -54,6 +55,17 @@ pub enum OutboundError {
     },
     #[error(transparent)]
     Copy(#[from] CopyFailure),
+    #[error(transparent)]
+    NoConfig(#[from] crate::proxy::NoConfig),
+    #[error("{0}")]
+    Denied(String),
+    #[error("closed by a policy change: {0}")]
+    Revoked(String),
+    #[error("splicing the connection: {source}")]
+    Splice {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where a connection goes.
@@ -145,6 +157,7 @@ pub async fn serve(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpListene
             Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(pod = %pod.info.uid, %err, "outbound accept failed");
+                socket::after_accept_error().await;
                 continue;
             }
         };
@@ -153,9 +166,15 @@ pub async fn serve(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpListene
     }
 }
 
-async fn handle(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer: SocketAddr) {
+async fn handle(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, accepted_from: SocketAddr) {
     let _ = client.set_nodelay(true);
-    let original = match socket::original_dst(&client) {
+    // eBPF capture connects the application to ztunnel over the pod's
+    // loopback; the connection's source is still the pod.
+    let peer = match (accepted_from.ip().is_loopback(), pod.info.ips.first()) {
+        (true, Some(ip)) => SocketAddr::new(*ip, accepted_from.port()),
+        _ => accepted_from,
+    };
+    let original = match proxy.capture.outbound_original_dst(pod.cookie, &client) {
         Ok(dst) => dst,
         Err(err) => {
             ConnectionLog::new("outbound", peer, peer)
@@ -195,6 +214,7 @@ async fn forward(
     original: SocketAddr,
     log: &mut ConnectionLog,
 ) -> Result<copy::Transferred, OutboundError> {
+    proxy.config_ready().await?;
     let source = pod
         .info
         .ips
@@ -239,10 +259,27 @@ async fn forward(
             authority,
             ..
         } => {
-            log.dst_hbone_addr = Some(hbone);
             log.dst_workload = Some(workload.name.clone());
             log.dst_namespace = Some(workload.namespace.clone());
             log.dst_identity = Some(workload.identity.to_string());
+            // A destination on this node is reached without a tunnel.
+            if let Some(local) = proxy
+                .local_pod(authority.ip())
+                .filter(|local| local.identity == workload.identity)
+            {
+                return local::forward(
+                    proxy,
+                    pod,
+                    &local,
+                    client,
+                    peer,
+                    authority,
+                    &tracking.meter,
+                    log,
+                )
+                .await;
+            }
+            log.dst_hbone_addr = Some(hbone);
             let cert = proxy
                 .certs
                 .fetch(&pod.identity)
@@ -262,7 +299,7 @@ async fn forward(
                     async move {
                         let config = client_config(&cert, &destination, &proxy.trust)
                             .map_err(|e| HboneError::Config(e.to_string()))?;
-                        let tcp = socket::connect(&pod.netns, hbone, SKIP_MARK, None)
+                        let tcp = socket::connect(&pod.netns, hbone, SKIP_MARK)
                             .await
                             .map_err(|source| HboneError::Connect {
                                 addr: hbone,
@@ -279,7 +316,7 @@ async fn forward(
                 log.dst_workload = Some(w.name.clone());
                 log.dst_namespace = Some(w.namespace.clone());
             }
-            let mut upstream = socket::connect(&pod.netns, addr, SKIP_MARK, None)
+            let mut upstream = socket::connect(&pod.netns, addr, SKIP_MARK)
                 .await
                 .map_err(|source| OutboundError::Connect { addr, source })?;
             Ok(copy::tcp_tcp(client, &mut upstream, &meter).await?)

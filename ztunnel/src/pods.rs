@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::{Ipv4Addr, SocketAddr},
-    os::fd::OwnedFd,
+    os::fd::{AsFd, OwnedFd},
     sync::{Arc, Mutex},
 };
 
@@ -18,7 +18,10 @@ use tokio::task::JoinHandle;
 use weft_proto::spiffe::Identity;
 
 use crate::{
-    capture::iptables,
+    capture::{
+        ebpf::{netns_cookie_of, NetnsCookie},
+        CaptureError, PodNetwork,
+    },
     inbound,
     netns::InpodNetns,
     outbound,
@@ -38,7 +41,7 @@ pub enum PodError {
     Capture {
         uid: String,
         #[source]
-        source: iptables::IptablesError,
+        source: Box<CaptureError>,
     },
     #[error("pod {uid}: listening on {addr} inside the pod failed: {source}; is another ztunnel serving it?")]
     Listen {
@@ -108,7 +111,7 @@ impl Pods {
                 return Ok(());
             }
         }
-        self.remove(&uid);
+        self.remove(&uid).await;
         let identity_text = format!(
             "spiffe://{}/ns/{}/sa/{}",
             self.proxy.trust.trust_domain, info.namespace, info.service_account
@@ -123,28 +126,8 @@ impl Pods {
                     reason: e.to_string(),
                 })?;
         let ports = self.proxy.ports;
-        let ctx = Arc::new(PodContext {
-            info,
-            identity,
-            netns,
-        });
-        let capture_ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || {
-            iptables::install(
-                &capture_ctx.netns,
-                ports.outbound,
-                ports.inbound_plaintext,
-                ports.hbone,
-            )
-        })
-        .await
-        .expect("capture setup does not panic")
-        .map_err(|source| PodError::Capture {
-            uid: uid.clone(),
-            source,
-        })?;
         let listen = |addr: SocketAddr| {
-            socket::listen(&ctx.netns, addr).map_err(|source| PodError::Listen {
+            socket::listen(&netns, addr).map_err(|source| PodError::Listen {
                 uid: uid.clone(),
                 addr,
                 source,
@@ -156,6 +139,41 @@ impl Pods {
             ports.inbound_plaintext,
         )))?;
         let hbone_listener = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, ports.hbone)))?;
+        let cookie =
+            netns_cookie_of(outbound_listener.as_fd()).map_err(|source| PodError::Netns {
+                uid: uid.clone(),
+                source,
+            })?;
+        let ctx = Arc::new(PodContext {
+            info,
+            identity,
+            netns,
+            cookie,
+        });
+        // Capture starts once the listeners exist, so nothing captured
+        // finds the door closed.
+        let (capture, capture_ctx) = (self.proxy.capture.clone(), ctx.clone());
+        let plaintext_fd = plaintext_listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| PodError::Netns {
+                uid: uid.clone(),
+                source,
+            })?;
+        tokio::task::spawn_blocking(move || {
+            capture.enroll(&PodNetwork {
+                netns: &capture_ctx.netns,
+                cookie: capture_ctx.cookie,
+                ips: &capture_ctx.info.ips,
+                plaintext_listener: plaintext_fd.as_fd(),
+            })
+        })
+        .await
+        .expect("capture setup does not panic")
+        .map_err(|source| PodError::Capture {
+            uid: uid.clone(),
+            source: Box::new(source),
+        })?;
         // Get the pod's certificate now, not on its first connection.
         let (certs, identity) = (self.proxy.certs.clone(), ctx.identity.clone());
         tokio::spawn(async move {
@@ -180,6 +198,7 @@ impl Pods {
                 hbone_listener,
             )),
         ];
+        self.proxy.set_local_pod(&ctx.info.ips, Some(ctx.clone()));
         tracing::info!(pod = %uid, name = %ctx.info.name, namespace = %ctx.info.namespace, identity = %ctx.identity, "pod enrolled");
         self.running
             .lock()
@@ -189,26 +208,33 @@ impl Pods {
     }
 
     /// Stops serving a pod (unknown uids are ignored).
-    pub fn remove(&self, uid: &str) {
+    pub async fn remove(&self, uid: &str) {
         let removed = self.running.lock().expect("pods lock").remove(uid);
-        if let Some(running) = removed {
-            tracing::info!(pod = %uid, "pod released; its listeners are closed, open connections drain");
-            let identity = running.ctx.identity.clone();
-            let ctx = running.ctx.clone();
-            drop(running);
-            if !self.identities().contains(&identity) {
-                self.proxy.certs.forget(&identity);
-            }
-            tokio::task::spawn_blocking(move || {
-                if let Err(err) = iptables::uninstall(&ctx.netns) {
-                    tracing::debug!(%err, "removing capture from a released pod");
-                }
-            });
+        let Some(running) = removed else {
+            return;
+        };
+        self.proxy.set_local_pod(&running.ctx.info.ips, None);
+        // New connections stop being captured before the listeners close,
+        // and before the node agent hears back.
+        let (capture, ctx) = (self.proxy.capture.clone(), running.ctx.clone());
+        let released = tokio::task::spawn_blocking(move || {
+            capture.release(&ctx.netns, ctx.cookie, &ctx.info.ips)
+        })
+        .await
+        .expect("capture release does not panic");
+        if let Err(err) = released {
+            tracing::warn!(pod = %uid, %err, "removing capture from a released pod");
+        }
+        tracing::info!(pod = %uid, "pod released; its listeners are closed, open connections drain");
+        let identity = running.ctx.identity.clone();
+        drop(running);
+        if !self.identities().contains(&identity) {
+            self.proxy.certs.forget(&identity);
         }
     }
 
     /// Keeps only the pods in `uids` (after a node agent's snapshot).
-    pub fn retain(&self, uids: &HashSet<String>) {
+    pub async fn retain(&self, uids: &HashSet<String>) {
         let stale: Vec<String> = self
             .running
             .lock()
@@ -218,7 +244,22 @@ impl Pods {
             .cloned()
             .collect();
         for uid in stale {
-            self.remove(&uid);
+            self.remove(&uid).await;
+        }
+        // Pods a previous ztunnel enrolled in the kernel and nobody has
+        // named since are released there too.
+        let (cookies, ips): (HashSet<NetnsCookie>, HashSet<std::net::IpAddr>) = {
+            let running = self.running.lock().expect("pods lock");
+            (
+                running.values().map(|r| r.ctx.cookie).collect(),
+                running
+                    .values()
+                    .flat_map(|r| r.ctx.info.ips.clone())
+                    .collect(),
+            )
+        };
+        if let Err(err) = self.proxy.capture.retain(&cookies, &ips) {
+            tracing::warn!(%err, "releasing pods that are gone from capture");
         }
     }
 

@@ -4,8 +4,10 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
 };
+
+use prometheus_client::metrics::counter::Counter;
 
 use weft_proto::spiffe::Identity;
 use weft_proxy::{
@@ -16,6 +18,17 @@ use weft_proxy::{
 };
 
 use crate::netns::InpodNetns;
+
+/// How long a connection waits for ztunnel's first configuration.
+pub const CONFIG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// ztunnel has no configuration from the control service yet.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no configuration from the control service yet (waited {}s); is it reachable?",
+    CONFIG_WAIT.as_secs()
+)]
+pub struct NoConfig;
 
 /// Ports ztunnel listens on inside every enrolled pod (Istio's).
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +75,15 @@ pub struct Proxy {
     /// re-evaluation) and denials.
     pub connections: Arc<crate::connections::Connections>,
     pub metrics: Metrics,
+    /// How pods' traffic is captured.
+    pub capture: Arc<crate::capture::Capture>,
+    /// The enrolled pods by address: destinations on this node.
+    local_pods: RwLock<HashMap<IpAddr, Arc<PodContext>>>,
+    /// Bytes and connections the same-node splice moved in the kernel.
+    pub spliced_bytes: Counter,
+    pub spliced_connections: Counter,
+    /// The xDS stream's state: nothing is proxied before the first sync.
+    xds: tokio::sync::watch::Receiver<weft_proxy::xds::XdsStatus>,
     /// Round-robin position per service.
     next_endpoint: Mutex<HashMap<String, usize>>,
 }
@@ -73,7 +95,20 @@ impl Proxy {
         certs: CertificateManager,
         trust: TrustBundle,
         metrics: Metrics,
+        capture: Arc<crate::capture::Capture>,
+        xds: tokio::sync::watch::Receiver<weft_proxy::xds::XdsStatus>,
     ) -> Self {
+        let (spliced_bytes, spliced_connections) = (Counter::default(), Counter::default());
+        metrics.register(
+            "weft_ztunnel_spliced_bytes",
+            "Bytes (both ways) that same-node connections moved in the kernel, not copied by ztunnel",
+            spliced_bytes.clone(),
+        );
+        metrics.register(
+            "weft_ztunnel_spliced_connections",
+            "Same-node connections joined in the kernel",
+            spliced_connections.clone(),
+        );
         Self {
             node,
             state,
@@ -83,7 +118,55 @@ impl Proxy {
             ports: Ports::default(),
             connections: Arc::new(crate::connections::Connections::new(metrics.tcp.clone())),
             metrics,
+            capture,
+            local_pods: RwLock::default(),
+            spliced_bytes,
+            spliced_connections,
+            xds,
             next_endpoint: Mutex::default(),
+        }
+    }
+
+    /// Waits until the first full configuration from the control service
+    /// has arrived (at most [`CONFIG_WAIT`]). Until then a destination or a
+    /// policy may simply be unknown yet: proxying would pass traffic that
+    /// belongs in the mesh, or allow what a policy denies.
+    pub async fn config_ready(&self) -> Result<(), NoConfig> {
+        if self.xds.borrow().synced {
+            return Ok(());
+        }
+        let mut xds = self.xds.clone();
+        let synced = tokio::time::timeout(CONFIG_WAIT, async {
+            xds.wait_for(|s| s.synced).await.is_ok()
+        })
+        .await;
+        match synced {
+            Ok(true) => Ok(()),
+            _ => Err(NoConfig),
+        }
+    }
+
+    /// The pod of this node at `ip`, if one is enrolled.
+    pub fn local_pod(&self, ip: IpAddr) -> Option<Arc<PodContext>> {
+        self.local_pods
+            .read()
+            .expect("local pods lock")
+            .get(&ip)
+            .cloned()
+    }
+
+    /// Records an enrolled pod's addresses (`Some`), or forgets them.
+    pub fn set_local_pod(&self, ips: &[IpAddr], pod: Option<Arc<PodContext>>) {
+        let mut pods = self.local_pods.write().expect("local pods lock");
+        for ip in ips {
+            match &pod {
+                Some(pod) => {
+                    pods.insert(*ip, pod.clone());
+                }
+                None => {
+                    pods.remove(ip);
+                }
+            }
         }
     }
 
@@ -115,6 +198,8 @@ pub struct PodContext {
     pub info: PodInfo,
     pub identity: Identity,
     pub netns: InpodNetns,
+    /// The namespace as the kernel programs name it.
+    pub cookie: crate::capture::ebpf::NetnsCookie,
 }
 
 impl PodContext {

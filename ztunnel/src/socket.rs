@@ -31,26 +31,43 @@ pub fn listen(netns: &InpodNetns, addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Connects to `dst` from inside the pod, with `mark`; with `from`, the
-/// socket is transparent and the connection's source is that address (the
-/// client's own, so the application sees who really connected).
-pub async fn connect(
-    netns: &InpodNetns,
-    dst: SocketAddr,
-    mark: u32,
-    from: Option<IpAddr>,
-) -> io::Result<TcpStream> {
+/// Connects to `dst` from inside the pod, with `mark`.
+pub async fn connect(netns: &InpodNetns, dst: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    let socket = new_socket(netns, dst, mark)?;
+    TcpSocket::from_std_stream(socket.into()).connect(dst).await
+}
+
+fn new_socket(netns: &InpodNetns, dst: SocketAddr, mark: u32) -> io::Result<Socket> {
     let socket = netns
         .run(|| Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP)))??;
     socket.set_nonblocking(true)?;
     socket.set_mark(mark)?;
     socket.set_tcp_nodelay(true)?;
-    if let Some(source) = from {
-        socket.set_ip_transparent_v4(true)?;
-        socket.bind(&SocketAddr::new(source, 0).into())?;
-    }
-    let socket = TcpSocket::from_std_stream(socket.into());
-    socket.connect(dst).await
+    Ok(socket)
+}
+
+/// A transparent socket inside the pod, bound to `source` (the client's
+/// address, any port), ready to connect to `dst`; with its bound address.
+pub fn transparent(
+    netns: &InpodNetns,
+    dst: SocketAddr,
+    mark: u32,
+    source: IpAddr,
+) -> io::Result<(TcpSocket, SocketAddr)> {
+    let socket = new_socket(netns, dst, mark)?;
+    socket.set_ip_transparent_v4(true)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a TCP socket has an IP address"))?;
+    Ok((TcpSocket::from_std_stream(socket.into()), bound))
+}
+
+/// Pauses an accept loop after an error (out of descriptors, say), so it
+/// does not spin.
+pub async fn after_accept_error() {
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
 /// Where a connection redirected by iptables (REDIRECT) was headed.

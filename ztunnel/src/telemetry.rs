@@ -42,7 +42,6 @@ pub struct Telemetry {
     certs: CertificateManager,
     pods: Arc<Pods>,
     proxy: Arc<Proxy>,
-    capture: &'static str,
 }
 
 fn unix_seconds(t: SystemTime) -> i64 {
@@ -57,7 +56,6 @@ impl Telemetry {
         pods: Arc<Pods>,
         xds: watch::Receiver<XdsStatus>,
         certs: CertificateManager,
-        capture: &'static str,
     ) -> Self {
         let metrics = proxy.metrics.clone();
         let telemetry = Self {
@@ -73,7 +71,6 @@ impl Telemetry {
             certs,
             pods,
             proxy,
-            capture,
         };
         let m = &telemetry.metrics;
         m.register(
@@ -141,10 +138,11 @@ impl Telemetry {
         self.enrolled_pods.set(self.pods.list().len() as i64);
         self.capture_mode
             .get_or_create(&ModeLabel {
-                mode: self.capture.into(),
+                mode: self.proxy.capture.name().into(),
             })
             .set(1);
-        self.bpf_programs.set(0);
+        self.bpf_programs
+            .set(self.proxy.capture.attachments() as i64);
         self.metrics.render()
     }
 }

@@ -101,8 +101,16 @@ pub fn start_ztunnel(paths: &Paths, topology: &Topology, node: &str) -> anyhow::
             "127.0.0.1:15000",
             "--readiness-address",
             "0.0.0.0:15021",
-        ]);
-    topology.system_cgroup().confine(&mut cmd)?;
+        ])
+        // eBPF capture where this kernel allows, attached at the node's
+        // pods' cgroup and pinned under the topology's name (so `weft local
+        // down` removes it).
+        .args(["--capture", "auto"])
+        .arg("--pods-cgroup")
+        .arg(topology.node_pods_cgroup(node))
+        .arg("--bpf-pin-dir")
+        .arg(topology.bpf_pin_dir(node));
+    topology.ztunnel_cgroup(node).confine(&mut cmd)?;
     daemonize(&mut cmd, &paths.log(&format!("ztunnel-{node}")))?;
     cmd.spawn()
         .with_context(|| format!("starting ztunnel on {node}"))?;

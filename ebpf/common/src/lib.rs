@@ -2,83 +2,155 @@
 //! (`weft-ebpf`, built for `bpfel-unknown-none`) and ztunnel's loader.
 //!
 //! Both sides compile this crate, so a map's key and value layout is written
-//! once. Addresses and ports are kept in network byte order, exactly as the
-//! kernel hands them to a `cgroup/connect4` program, so the kernel side never
-//! converts; user space converts at the edge with the helpers below.
+//! once. Addresses are kept as the kernel hands them to programs (network
+//! byte order, in `u32` words); ports are host-order `u32`s in keys, so both
+//! sides build keys the same way. User space converts at the edge with the
+//! helpers below.
 #![no_std]
 
-/// Name of the map of enrolled pods: key = network-namespace cookie (`u64`),
-/// value = [`PodCapture`]. Enrollment is an insert, release a delete.
+/// Map: enrolled pods. Key: network-namespace cookie (`u64`); value:
+/// [`PodCapture`]. Enrollment is an insert, release a delete.
 pub const ENROLLED_PODS_MAP: &str = "WEFT_PODS";
-
-/// Name of the map of original destinations: key = socket cookie (`u64`) of
-/// the application's socket, value = [`OriginalDst`].
+/// Map: original destinations by the application socket's cookie (`u64`),
+/// written by connect4/6 for sockops to move into [`TUPLES_MAP`].
 pub const ORIGINAL_DST_MAP: &str = "WEFT_ORIG_DST";
+/// Map: original destinations by the application socket's address
+/// ([`TupleKey`]): what ztunnel reads for an accepted outbound connection.
+pub const TUPLES_MAP: &str = "WEFT_TUPLES";
+/// Map (SOCKHASH): ztunnel's spliced sockets by socket cookie (`u64`); the
+/// splice program runs on what they receive.
+pub const SPLICE_SOCKS_MAP: &str = "WEFT_SPLICE_SOCKS";
+/// Map: spliced sockets, socket cookie (`u64`) → [`Splice`].
+pub const SPLICES_MAP: &str = "WEFT_SPLICES";
+/// Map (SOCKHASH): ztunnel's inbound plaintext listener, by pod IPv4.
+pub const INBOUND_MAP: &str = "WEFT_INBOUND";
+/// Map: enrolled pods' IPv4 addresses (`u32`, network order) → 1.
+pub const POD_IPS_MAP: &str = "WEFT_POD_IPS";
+/// Map: ports (host order, `u32`) that capture leaves alone, both ways.
+pub const EXCLUDED_PORTS_MAP: &str = "WEFT_EXCLUDED";
+/// Map: ztunnel's own connections to pods' applications while they are
+/// being made ([`UpstreamKey`] → 1). They reach the pod through loopback
+/// from the client's address, and the kernel reports them as arriving on
+/// the pod's interface, so sk_lookup recognises them by this map.
+pub const UPSTREAMS_MAP: &str = "WEFT_UPSTREAMS";
 
-/// Name of the `cgroup/connect4` program in the object file.
 pub const CONNECT4_PROGRAM: &str = "weft_connect4";
+pub const CONNECT6_PROGRAM: &str = "weft_connect6";
+pub const SOCKOPS_PROGRAM: &str = "weft_sockops";
+pub const SPLICE_PROGRAM: &str = "weft_splice";
+pub const SK_LOOKUP_PROGRAM: &str = "weft_sk_lookup";
+
+/// The HBONE port: inbound traffic to it is never redirected.
+pub const HBONE_PORT: u32 = 15008;
 
 /// Per-pod capture settings, the value of [`ENROLLED_PODS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PodCapture {
-    /// ztunnel's outbound listener port inside the pod's network namespace,
-    /// network byte order.
+    /// ztunnel's outbound listener port inside the pod, network order.
     pub outbound_port_be: u16,
-    /// Reserved, zero. Keeps the value 8-byte sized for future flags.
-    pub reserved: [u8; 6],
+    /// Reserved, zero.
+    pub reserved: u16,
+    /// The pod's IPv4 address, network order (0 if it has none): the pod
+    /// connecting to itself is not captured.
+    pub ip4: u32,
 }
 
 impl PodCapture {
     /// Capture settings that send the pod's outbound TCP to `port`
-    /// (host byte order) on the pod's own loopback address.
-    pub const fn outbound_to(port: u16) -> Self {
+    /// (host order) on the pod's own loopback address; `ip4` is the pod's
+    /// address in network order.
+    pub const fn new(port: u16, ip4: u32) -> Self {
         Self {
             outbound_port_be: port.to_be(),
-            reserved: [0; 6],
+            reserved: 0,
+            ip4,
         }
     }
 }
 
-/// Where an application's connection was headed before capture rewrote it,
-/// the value of [`ORIGINAL_DST_MAP`].
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+/// Where an application's connection was headed before capture rewrote it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OriginalDst {
-    /// IPv4 address, network byte order (as in `bpf_sock_addr.user_ip4`).
-    pub ip4_be: u32,
-    /// Port, network byte order.
-    pub port_be: u16,
-    /// Reserved, zero.
-    pub reserved: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u32,
+    /// Port, host order.
+    pub port: u32,
+    /// The address in network order: IPv4 in word 0, IPv6 in all four.
+    pub ip: [u32; 4],
 }
 
 impl OriginalDst {
-    /// The IPv4 address as host-order octets.
-    pub const fn ip4_octets(&self) -> [u8; 4] {
-        // `ip4_be` holds the address bytes in memory order; reading them back
-        // with native endianness recovers the wire octets on any host.
-        self.ip4_be.to_ne_bytes()
-    }
-
-    /// The port in host byte order.
-    pub const fn port(&self) -> u16 {
-        u16::from_be(self.port_be)
+    /// The address as octets (4 for IPv4, 16 for IPv6).
+    pub fn octets(&self) -> ([u8; 16], usize) {
+        let mut out = [0u8; 16];
+        for (i, word) in self.ip.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        (out, if self.family == AF_INET6 { 16 } else { 4 })
     }
 }
 
-/// Loopback address in network byte order, as the kernel stores it in
-/// `user_ip4`: the target of every outbound rewrite.
+/// A socket's local address in a namespace: the key of [`TUPLES_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub netns: u64,
+    /// Network order, as [`OriginalDst::ip`].
+    pub ip: [u32; 4],
+    /// Host order.
+    pub port: u32,
+    pub family: u32,
+}
+
+/// A spliced socket: what it receives is sent on by `peer`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Splice {
+    /// The cookie of the socket that sends on what this one receives.
+    pub peer: u64,
+    /// Bytes received and sent on through the splice (advanced by the
+    /// kernel program).
+    pub bytes: u64,
+}
+
+/// One of ztunnel's connections to an application, as sk_lookup sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamKey {
+    /// The application's (pod's) address, network order.
+    pub pod_ip: u32,
+    /// ztunnel's (transparent) source address, network order.
+    pub source_ip: u32,
+    /// ztunnel's source port, host order.
+    pub source_port: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Loopback in network order (`user_ip4`): the outbound redirect target.
 pub const LOOPBACK_IP4_BE: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+/// `::1` in network order (`user_ip6` words).
+pub const LOOPBACK_IP6_BE: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{OriginalDst, PodCapture};
+    use super::{OriginalDst, PodCapture, Splice, TupleKey, UpstreamKey};
 
-    // SAFETY: both types are `#[repr(C)]`, `Copy`, contain only integers and
-    // have no padding (every byte is a named field), so any bit pattern the
-    // kernel writes is a valid value.
+    // SAFETY: every type is `#[repr(C)]`, `Copy`, made of integers only
+    // and has no padding (fields are laid out without gaps), so any bit
+    // pattern the kernel writes is a valid value.
     unsafe impl aya::Pod for PodCapture {}
     // SAFETY: as above.
     unsafe impl aya::Pod for OriginalDst {}
+    // SAFETY: as above (8 + 16 + 4 + 4 bytes).
+    unsafe impl aya::Pod for TupleKey {}
+    // SAFETY: as above (8 + 8 bytes).
+    unsafe impl aya::Pod for Splice {}
+    // SAFETY: as above (4 * 4 bytes).
+    unsafe impl aya::Pod for UpstreamKey {}
 }

@@ -1,11 +1,17 @@
-//! Cross-node data-path benchmarks: the same two nodes carry a pair of
-//! enrolled pods (mesh: both ztunnels, HBONE, mTLS) and a pair of
-//! unenrolled ones (direct), measured in the same run.
+//! Data-path benchmarks: direct (unenrolled pods) against the mesh in each
+//! capture mode, measured in the same run and printed as ratios to direct.
 //!
-//! - `throughput`: one iperf3 stream for a few seconds; ratio mesh/direct.
-//!   Target ≥ 0.35×.
+//! Three meshes run side by side, each with two nodes: iptables capture,
+//! eBPF capture, and eBPF capture with the same-node splice switched off.
+//! Every mesh has an enrolled client on n1, a server on n2 (cross-node:
+//! both ztunnels, HBONE, mTLS) and a server on n1 (same-node: one ztunnel,
+//! no tunnel); the iptables mesh also holds the unenrolled (direct) pods.
+//!
+//! - `throughput`: one iperf3 stream per route for a few seconds, rounds
+//!   alternating between routes. Targets: cross-node eBPF ≥ 0.35×,
+//!   same-node eBPF+splice ≥ 0.9×.
 //! - `rr-latency`: 1 KiB request / 1 KiB response, sequential on one
-//!   connection; p50 and p99, ratio mesh/direct.
+//!   connection; p50 and p99 per route.
 
 use std::{
     net::SocketAddr,
@@ -16,9 +22,11 @@ use std::{
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use ztunnel::capture::CaptureMode;
+
 use super::ms;
 use crate::{
-    mesh::{Binaries, Mesh},
+    mesh::{Binaries, Mesh, MeshOptions},
     topology::{Pod, Topology},
 };
 
@@ -45,6 +53,12 @@ status: {podIP: "${mesh/server}"}
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: local, namespace: mesh}
+spec: {nodeName: n1, serviceAccountName: server}
+status: {podIP: "${mesh/local}"}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: client, namespace: direct}
 spec: {nodeName: n1}
 status: {podIP: "${direct/client}"}
@@ -54,31 +68,130 @@ kind: Pod
 metadata: {name: server, namespace: direct}
 spec: {nodeName: n2}
 status: {podIP: "${direct/server}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: local, namespace: direct}
+spec: {nodeName: n1}
+status: {podIP: "${direct/local}"}
 "#;
 
-/// Builds the two-node mesh with both pairs, the mesh pair enrolled.
-pub async fn setup(bin_dir: &Path) -> anyhow::Result<Mesh> {
+/// The three meshes the routes run through.
+pub struct Bed {
+    /// iptables capture; also holds the direct pods.
+    iptables: Mesh,
+    ebpf: Mesh,
+    /// eBPF capture with `--splice false`: same-node connections copied.
+    ebpf_copy: Mesh,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Locality {
+    CrossNode,
+    SameNode,
+}
+
+impl Locality {
+    fn describe(self) -> &'static str {
+        match self {
+            Locality::CrossNode => "cross-node",
+            Locality::SameNode => "same-node",
+        }
+    }
+
+    /// The server pod's name in each namespace.
+    fn server(self) -> &'static str {
+        match self {
+            Locality::CrossNode => "server",
+            Locality::SameNode => "local",
+        }
+    }
+
+    /// The ratio a route must reach against direct, if it has a target.
+    fn target(self, label: &str) -> Option<f64> {
+        match (self, label) {
+            (Locality::CrossNode, "ebpf") => Some(0.35),
+            (Locality::SameNode, "ebpf+splice") => Some(0.9),
+            _ => None,
+        }
+    }
+}
+
+/// A client/server pair and the mesh (and capture) between them; the first
+/// route of a locality is direct.
+struct Route<'a> {
+    label: &'static str,
+    client: &'a Pod,
+    server: &'a Pod,
+}
+
+impl Bed {
+    fn routes(&self, locality: Locality) -> Vec<Route<'_>> {
+        fn route<'a>(label: &'static str, mesh: &'a Mesh, ns: &str, server: &str) -> Route<'a> {
+            Route {
+                label,
+                client: mesh.topology.pod(&format!("{ns}/client")),
+                server: mesh.topology.pod(&format!("{ns}/{server}")),
+            }
+        }
+        let server = locality.server();
+        let route = |label, mesh, ns| route(label, mesh, ns, server);
+        let mut routes = vec![
+            route("direct", &self.iptables, "direct"),
+            route("iptables", &self.iptables, "mesh"),
+        ];
+        match locality {
+            Locality::CrossNode => routes.push(route("ebpf", &self.ebpf, "mesh")),
+            Locality::SameNode => {
+                routes.push(route("ebpf (copy)", &self.ebpf_copy, "mesh"));
+                routes.push(route("ebpf+splice", &self.ebpf, "mesh"));
+            }
+        }
+        routes
+    }
+}
+
+/// Builds one two-node mesh capturing as `capture` says, the mesh pods
+/// enrolled.
+async fn mesh(bin_dir: &Path, capture: CaptureMode, splice: bool) -> anyhow::Result<Mesh> {
     let topology = Topology::builder()
         .control_plane()
         .node("n1")
         .node("n2")
         .pod("mesh/client", "n1")
         .pod("mesh/server", "n2")
+        .pod("mesh/local", "n1")
         .pod("direct/client", "n1")
         .pod("direct/server", "n2")
+        .pod("direct/local", "n1")
         .build()?;
-    let mesh = Mesh::start(
+    let mesh = Mesh::start_with(
         topology,
         CONFIG,
         Binaries {
             control: &bin_dir.join("wt-control"),
             ztunnel: &bin_dir.join("wt-ztunnel"),
         },
+        MeshOptions {
+            capture,
+            splice,
+            ..MeshOptions::default()
+        },
     )
     .await?;
     mesh.enroll("mesh/client", "client").await?;
     mesh.enroll("mesh/server", "server").await?;
+    mesh.enroll("mesh/local", "server").await?;
     Ok(mesh)
+}
+
+/// Builds the three meshes.
+pub async fn setup(bin_dir: &Path) -> anyhow::Result<Bed> {
+    Ok(Bed {
+        iptables: mesh(bin_dir, CaptureMode::Iptables, true).await?,
+        ebpf: mesh(bin_dir, CaptureMode::Ebpf, true).await?,
+        ebpf_copy: mesh(bin_dir, CaptureMode::Ebpf, false).await?,
+    })
 }
 
 /// One iperf3 run from `client` to `server`; bits per second received.
@@ -162,53 +275,74 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-pub async fn throughput(mesh: &Mesh) -> anyhow::Result<()> {
-    let t = &mesh.topology;
-    let (seconds, rounds) = (4, 5);
-    // Alternating rounds, so a noisy neighbour hurts both sides alike; each
-    // round's ratio compares runs made seconds apart.
-    let (mut direct, mut meshed, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let d = iperf(t.pod("direct/client"), t.pod("direct/server"), seconds).await?;
-        let m = iperf(t.pod("mesh/client"), t.pod("mesh/server"), seconds).await?;
-        direct.push(d);
-        meshed.push(m);
-        ratios.push(m / d);
+pub async fn throughput(bed: &Bed) -> anyhow::Result<()> {
+    let (seconds, rounds) = (3, 5);
+    for locality in [Locality::CrossNode, Locality::SameNode] {
+        let routes = bed.routes(locality);
+        // Alternating rounds, so a noisy neighbour hurts every route alike;
+        // each round's ratios compare runs made seconds apart.
+        let mut rates = vec![Vec::new(); routes.len()];
+        let mut ratios = vec![Vec::new(); routes.len()];
+        for _ in 0..rounds {
+            let mut round = Vec::new();
+            for route in &routes {
+                round.push(iperf(route.client, route.server, seconds).await?);
+            }
+            for (i, rate) in round.iter().enumerate() {
+                rates[i].push(*rate);
+                ratios[i].push(rate / round[0]);
+            }
+        }
+        println!(
+            "throughput: one TCP stream, {}, {rounds} alternating rounds of {seconds} s (iperf3)",
+            locality.describe()
+        );
+        for (i, route) in routes.iter().enumerate() {
+            let rate = median(&mut rates[i]) / 1e9;
+            if i == 0 {
+                println!("  {:<12} {rate:>7.2} Gbit/s", route.label);
+                continue;
+            }
+            let ratio = median(&mut ratios[i].clone());
+            let verdict = match locality.target(route.label) {
+                Some(target) if ratio >= target => format!("   target ≥ {target}×: met"),
+                Some(target) => format!("   target ≥ {target}×: MISSED"),
+                None => String::new(),
+            };
+            println!(
+                "  {:<12} {rate:>7.2} Gbit/s  {ratio:.2}× direct (rounds: {}){verdict}",
+                route.label,
+                ratios[i]
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
     }
-    let ratio = median(&mut ratios.clone());
-    println!("throughput: one TCP stream, cross-node, {rounds} alternating rounds of {seconds} s (iperf3)");
-    println!(
-        "  direct {:>8.2} Gbit/s (median)",
-        median(&mut direct) / 1e9
-    );
-    println!(
-        "  mesh   {:>8.2} Gbit/s (median)",
-        median(&mut meshed) / 1e9
-    );
-    println!(
-        "  ratio mesh/direct {ratio:.2}× (median; rounds: {})   target ≥ 0.35×: {}",
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        if ratio >= 0.35 { "met" } else { "MISSED" }
-    );
     Ok(())
 }
 
-pub async fn rr_latency(mesh: &Mesh) -> anyhow::Result<()> {
-    let t = &mesh.topology;
+pub async fn rr_latency(bed: &Bed) -> anyhow::Result<()> {
     let rounds = 5000;
-    let (d50, d99) = rr(t.pod("direct/client"), t.pod("direct/server"), rounds).await?;
-    let (m50, m99) = rr(t.pod("mesh/client"), t.pod("mesh/server"), rounds).await?;
-    println!("rr-latency: 1 KiB request/response, cross-node, {rounds} sequential rounds");
-    println!("  direct p50 {:>9}  p99 {:>9}", ms(d50), ms(d99));
-    println!("  mesh   p50 {:>9}  p99 {:>9}", ms(m50), ms(m99));
-    println!(
-        "  ratio mesh/direct p50 {:.2}×, p99 {:.2}×",
-        m50.as_secs_f64() / d50.as_secs_f64(),
-        m99.as_secs_f64() / d99.as_secs_f64()
-    );
+    for locality in [Locality::CrossNode, Locality::SameNode] {
+        println!(
+            "rr-latency: 1 KiB request/response, {}, {rounds} sequential rounds",
+            locality.describe()
+        );
+        let mut direct = None;
+        for route in bed.routes(locality) {
+            let (p50, p99) = rr(route.client, route.server, rounds).await?;
+            let (d50, d99) = *direct.get_or_insert((p50, p99));
+            println!(
+                "  {:<12} p50 {:>9} ({:.2}×)  p99 {:>9} ({:.2}×)",
+                route.label,
+                ms(p50),
+                p50.as_secs_f64() / d50.as_secs_f64(),
+                ms(p99),
+                p99.as_secs_f64() / d99.as_secs_f64(),
+            );
+        }
+    }
     Ok(())
 }

@@ -29,12 +29,12 @@ async fn main() -> anyhow::Result<()> {
         require_privileged();
         let exe = std::env::current_exe()?;
         let bin_dir = exe.parent().expect("a binary lives in a directory");
-        let mesh = bench::l4::setup(bin_dir).await?;
+        let bed = bench::l4::setup(bin_dir).await?;
         if run("throughput") {
-            bench::l4::throughput(&mesh).await?;
+            bench::l4::throughput(&bed).await?;
         }
         if run("rr-latency") {
-            bench::l4::rr_latency(&mesh).await?;
+            bench::l4::rr_latency(&bed).await?;
         }
     }
     Ok(())

@@ -3,14 +3,16 @@
 //! reports what it saw as one JSON line.
 //!
 //! ```text
-//! weft-probe connect ADDR [--send TEXT]
+//! weft-probe connect ADDR [--send TEXT | --send-size N] [--hold]
 //! {"local":"198.18.1.2:40000","peer":"198.18.2.2:8080","socket_cookie":4097,"reply":"..."}
 //! ```
 //!
 //! It connects, sends TEXT, half-closes, reads the reply to EOF and prints
 //! the socket's local and peer addresses (the peer is where the kernel really
 //! connected, after any capture rewrite) and its socket cookie (the key of
-//! ztunnel's original-destination map).
+//! ztunnel's original-destination map). With `--hold` it prints `connected`
+//! once it has sent, and half-closes only when its stdin closes. With
+//! `--send-size N` it sends N bytes of [`pattern`] instead of TEXT.
 
 use std::{
     io::{Read, Write},
@@ -35,16 +37,25 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<serde_json::Value, String> {
-    let usage = "usage: weft-probe connect ADDR [--send TEXT]";
+    let usage = "usage: weft-probe connect ADDR [--send TEXT | --send-size N] [--hold]";
     let (Some("connect"), Some(addr)) = (args.first().map(String::as_str), args.get(1)) else {
         return Err(usage.into());
     };
     let addr: SocketAddr = addr.parse().map_err(|err| format!("{addr}: {err}"))?;
-    let send = match args.get(2).map(String::as_str) {
-        Some("--send") => args.get(3).cloned().ok_or(usage)?,
-        Some(other) => return Err(format!("unknown argument {other}; {usage}")),
-        None => String::new(),
-    };
+    let mut send = String::new();
+    let mut hold = false;
+    let mut rest = args[2..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--send" => send = rest.next().cloned().ok_or(usage)?,
+            "--send-size" => {
+                let size: usize = rest.next().and_then(|n| n.parse().ok()).ok_or(usage)?;
+                send = pattern(size);
+            }
+            "--hold" => hold = true,
+            other => return Err(format!("unknown argument {other}; {usage}")),
+        }
+    }
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|err| format!("connecting to {addr}: {err}"))?;
     stream
@@ -55,7 +66,15 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
     let cookie = socket_cookie(&stream).map_err(|err| format!("SO_COOKIE: {err}"))?;
     stream
         .write_all(send.as_bytes())
-        .and_then(|()| stream.shutdown(Shutdown::Write))
+        .map_err(|err| format!("sending to {addr}: {err}"))?;
+    if hold {
+        println!("connected");
+        std::io::stdout().flush().map_err(|err| err.to_string())?;
+        // Until stdin closes.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    }
+    stream
+        .shutdown(Shutdown::Write)
         .map_err(|err| format!("sending to {addr}: {err}"))?;
     let mut reply = String::new();
     stream
@@ -67,6 +86,14 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
         "socket_cookie": cookie,
         "reply": reply,
     }))
+}
+
+/// `size` bytes of digits, `0123456789` repeated: a payload whose every
+/// byte is checkable.
+fn pattern(size: usize) -> String {
+    (0..size)
+        .map(|i| char::from(b'0' + (i % 10) as u8))
+        .collect()
 }
 
 /// The socket cookie, as `bpf_get_socket_cookie` sees it. (This tool is a

@@ -133,7 +133,7 @@ impl Topology {
             )?;
             let cgroup = Cgroup::open(
                 topology
-                    .pods_cgroup
+                    .node_pods_cgroup(&p.node)
                     .join(format!("{}_{}", p.namespace, p.name)),
             );
             if !cgroup.path().is_dir() {

@@ -41,3 +41,105 @@ pub fn tx_bytes(netns: &weft_tests::topology::NetNs, link: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no tx byte counter for {link} in {out}"))
 }
+
+/// Runs each of the named `async fn name(CaptureMode) -> anyhow::Result<()>`
+/// as two tests, `iptables::name` and `ebpf::name`.
+#[allow(unused_macros)]
+macro_rules! in_both_capture_modes {
+    ($($test:ident),* $(,)?) => {
+        mod iptables {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() -> anyhow::Result<()> {
+                    super::$test(ztunnel::capture::CaptureMode::Iptables).await
+                }
+            )*
+        }
+        mod ebpf {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() -> anyhow::Result<()> {
+                    super::$test(ztunnel::capture::CaptureMode::Ebpf).await
+                }
+            )*
+        }
+    };
+}
+
+/// A `weft-probe` that has connected and sent, and holds the connection
+/// open until [`HeldProbe::finish`].
+pub struct HeldProbe {
+    child: tokio::process::Child,
+}
+
+impl HeldProbe {
+    /// Starts the probe as a process of `pod`; returns once it connected and
+    /// sent `text`.
+    pub async fn start(pod: &Pod, addr: SocketAddr, text: &str) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = pod.command(env!("CARGO_BIN_EXE_weft-probe"))?;
+        cmd.args(["connect", &addr.to_string(), "--send", text, "--hold"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .context("running weft-probe")?;
+        let stdout = child.stdout.as_mut().expect("piped");
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await?;
+        if line.trim() != "connected" {
+            bail!("weft-probe to {addr} did not connect (it printed {line:?})");
+        }
+        Ok(Self { child })
+    }
+
+    /// Lets the probe half-close, read the reply and report.
+    pub async fn finish(mut self) -> anyhow::Result<ProbeReport> {
+        drop(self.child.stdin.take());
+        let out = self.child.wait_with_output().await?;
+        if !out.status.success() {
+            bail!(
+                "weft-probe failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text.lines().last().unwrap_or_default();
+        ProbeReport::parse(last.as_bytes()).with_context(|| format!("weft-probe printed {text:?}"))
+    }
+}
+
+/// Waits (up to 10 s) for a line in `z`'s output holding all of `needles`.
+pub async fn logged(
+    z: &weft_tests::processes::ZtunnelProcess,
+    needles: &[&str],
+) -> anyhow::Result<String> {
+    weft_tests::processes::eventually(
+        &format!("a log line with {needles:?}"),
+        std::time::Duration::from_secs(10),
+        || async { z.process.lines_with(needles).into_iter().next() },
+    )
+    .await
+}
+
+/// Runs an unmodified `curl -sS URL` as a process of `pod`; its body.
+pub async fn curl(pod: &Pod, url: &str) -> anyhow::Result<String> {
+    let mut cmd = pod.command("curl")?;
+    cmd.args(["-sS", "--max-time", "10", url]);
+    let out = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running curl (is it installed? `cargo xtask setup` installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "curl {url} in {} failed: {}",
+            pod.qualified_name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,26 +1,39 @@
 //! Loader for Weft's kernel programs, and the maps that enroll pods.
 //!
 //! The object file is compiled from `ebpf/` by this crate's build script and
-//! embedded in the binary, so the programs always match the loader. Programs
-//! attach once per node, at the pods' parent cgroup; a pod is captured when
-//! its network-namespace cookie is in the enrolled-pods map, so enrolling or
-//! releasing a pod is a single map update that never disturbs other pods.
+//! embedded in the binary, so the programs always match the loader.
+//!
+//! Restart safety: programs, maps and links are pinned under the pin
+//! directory (`/sys/fs/bpf/weft` by default) together with a digest of the
+//! object. A restarted ztunnel with the same object adopts them (it opens
+//! the pinned maps and leaves the attached programs alone), so capture never
+//! stops; while ztunnel is away, enrolled pods' connections go to a port
+//! nothing listens on, and inbound plaintext is dropped — they fail, they
+//! do not bypass the mesh. A ztunnel with a different object replaces them.
+//! [`EbpfCapture::remove_pins`] takes everything out of the kernel.
 
 use std::{
+    collections::{HashMap as StdHashMap, HashSet},
     fs::File,
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{HashMap, MapData, MapError},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
-    Ebpf, EbpfError,
+    maps::{HashMap, Map, MapData, MapError, SockHash},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SkSkb, SockOps,
+    },
+    Ebpf, EbpfError as LoadError,
 };
 use weft_ebpf_common::{
-    OriginalDst, PodCapture, CONNECT4_PROGRAM, ENROLLED_PODS_MAP, ORIGINAL_DST_MAP,
+    OriginalDst, PodCapture, Splice, TupleKey, UpstreamKey, AF_INET, AF_INET6, CONNECT4_PROGRAM,
+    CONNECT6_PROGRAM, ENROLLED_PODS_MAP, EXCLUDED_PORTS_MAP, INBOUND_MAP, ORIGINAL_DST_MAP,
+    POD_IPS_MAP, SK_LOOKUP_PROGRAM, SOCKOPS_PROGRAM, SPLICES_MAP, SPLICE_PROGRAM, SPLICE_SOCKS_MAP,
+    TUPLES_MAP, UPSTREAMS_MAP,
 };
 
 /// The object built from `ebpf/` for this checkout (see `build.rs`).
@@ -35,135 +48,419 @@ pub fn object() -> &'static [u8] {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NetnsCookie(pub u64);
 
-/// What went wrong while loading, attaching or updating the capture programs.
+/// What went wrong while loading, attaching or updating the programs.
 #[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
+pub enum EbpfError {
     #[error(
         "loading Weft's eBPF object into the kernel failed: {0}; check that the kernel has \
          BPF enabled and that ztunnel runs as root (or with CAP_BPF and CAP_NET_ADMIN)"
     )]
-    Load(#[source] EbpfError),
-    #[error("the eBPF object has no program `{0}`; it was built from a different source tree")]
-    MissingProgram(&'static str),
-    #[error("the eBPF object has no map `{0}`; it was built from a different source tree")]
-    MissingMap(&'static str),
+    Load(#[source] LoadError),
+    #[error("the eBPF object has no {kind} `{name}`; it was built from a different source tree")]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error(
-        "the kernel verifier rejected program `{name}`: {source}; this kernel may lack the \
-         hook (use capture mode iptables)"
+        "the kernel refused program `{name}`: {source}; this kernel may lack the hook \
+         (capture mode iptables works without it)"
     )]
-    Verify {
+    Program {
         name: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("opening cgroup {path} to attach capture: {source}; is cgroup v2 mounted there?")]
-    OpenCgroup {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("attaching program `{name}` to cgroup {path} failed: {source}")]
-    Attach {
-        name: &'static str,
-        path: PathBuf,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("updating eBPF map `{map}` failed: {source}")]
+    #[error("pinning under {path}: {reason}; is bpffs mounted at /sys/fs/bpf?")]
+    Pin { path: PathBuf, reason: String },
+    #[error("eBPF map `{map}`: {source}")]
     Map {
         map: &'static str,
         #[source]
         source: MapError,
     },
+    #[error(
+        "ztunnel's cgroup {ztunnel} is inside the pods' cgroup {pods}, so capture would take \
+         ztunnel's own connections; run ztunnel outside the pods' cgroup"
+    )]
+    InsidePods { ztunnel: PathBuf, pods: PathBuf },
 }
 
-/// Weft's capture programs, loaded into the kernel.
-///
-/// Dropping this detaches every program it attached and unloads them (the
-/// restart-safe, pinned variant arrives with the eBPF capture work).
-pub struct EbpfCapture {
-    bpf: Ebpf,
+/// Where the programs attach and what they leave alone.
+#[derive(Clone, Debug)]
+pub struct EbpfOptions {
+    /// Pins live here (one directory per ztunnel).
+    pub pin_dir: PathBuf,
+    /// The cgroup v2 directory holding the node's pods.
+    pub pods_cgroup: PathBuf,
+    /// ztunnel's own cgroup v2 directory: it must not be inside
+    /// `pods_cgroup`, or ztunnel would capture itself.
+    pub ztunnel_cgroup: PathBuf,
+    /// Ports capture leaves alone, both ways.
+    pub excluded_ports: Vec<u16>,
+}
+
+struct Maps {
     enrolled: HashMap<MapData, u64, PodCapture>,
-    original_dst: HashMap<MapData, u64, OriginalDst>,
+    tuples: HashMap<MapData, TupleKey, OriginalDst>,
+    splices: HashMap<MapData, u64, Splice>,
+    splice_socks: SockHash<MapData, u64>,
+    inbound: SockHash<MapData, u32>,
+    pod_ips: HashMap<MapData, u32, u8>,
+    excluded: HashMap<MapData, u32, u8>,
+    upstreams: HashMap<MapData, UpstreamKey, u8>,
+}
+
+/// Weft's capture programs, in the kernel and pinned.
+pub struct EbpfCapture {
+    pin_dir: PathBuf,
+    maps: Maps,
+    sk_lookup: SkLookup,
+    /// sk_lookup attachments by pod network namespace.
+    lookups: StdHashMap<u64, PinnedLink>,
+    /// Whether this process loaded the programs (false: adopted them).
+    pub loaded: bool,
 }
 
 impl std::fmt::Debug for EbpfCapture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EbpfCapture").finish_non_exhaustive()
+        f.debug_struct("EbpfCapture")
+            .field("pin_dir", &self.pin_dir)
+            .field("loaded", &self.loaded)
+            .finish_non_exhaustive()
     }
 }
 
+const PINNED_MAPS: [&str; 9] = [
+    ENROLLED_PODS_MAP,
+    ORIGINAL_DST_MAP,
+    TUPLES_MAP,
+    SPLICE_SOCKS_MAP,
+    SPLICES_MAP,
+    INBOUND_MAP,
+    POD_IPS_MAP,
+    EXCLUDED_PORTS_MAP,
+    UPSTREAMS_MAP,
+];
+const LINKS: [&str; 3] = ["link-connect4", "link-connect6", "link-sockops"];
+/// A short digest of the embedded object: pins from another object are not
+/// adopted. bpffs holds no regular files, so the digest is the name of an
+/// (empty) directory beside the pins: `object-<digest>`.
+fn object_marker() -> String {
+    format!("object-{}", object_digest())
+}
+
+fn object_digest() -> String {
+    // FNV-1a: stable across builds and cheap; not a security boundary.
+    let hash = OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> EbpfError {
+    let path = path.to_owned();
+    move |source| EbpfError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn program<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or(EbpfError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })
+}
+
+fn cgroup_dir(path: &Path) -> Result<File, EbpfError> {
+    File::open(path).map_err(io_error("opening cgroup", path))
+}
+
 impl EbpfCapture {
-    /// Loads the embedded object and passes every program through the
-    /// verifier. Nothing is attached yet.
-    pub fn load() -> Result<Self, CaptureError> {
-        let mut bpf = Ebpf::load(OBJECT).map_err(CaptureError::Load)?;
-        let program: &mut CgroupSockAddr = bpf
-            .program_mut(CONNECT4_PROGRAM)
-            .ok_or(CaptureError::MissingProgram(CONNECT4_PROGRAM))?
-            .try_into()
-            .map_err(|source| CaptureError::Verify {
-                name: CONNECT4_PROGRAM,
+    /// Adopts the pinned programs if they are this object's, else loads,
+    /// attaches and pins them.
+    pub fn start(options: &EbpfOptions) -> Result<Self, EbpfError> {
+        if options.ztunnel_cgroup.starts_with(&options.pods_cgroup) {
+            return Err(EbpfError::InsidePods {
+                ztunnel: options.ztunnel_cgroup.clone(),
+                pods: options.pods_cgroup.clone(),
+            });
+        }
+        let dir = &options.pin_dir;
+        let complete = PINNED_MAPS
+            .iter()
+            .all(|m| dir.join(format!("map-{m}")).exists())
+            && LINKS.iter().all(|l| dir.join(l).exists())
+            && dir.join("prog-sk-lookup").exists();
+        let mut capture = if dir.join(object_marker()).is_dir() && complete {
+            tracing::info!(pin_dir = %dir.display(), "adopting the pinned capture programs");
+            Self::adopt(dir)?
+        } else {
+            if dir.exists() {
+                tracing::info!(pin_dir = %dir.display(), "replacing capture programs of another build");
+                Self::remove_pins(dir)?;
+            }
+            Self::load(options).inspect_err(|_| {
+                // Nothing half-attached stays behind a failed start.
+                let _ = Self::remove_pins(dir);
+            })?
+        };
+        capture.set_excluded_ports(&options.excluded_ports)?;
+        Ok(capture)
+    }
+
+    fn load(options: &EbpfOptions) -> Result<Self, EbpfError> {
+        let dir = &options.pin_dir;
+        std::fs::create_dir_all(dir).map_err(io_error("creating pin directory", dir))?;
+        let mut bpf = Ebpf::load(OBJECT).map_err(EbpfError::Load)?;
+        let pods = cgroup_dir(&options.pods_cgroup)?;
+        let pin_err = |path: &Path| {
+            let path = path.to_owned();
+            move |e: &dyn std::fmt::Display| EbpfError::Pin {
+                path,
+                reason: e.to_string(),
+            }
+        };
+        for (name, link_name) in [
+            (CONNECT4_PROGRAM, "link-connect4"),
+            (CONNECT6_PROGRAM, "link-connect6"),
+        ] {
+            let p: &mut CgroupSockAddr = program(&mut bpf, name)?;
+            p.load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            // Through a BPF link the attachment coexists with other programs
+            // on the cgroup; the kernel refuses the explicit multi flag on
+            // links, hence `Single` ("no flags").
+            let id = p
+                .attach(&pods, CgroupAttachMode::Single)
+                .map_err(|source| EbpfError::Program { name, source })?;
+            let link = p
+                .take_link(id)
+                .map_err(|source| EbpfError::Program { name, source })?;
+            let path = dir.join(link_name);
+            FdLink::try_from(link)
+                .map_err(|e| pin_err(&path)(&e))?
+                .pin(&path)
+                .map_err(|e| pin_err(&path)(&e))?;
+        }
+        let sockops: &mut SockOps = program(&mut bpf, SOCKOPS_PROGRAM)?;
+        sockops.load().map_err(|source| EbpfError::Program {
+            name: SOCKOPS_PROGRAM,
+            source,
+        })?;
+        let id = sockops
+            .attach(&pods, CgroupAttachMode::Single)
+            .map_err(|source| EbpfError::Program {
+                name: SOCKOPS_PROGRAM,
                 source,
             })?;
-        program.load().map_err(|source| CaptureError::Verify {
-            name: CONNECT4_PROGRAM,
+        let link = sockops.take_link(id).map_err(|source| EbpfError::Program {
+            name: SOCKOPS_PROGRAM,
             source,
         })?;
-        let enrolled = take_map(&mut bpf, ENROLLED_PODS_MAP)?;
-        let enrolled = HashMap::try_from(enrolled).map_err(|source| CaptureError::Map {
-            map: ENROLLED_PODS_MAP,
+        let path = dir.join("link-sockops");
+        FdLink::try_from(link)
+            .map_err(|e| pin_err(&path)(&e))?
+            .pin(&path)
+            .map_err(|e| pin_err(&path)(&e))?;
+        for name in PINNED_MAPS {
+            let path = dir.join(format!("map-{name}"));
+            bpf.map(name)
+                .ok_or(EbpfError::Missing { kind: "map", name })?
+                .pin(&path)
+                .map_err(|e| pin_err(&path)(&e))?;
+        }
+        // The splice program attaches to its socket map; the attachment
+        // lives as long as the (pinned) map, so its handle is deliberately
+        // not dropped.
+        let splice_socks: SockHash<MapData, u64> =
+            SockHash::try_from(bpf.take_map(SPLICE_SOCKS_MAP).ok_or(EbpfError::Missing {
+                kind: "map",
+                name: SPLICE_SOCKS_MAP,
+            })?)
+            .map_err(|source| EbpfError::Map {
+                map: SPLICE_SOCKS_MAP,
+                source,
+            })?;
+        let splice: &mut SkSkb = program(&mut bpf, SPLICE_PROGRAM)?;
+        splice.load().map_err(|source| EbpfError::Program {
+            name: SPLICE_PROGRAM,
             source,
         })?;
-        let original_dst = take_map(&mut bpf, ORIGINAL_DST_MAP)?;
-        let original_dst = HashMap::try_from(original_dst).map_err(|source| CaptureError::Map {
-            map: ORIGINAL_DST_MAP,
+        let id = splice
+            .attach(splice_socks.fd())
+            .map_err(|source| EbpfError::Program {
+                name: SPLICE_PROGRAM,
+                source,
+            })?;
+        std::mem::forget(splice.take_link(id).map_err(|source| EbpfError::Program {
+            name: SPLICE_PROGRAM,
+            source,
+        })?);
+        let lookup: &mut SkLookup = program(&mut bpf, SK_LOOKUP_PROGRAM)?;
+        lookup.load().map_err(|source| EbpfError::Program {
+            name: SK_LOOKUP_PROGRAM,
             source,
         })?;
+        let path = dir.join("prog-sk-lookup");
+        lookup.pin(&path).map_err(|e| pin_err(&path)(&e))?;
+        let marker = dir.join(object_marker());
+        std::fs::create_dir(&marker).map_err(io_error("creating", &marker))?;
+        tracing::info!(pin_dir = %dir.display(), pods_cgroup = %options.pods_cgroup.display(), "eBPF capture programs loaded and attached");
+        drop(bpf);
+        let mut capture = Self::adopt(dir)?;
+        capture.loaded = true;
+        Ok(capture)
+    }
+
+    fn adopt(dir: &Path) -> Result<Self, EbpfError> {
+        let open = |name: &'static str| -> Result<MapData, EbpfError> {
+            MapData::from_pin(dir.join(format!("map-{name}")))
+                .map_err(|source| EbpfError::Map { map: name, source })
+        };
+        let hash = |name: &'static str| -> Result<Map, EbpfError> { Ok(Map::HashMap(open(name)?)) };
+        let lru =
+            |name: &'static str| -> Result<Map, EbpfError> { Ok(Map::LruHashMap(open(name)?)) };
+        let map_err = |map: &'static str| move |source| EbpfError::Map { map, source };
+        let maps = Maps {
+            enrolled: HashMap::try_from(hash(ENROLLED_PODS_MAP)?)
+                .map_err(map_err(ENROLLED_PODS_MAP))?,
+            tuples: HashMap::try_from(lru(TUPLES_MAP)?).map_err(map_err(TUPLES_MAP))?,
+            splices: HashMap::try_from(hash(SPLICES_MAP)?).map_err(map_err(SPLICES_MAP))?,
+            splice_socks: SockHash::try_from(Map::SockHash(open(SPLICE_SOCKS_MAP)?))
+                .map_err(map_err(SPLICE_SOCKS_MAP))?,
+            inbound: SockHash::try_from(Map::SockHash(open(INBOUND_MAP)?))
+                .map_err(map_err(INBOUND_MAP))?,
+            pod_ips: HashMap::try_from(hash(POD_IPS_MAP)?).map_err(map_err(POD_IPS_MAP))?,
+            excluded: HashMap::try_from(hash(EXCLUDED_PORTS_MAP)?)
+                .map_err(map_err(EXCLUDED_PORTS_MAP))?,
+            upstreams: HashMap::try_from(hash(UPSTREAMS_MAP)?).map_err(map_err(UPSTREAMS_MAP))?,
+        };
+        let sk_lookup = SkLookup::from_pin(dir.join("prog-sk-lookup")).map_err(|source| {
+            EbpfError::Program {
+                name: SK_LOOKUP_PROGRAM,
+                source,
+            }
+        })?;
+        // Pods' sk_lookup attachments from before a restart.
+        let mut lookups = StdHashMap::new();
+        for entry in std::fs::read_dir(dir)
+            .map_err(io_error("reading", dir))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(cookie) = name
+                .strip_prefix("lookup-")
+                .and_then(|c| c.parse::<u64>().ok())
+            {
+                if let Ok(link) = PinnedLink::from_pin(entry.path()) {
+                    lookups.insert(cookie, link);
+                }
+            }
+        }
         Ok(Self {
-            bpf,
-            enrolled,
-            original_dst,
+            pin_dir: dir.to_owned(),
+            maps,
+            sk_lookup,
+            lookups,
+            loaded: false,
         })
     }
 
-    /// Attaches outbound capture to `cgroup` (a cgroup v2 directory holding
-    /// the pods, never the host's root cgroup). Other programs already
-    /// attached there keep running.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<(), CaptureError> {
-        let dir = File::open(cgroup).map_err(|source| CaptureError::OpenCgroup {
-            path: cgroup.to_owned(),
+    fn set_excluded_ports(&mut self, ports: &[u16]) -> Result<(), EbpfError> {
+        let map_err = |source| EbpfError::Map {
+            map: EXCLUDED_PORTS_MAP,
             source,
-        })?;
-        let program: &mut CgroupSockAddr = self
-            .bpf
-            .program_mut(CONNECT4_PROGRAM)
-            .ok_or(CaptureError::MissingProgram(CONNECT4_PROGRAM))?
-            .try_into()
-            .map_err(|source| CaptureError::Verify {
-                name: CONNECT4_PROGRAM,
-                source,
-            })?;
-        // Through a BPF link (Linux 5.7+) the attachment always coexists
-        // with other programs on the cgroup; the kernel refuses the explicit
-        // multi flag on links, hence `Single`, which means "no flags".
-        program
-            .attach(dir, CgroupAttachMode::Single)
-            .map_err(|source| CaptureError::Attach {
-                name: CONNECT4_PROGRAM,
-                path: cgroup.to_owned(),
-                source,
-            })?;
-        tracing::info!(cgroup = %cgroup.display(), program = CONNECT4_PROGRAM, "attached outbound capture");
+        };
+        let old: Vec<u32> = self.maps.excluded.keys().filter_map(Result::ok).collect();
+        for port in old {
+            self.maps.excluded.remove(&port).map_err(map_err)?;
+        }
+        for port in ports {
+            self.maps
+                .excluded
+                .insert(u32::from(*port), 1, 0)
+                .map_err(map_err)?;
+        }
         Ok(())
     }
 
-    /// Starts capturing the outbound TCP of the pod whose network namespace
-    /// is `netns`, sending it to `outbound_port` on the pod's loopback.
-    pub fn enroll(&mut self, netns: NetnsCookie, outbound_port: u16) -> Result<(), CaptureError> {
-        self.enrolled
-            .insert(netns.0, PodCapture::outbound_to(outbound_port), 0)
-            .map_err(|source| CaptureError::Map {
+    /// Starts capturing a pod: outbound by its namespace cookie, inbound
+    /// plaintext to `listener` for each of its IPv4 addresses.
+    pub fn enroll(
+        &mut self,
+        netns: NetnsCookie,
+        netns_fd: BorrowedFd<'_>,
+        addresses: &[IpAddr],
+        outbound_port: u16,
+        listener: BorrowedFd<'_>,
+    ) -> Result<(), EbpfError> {
+        for ip in addresses.iter().filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
+            IpAddr::V6(_) => None,
+        }) {
+            self.maps
+                .inbound
+                .insert(ip, listener.as_raw_fd(), 0)
+                .map_err(|source| EbpfError::Map {
+                    map: INBOUND_MAP,
+                    source,
+                })?;
+            self.maps
+                .pod_ips
+                .insert(ip, 1, 0)
+                .map_err(|source| EbpfError::Map {
+                    map: POD_IPS_MAP,
+                    source,
+                })?;
+        }
+        let own_ip4 = addresses
+            .iter()
+            .find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
+                IpAddr::V6(_) => None,
+            })
+            .unwrap_or(0);
+        if !self.lookups.contains_key(&netns.0) {
+            let id = self
+                .sk_lookup
+                .attach(netns_fd)
+                .map_err(|source| EbpfError::Program {
+                    name: SK_LOOKUP_PROGRAM,
+                    source,
+                })?;
+            let link = self
+                .sk_lookup
+                .take_link(id)
+                .map_err(|source| EbpfError::Program {
+                    name: SK_LOOKUP_PROGRAM,
+                    source,
+                })?;
+            let path = self.pin_dir.join(format!("lookup-{}", netns.0));
+            let pinned = FdLink::from(link).pin(&path).map_err(|e| EbpfError::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            self.lookups.insert(netns.0, pinned);
+        }
+        self.maps
+            .enrolled
+            .insert(netns.0, PodCapture::new(outbound_port, own_ip4), 0)
+            .map_err(|source| EbpfError::Map {
                 map: ENROLLED_PODS_MAP,
                 source,
             })
@@ -171,40 +468,242 @@ impl EbpfCapture {
 
     /// Stops capturing new connections of the pod; established ones are
     /// untouched. Releasing a pod that is not enrolled is not an error.
-    pub fn release(&mut self, netns: NetnsCookie) -> Result<(), CaptureError> {
-        match self.enrolled.remove(&netns.0) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(CaptureError::Map {
-                map: ENROLLED_PODS_MAP,
-                source,
-            }),
+    pub fn release(&mut self, netns: NetnsCookie, addresses: &[IpAddr]) -> Result<(), EbpfError> {
+        let ignore_absent = |r: Result<(), MapError>, map| match r {
+            Err(source) if !is_absent(&source) => Err(EbpfError::Map { map, source }),
+            _ => Ok(()),
+        };
+        ignore_absent(self.maps.enrolled.remove(&netns.0), ENROLLED_PODS_MAP)?;
+        for ip in addresses.iter().filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
+            IpAddr::V6(_) => None,
+        }) {
+            ignore_absent(self.maps.inbound.remove(&ip), INBOUND_MAP)?;
+            ignore_absent(self.maps.pod_ips.remove(&ip), POD_IPS_MAP)?;
         }
+        if let Some(link) = self.lookups.remove(&netns.0) {
+            // Unpinned and dropped: the attachment goes with its last handle.
+            drop(link.unpin());
+        }
+        Ok(())
     }
 
-    /// Whether the pod is enrolled.
+    /// Releases every enrolled pod not in `keep` (after a restart, the
+    /// node agent's snapshot says which pods are still there).
+    pub fn retain(
+        &mut self,
+        keep: &HashSet<NetnsCookie>,
+        addresses: &HashSet<IpAddr>,
+    ) -> Result<(), EbpfError> {
+        let stale: Vec<u64> = self
+            .maps
+            .enrolled
+            .keys()
+            .filter_map(Result::ok)
+            .chain(self.lookups.keys().copied())
+            .filter(|cookie| !keep.contains(&NetnsCookie(*cookie)))
+            .collect();
+        for cookie in stale {
+            self.release(NetnsCookie(cookie), &[])?;
+        }
+        let stale_ips: Vec<IpAddr> = self
+            .maps
+            .pod_ips
+            .keys()
+            .filter_map(Result::ok)
+            .map(|ip| IpAddr::V4(Ipv4Addr::from(ip.to_ne_bytes())))
+            .filter(|ip| !addresses.contains(ip))
+            .collect();
+        self.release(NetnsCookie(0), &stale_ips)
+    }
+
     pub fn is_enrolled(&self, netns: NetnsCookie) -> bool {
-        self.enrolled.get(&netns.0, 0).is_ok()
+        self.maps.enrolled.get(&netns.0, 0).is_ok()
     }
 
-    /// The destination an application socket (by its cookie) asked for
-    /// before capture rewrote it, if it was captured.
-    pub fn original_dst(&self, socket_cookie: u64) -> Result<Option<SocketAddrV4>, CaptureError> {
-        match self.original_dst.get(&socket_cookie, 0) {
-            Ok(dst) => Ok(Some(SocketAddrV4::new(
-                Ipv4Addr::from(dst.ip4_octets()),
-                dst.port(),
-            ))),
+    /// Where a connection captured from the pod (`netns`) was headed: the
+    /// accepted socket's peer is the application's socket address.
+    pub fn original_dst(
+        &self,
+        netns: NetnsCookie,
+        peer: SocketAddr,
+    ) -> Result<Option<SocketAddr>, EbpfError> {
+        let (family, ip) = match peer.ip() {
+            IpAddr::V4(v4) => (AF_INET, [u32::from_ne_bytes(v4.octets()), 0, 0, 0]),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                (AF_INET6, [word(0), word(4), word(8), word(12)])
+            }
+        };
+        let key = TupleKey {
+            netns: netns.0,
+            ip,
+            port: u32::from(peer.port()),
+            family,
+        };
+        match self.maps.tuples.get(&key, 0) {
+            Ok(dst) => {
+                let (octets, len) = dst.octets();
+                let ip = if len == 16 {
+                    IpAddr::V6(Ipv6Addr::from(octets))
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
+                };
+                Ok(Some(SocketAddr::new(ip, dst.port as u16)))
+            }
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(CaptureError::Map {
-                map: ORIGINAL_DST_MAP,
+            Err(source) => Err(EbpfError::Map {
+                map: TUPLES_MAP,
                 source,
             }),
         }
+    }
+
+    /// Lets ztunnel's connection from `source` to the application at
+    /// `app` through inbound capture (until [`EbpfCapture::end_upstream`]).
+    pub fn pass_upstream(&mut self, app: SocketAddr, source: SocketAddr) -> Result<(), EbpfError> {
+        match upstream_key(app, source) {
+            Some(key) => self
+                .maps
+                .upstreams
+                .insert(key, 1, 0)
+                .map_err(|source| EbpfError::Map {
+                    map: UPSTREAMS_MAP,
+                    source,
+                }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn end_upstream(&mut self, app: SocketAddr, source: SocketAddr) {
+        if let Some(key) = upstream_key(app, source) {
+            let _ = self.maps.upstreams.remove(&key);
+        }
+    }
+
+    /// Splices two of ztunnel's connected sockets, given with their
+    /// cookies: from now on, what either receives the other sends on, in
+    /// the kernel. Nothing may have been read from either yet, so no byte
+    /// can overtake one already in flight. Data that arrived before the
+    /// splice is sent on as well: setting `SO_RCVLOWAT` makes the kernel
+    /// run the splice program over what is queued.
+    pub fn splice(
+        &mut self,
+        a: (BorrowedFd<'_>, u64),
+        b: (BorrowedFd<'_>, u64),
+    ) -> Result<(), EbpfError> {
+        let splices_err = |source| EbpfError::Map {
+            map: SPLICES_MAP,
+            source,
+        };
+        let socks_err = |source| EbpfError::Map {
+            map: SPLICE_SOCKS_MAP,
+            source,
+        };
+        self.maps
+            .splices
+            .insert(
+                a.1,
+                Splice {
+                    peer: b.1,
+                    bytes: 0,
+                },
+                0,
+            )
+            .map_err(splices_err)?;
+        self.maps
+            .splices
+            .insert(
+                b.1,
+                Splice {
+                    peer: a.1,
+                    bytes: 0,
+                },
+                0,
+            )
+            .map_err(splices_err)?;
+        self.maps
+            .splice_socks
+            .insert(b.1, b.0.as_raw_fd(), 0)
+            .map_err(socks_err)?;
+        self.maps
+            .splice_socks
+            .insert(a.1, a.0.as_raw_fd(), 0)
+            .map_err(socks_err)?;
+        for fd in [a.0, b.0] {
+            set_rcvlowat(fd, 1).map_err(|source| EbpfError::Io {
+                action: "waking the splice on",
+                path: PathBuf::from("a spliced socket"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the socket `cookie` received and sent on through its splice.
+    pub fn spliced_bytes(&self, cookie: u64) -> u64 {
+        self.maps
+            .splices
+            .get(&cookie, 0)
+            .map(|s| s.bytes)
+            .unwrap_or(0)
+    }
+
+    /// Ends a splice (the sockets leave the map); returns the bytes each
+    /// socket sent on.
+    pub fn unsplice(&mut self, a: u64, b: u64) -> (u64, u64) {
+        let mut take = |cookie: u64| {
+            let bytes = self
+                .maps
+                .splices
+                .get(&cookie, 0)
+                .map(|s| s.bytes)
+                .unwrap_or(0);
+            let _ = self.maps.splices.remove(&cookie);
+            let _ = self.maps.splice_socks.remove(&cookie);
+            bytes
+        };
+        (take(a), take(b))
+    }
+
+    /// How many attachments are in place (health, for metrics).
+    pub fn attachments(&self) -> usize {
+        LINKS
+            .iter()
+            .filter(|l| self.pin_dir.join(l).exists())
+            .count()
+            + self.lookups.len()
+    }
+
+    /// Detaches and unloads everything pinned under `dir` and removes it.
+    pub fn remove_pins(dir: &Path) -> Result<(), EbpfError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io_error("removing pins", dir))?;
+        }
+        Ok(())
     }
 }
 
-fn take_map(bpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
-    bpf.take_map(name).ok_or(CaptureError::MissingMap(name))
+/// Whether a map error only says the key was not there.
+fn is_absent(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn upstream_key(app: SocketAddr, source: SocketAddr) -> Option<UpstreamKey> {
+    match (app.ip(), source.ip()) {
+        (IpAddr::V4(app_ip), IpAddr::V4(source_ip)) => Some(UpstreamKey {
+            pod_ip: u32::from_ne_bytes(app_ip.octets()),
+            source_ip: u32::from_ne_bytes(source_ip.octets()),
+            source_port: u32::from(source.port()),
+            reserved: 0,
+        }),
+        _ => None,
+    }
 }
 
 /// `SO_NETNS_COOKIE` (Linux 5.14), not yet exported by every libc crate.
@@ -213,6 +712,25 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 /// The cookie of the network namespace `socket` lives in.
 pub fn netns_cookie_of(socket: BorrowedFd<'_>) -> io::Result<NetnsCookie> {
     getsockopt_u64(socket, SO_NETNS_COOKIE).map(NetnsCookie)
+}
+
+fn set_rcvlowat(socket: BorrowedFd<'_>, bytes: libc::c_int) -> io::Result<()> {
+    // SAFETY: `bytes` is valid for reads of its size for the call, and the
+    // descriptor is borrowed for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The kernel's cookie for `socket`, as `bpf_get_socket_cookie` sees it.

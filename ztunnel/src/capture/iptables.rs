@@ -34,10 +34,36 @@ pub enum IptablesError {
     Failed { command: String, stderr: String },
 }
 
-fn rules(outbound_port: u16, inbound_plaintext_port: u16, hbone_port: u16) -> String {
+/// The ports iptables redirects to (iptables mode only).
+#[derive(Clone, Debug)]
+pub struct Redirects {
+    pub outbound: u16,
+    pub inbound_plaintext: u16,
+    pub hbone: u16,
+    /// Ports left alone both ways.
+    pub excluded: Vec<u16>,
+}
+
+fn rules(redirects: Option<&Redirects>) -> String {
     let mask = format!("{MARK_MASK:#x}");
-    format!(
-        "*nat
+    let nat = match redirects {
+        Some(Redirects {
+            outbound,
+            inbound_plaintext,
+            hbone,
+            excluded,
+        }) => {
+            let exclusions: String = excluded
+                .iter()
+                .map(|port| {
+                    format!(
+                        "-A WEFT_OUTPUT -p tcp --dport {port} -j RETURN\n\
+                         -A WEFT_PREROUTING -p tcp --dport {port} -j RETURN\n"
+                    )
+                })
+                .collect();
+            format!(
+                "*nat
 :WEFT_OUTPUT - [0:0]
 :WEFT_PREROUTING - [0:0]
 -A OUTPUT -p tcp -j WEFT_OUTPUT
@@ -45,11 +71,17 @@ fn rules(outbound_port: u16, inbound_plaintext_port: u16, hbone_port: u16) -> St
 -A WEFT_OUTPUT -m mark --mark {SKIP_MARK:#x}/{mask} -j RETURN
 -A WEFT_OUTPUT -m mark --mark {TPROXY_MARK:#x}/{mask} -j RETURN
 -A WEFT_OUTPUT -o lo -j RETURN
--A WEFT_OUTPUT -p tcp -j REDIRECT --to-ports {outbound_port}
--A WEFT_PREROUTING -p tcp --dport {hbone_port} -j RETURN
--A WEFT_PREROUTING -p tcp -j REDIRECT --to-ports {inbound_plaintext_port}
+{exclusions}-A WEFT_OUTPUT -p tcp -j REDIRECT --to-ports {outbound}
+-A WEFT_PREROUTING -p tcp --dport {hbone} -j RETURN
+-A WEFT_PREROUTING -p tcp -j REDIRECT --to-ports {inbound_plaintext}
 COMMIT
-*mangle
+"
+            )
+        }
+        None => String::new(),
+    };
+    format!(
+        "{nat}*mangle
 :WEFT_OUTPUT - [0:0]
 -A OUTPUT -j WEFT_OUTPUT
 -A WEFT_OUTPUT -m mark --mark {TPROXY_MARK:#x}/{mask} -j CONNMARK --save-mark --nfmask {mask} --ctmask {mask}
@@ -99,20 +131,16 @@ fn run(
     }
 }
 
-/// Installs capture and the transparent-reply routing in the pod.
-pub fn install(
-    netns: &InpodNetns,
-    outbound_port: u16,
-    inbound_plaintext_port: u16,
-    hbone_port: u16,
-) -> Result<(), IptablesError> {
+/// Installs the transparent-reply routing in the pod and, with
+/// `redirects`, capture itself (eBPF mode captures without them).
+pub fn install(netns: &InpodNetns, redirects: Option<&Redirects>) -> Result<(), IptablesError> {
     // Start from a clean slate if a previous ztunnel left rules behind.
     let _ = uninstall(netns);
     run(
         netns,
         "iptables-restore",
         &["--noflush"],
-        Some(&rules(outbound_port, inbound_plaintext_port, hbone_port)),
+        Some(&rules(redirects)),
     )?;
     let mark = format!("{TPROXY_MARK:#x}/{MARK_MASK:#x}");
     run(
@@ -148,30 +176,31 @@ pub fn install(
     Ok(())
 }
 
+/// Removes capture (the redirects) but keeps the transparent-reply
+/// routing, which connections still draining through ztunnel need; it only
+/// touches packets of ztunnel's own marked connections.
+pub fn uninstall_redirects(netns: &InpodNetns) -> Result<(), IptablesError> {
+    remove_chains(
+        netns,
+        &[
+            ("nat", "OUTPUT", "WEFT_OUTPUT"),
+            ("nat", "PREROUTING", "WEFT_PREROUTING"),
+        ],
+    )
+}
+
 /// Removes what [`install`] added (pieces already gone are fine).
 pub fn uninstall(netns: &InpodNetns) -> Result<(), IptablesError> {
-    let mut first_error = None;
-    let mut note = |r: Result<(), IptablesError>| {
-        if let Err(e) = r {
-            first_error.get_or_insert(e);
-        }
-    };
-    for (table, hook, chain) in [
-        ("nat", "OUTPUT", "WEFT_OUTPUT"),
-        ("nat", "PREROUTING", "WEFT_PREROUTING"),
-        ("mangle", "OUTPUT", "WEFT_OUTPUT"),
-    ] {
-        let jump = if table == "nat" {
-            vec!["-t", table, "-D", hook, "-p", "tcp", "-j", chain]
-        } else {
-            vec!["-t", table, "-D", hook, "-j", chain]
-        };
-        note(run(netns, "iptables", &jump, None));
-        note(run(netns, "iptables", &["-t", table, "-F", chain], None));
-        note(run(netns, "iptables", &["-t", table, "-X", chain], None));
-    }
+    let chains = remove_chains(
+        netns,
+        &[
+            ("nat", "OUTPUT", "WEFT_OUTPUT"),
+            ("nat", "PREROUTING", "WEFT_PREROUTING"),
+            ("mangle", "OUTPUT", "WEFT_OUTPUT"),
+        ],
+    );
     let mark = format!("{TPROXY_MARK:#x}/{MARK_MASK:#x}");
-    note(run(
+    let rule = run(
         netns,
         "ip",
         &[
@@ -185,12 +214,33 @@ pub fn uninstall(netns: &InpodNetns) -> Result<(), IptablesError> {
             TPROXY_TABLE,
         ],
         None,
-    ));
-    note(run(
+    );
+    let routes = run(
         netns,
         "ip",
         &["route", "flush", "table", TPROXY_TABLE],
         None,
-    ));
+    );
+    chains.and(rule).and(routes)
+}
+
+fn remove_chains(netns: &InpodNetns, chains: &[(&str, &str, &str)]) -> Result<(), IptablesError> {
+    let mut first_error = None;
+    for (table, hook, chain) in chains {
+        let jump = if *table == "nat" {
+            vec!["-t", table, "-D", hook, "-p", "tcp", "-j", chain]
+        } else {
+            vec!["-t", table, "-D", hook, "-j", chain]
+        };
+        for args in [
+            jump,
+            vec!["-t", table, "-F", chain],
+            vec!["-t", table, "-X", chain],
+        ] {
+            if let Err(err) = run(netns, "iptables", &args, None) {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
     first_error.map_or(Ok(()), Err)
 }

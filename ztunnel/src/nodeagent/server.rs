@@ -104,11 +104,11 @@ async fn session(connection: &Packets, pods: &Pods) -> std::io::Result<()> {
             }
             Some(Payload::Remove(remove)) => {
                 seen.remove(&remove.uid);
-                pods.remove(&remove.uid);
+                pods.remove(&remove.uid).await;
                 Ok(())
             }
             Some(Payload::SnapshotDone(_)) => {
-                pods.retain(&seen);
+                pods.retain(&seen).await;
                 Ok(())
             }
             None => Err("empty PodRequest".into()),

@@ -1,0 +1,101 @@
+//! `cgroup/connect4` and `cgroup/connect6`: outbound capture.
+//!
+//! The destination is rewritten only when all of these hold, and otherwise
+//! the call goes through untouched:
+//! - the socket is TCP;
+//! - its network namespace is enrolled;
+//! - the destination is not loopback or the pod's own address, and its port
+//!   is not excluded.
+//!
+//! ztunnel's own sockets are never seen here: ztunnel runs outside the pods'
+//! cgroup, and a socket belongs to the cgroup of the task that created it.
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use weft_ebpf_common::{OriginalDst, AF_INET, AF_INET6, LOOPBACK_IP4_BE, LOOPBACK_IP6_BE};
+
+use crate::maps::{ENROLLED, EXCLUDED_PORTS, ORIGINAL_DST};
+
+const SOCK_STREAM: u32 = 1;
+/// Lets the `connect()` proceed (to the possibly rewritten address).
+const ALLOW: i32 = 1;
+/// Fails the `connect()` with `EPERM`.
+const DENY: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
+    verdict(capture(&ctx, AF_INET))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
+    verdict(capture(&ctx, AF_INET6))
+}
+
+fn verdict(result: Result<(), i64>) -> i32 {
+    match result {
+        Ok(()) => ALLOW,
+        // An enrolled pod's connection that cannot be captured fails
+        // closed: letting it through would bypass the mesh.
+        Err(_) => DENY,
+    }
+}
+
+fn capture(ctx: &SockAddrContext, family: u32) -> Result<(), i64> {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the kernel hands the program a valid `bpf_sock_addr` for the
+    // duration of the call; the verifier checks every field access.
+    let (sock_type, port_raw) = unsafe { ((*sa).type_, (*sa).user_port) };
+    if sock_type != SOCK_STREAM {
+        return Ok(());
+    }
+    // SAFETY: `bpf_get_netns_cookie` accepts the sock_addr context.
+    let netns = unsafe { bpf_get_netns_cookie(sa as *mut _) };
+    // SAFETY: the value is only read, and copied out before any update.
+    let Some(pod) = (unsafe { ENROLLED.get(&netns) }).copied() else {
+        return Ok(());
+    };
+    // `user_port` holds the 16-bit network-order port in its low half.
+    let port = u32::from(u16::from_be(port_raw as u16));
+    // SAFETY: reading a map value.
+    if unsafe { EXCLUDED_PORTS.get(&port) }.is_some() {
+        return Ok(());
+    }
+    let mut ip = [0u32; 4];
+    if family == AF_INET {
+        // SAFETY: `user_ip4` is readable in connect4 programs.
+        ip[0] = unsafe { (*sa).user_ip4 };
+        if ip[0].to_ne_bytes()[0] == 127 || ip[0] == pod.ip4 {
+            return Ok(());
+        }
+    } else {
+        // SAFETY: `user_ip6` is readable in connect6 programs.
+        ip = unsafe { (*sa).user_ip6 };
+        if ip == LOOPBACK_IP6_BE {
+            return Ok(());
+        }
+    }
+    // SAFETY: `bpf_get_socket_cookie` accepts the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa as *mut _) };
+    let original = OriginalDst { family, port, ip };
+    ORIGINAL_DST.insert(&cookie, &original, 0)?;
+    // SAFETY: the destination fields are writable in connect programs.
+    unsafe {
+        if family == AF_INET {
+            (*sa).user_ip4 = LOOPBACK_IP4_BE;
+        } else {
+            // Word by word: the verifier only allows stores at constant
+            // offsets from the context pointer itself.
+            (*sa).user_ip6[0] = LOOPBACK_IP6_BE[0];
+            (*sa).user_ip6[1] = LOOPBACK_IP6_BE[1];
+            (*sa).user_ip6[2] = LOOPBACK_IP6_BE[2];
+            (*sa).user_ip6[3] = LOOPBACK_IP6_BE[3];
+        }
+        (*sa).user_port = u32::from(pod.outbound_port_be);
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `sockops`: where ztunnel finds a captured connection's original
+//! destination.
+//!
+//! Attached at the pods' cgroup. When an application socket that connect4/6
+//! captured is established (`ACTIVE_ESTABLISHED`), its original destination
+//! is moved from under its cookie to under its own address, which ztunnel
+//! sees as the peer of the connection it accepted.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use weft_ebpf_common::{TupleKey, AF_INET6};
+
+use crate::maps::{ORIGINAL_DST, TUPLES};
+
+#[sock_ops]
+pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        established(&ctx);
+    }
+    0
+}
+
+fn established(ctx: &SockOpsContext) {
+    let ops = ctx.ops;
+    // SAFETY: the sock_ops context is valid for the call.
+    let cookie = unsafe { bpf_get_socket_cookie(ops as *mut _) };
+    // SAFETY: the value is copied out before any map update.
+    let Some(original) = (unsafe { ORIGINAL_DST.get(&cookie) }).copied() else {
+        return;
+    };
+    // SAFETY: the sock_ops context is valid for the call.
+    let netns = unsafe { bpf_get_netns_cookie(ops as *mut _) };
+    // Every field is read with a volatile load: the verifier only accepts
+    // context loads at constant offsets, and this keeps the compiler from
+    // turning a choice between fields into pointer arithmetic.
+    // SAFETY: the fields are readable in sock_ops programs.
+    let (family, local_ip4, local_port, local_ip6) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_ip4),
+            read_volatile(&(*ops).local_port),
+            [
+                read_volatile(&(*ops).local_ip6[0]),
+                read_volatile(&(*ops).local_ip6[1]),
+                read_volatile(&(*ops).local_ip6[2]),
+                read_volatile(&(*ops).local_ip6[3]),
+            ],
+        )
+    };
+    let key = TupleKey {
+        netns,
+        ip: if family == AF_INET6 {
+            local_ip6
+        } else {
+            [local_ip4, 0, 0, 0]
+        },
+        port: local_port,
+        family,
+    };
+    let _ = TUPLES.insert(&key, &original, 0);
+    let _ = ORIGINAL_DST.remove(&cookie);
+}

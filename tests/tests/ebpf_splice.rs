@@ -1,0 +1,205 @@
+//! The same-node splice: two enrolled pods on one node talk through
+//! ztunnel, which authorizes the connection and then joins its two sockets
+//! in the kernel. The bytes arrive intact and in order, the kernel's count
+//! covers all of them (ztunnel's copy loop sees none), Istio's byte
+//! counters still add up, and a policy change still closes the connection.
+
+#[macro_use]
+mod support;
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use support::{logged, probe, HeldProbe};
+use weft_tests::{
+    apps,
+    mesh::{Binaries, Mesh},
+    privilege::require_privileged,
+    processes::eventually,
+    topology::Topology,
+};
+
+fn binaries() -> Binaries<'static> {
+    Binaries {
+        control: Path::new(env!("CARGO_BIN_EXE_wt-control")),
+        ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
+    }
+}
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo}
+spec: {nodeName: n1, serviceAccountName: client}
+status: {podIP: "${demo/client}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: demo, labels: {app: server}}
+spec: {nodeName: n1, serviceAccountName: server}
+status: {podIP: "${demo/server}"}
+"#;
+
+const DENY_CLIENT: &str = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-client, namespace: demo}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
+"#;
+
+/// The value of the first sample of `metric` whose labels hold all of
+/// `labels`.
+fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `size` bytes of the probe's payload pattern.
+fn pattern(size: usize) -> String {
+    (0..size)
+        .map(|i| char::from(b'0' + (i % 10) as u8))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_node_connections_are_spliced_counted_and_still_policed() -> anyhow::Result<()> {
+    require_privileged();
+    let topology = Topology::builder()
+        .control_plane()
+        .node("n1")
+        .pod("demo/client", "n1")
+        .pod("demo/server", "n1")
+        .build()?;
+    let mesh = Mesh::start(topology, CONFIG, binaries()).await?;
+    mesh.enroll("demo/client", "client").await?;
+    mesh.enroll("demo/server", "server").await?;
+    let (client, server) = (
+        mesh.topology.pod("demo/client"),
+        mesh.topology.pod("demo/server"),
+    );
+    let echo = server.enter(|| std::net::TcpListener::bind((server.ip(), 9090)))??;
+    apps::spawn_echo(echo, "server")?;
+    let target = SocketAddr::from((server.ip(), 9090));
+    let z = mesh.ztunnel("n1");
+
+    // 256 KiB each way, checked byte for byte.
+    let size = 256 * 1024;
+    let mut cmd = client.command(env!("CARGO_BIN_EXE_weft-probe"))?;
+    cmd.args([
+        "connect",
+        &target.to_string(),
+        "--send-size",
+        &size.to_string(),
+    ]);
+    let out = tokio::process::Command::from(cmd).output().await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = weft_tests::apps::ProbeReport::parse(&out.stdout)?;
+    let expected = format!("server saw {}: {}", client.ip(), pattern(size));
+    assert!(
+        report.reply == expected,
+        "the reply came back intact and in order"
+    );
+
+    // The access log: no tunnel, and every byte moved in the kernel.
+    let sent = size;
+    let received = expected.len();
+    let line = logged(
+        z,
+        &[
+            "connection complete",
+            "outbound",
+            &format!("dst.addr={target}"),
+            "dst.hbone_addr= ",
+        ],
+    )
+    .await?;
+    assert!(line.contains(&format!("bytes_sent={sent} ")), "{line}");
+    assert!(line.contains(&format!("bytes_recv={received} ")), "{line}");
+    assert!(
+        line.contains(&format!("bytes_spliced={} ", sent + received)),
+        "the copy loop saw none of the bytes: {line}"
+    );
+
+    // Counters: the splice's own, and Istio's at both ends, which see the
+    // bytes the kernel moved.
+    let metrics = z.metrics_text().await?;
+    assert_eq!(
+        sample(&metrics, "weft_ztunnel_spliced_bytes_total", &[]),
+        Some((sent + received) as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "weft_ztunnel_spliced_connections_total", &[]),
+        Some(1.0)
+    );
+    for reporter in ["reporter=\"source\"", "reporter=\"destination\""] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "istio_tcp_received_bytes_total",
+                &[reporter, "destination_workload=\"server\""]
+            ),
+            Some(sent as f64),
+            "{reporter}: {metrics}"
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                "istio_tcp_sent_bytes_total",
+                &[reporter, "destination_workload=\"server\""]
+            ),
+            Some(received as f64),
+            "{reporter}: {metrics}"
+        );
+    }
+
+    // A spliced connection is still ztunnel's: a DENY closes it.
+    let open = HeldProbe::start(client, target, "held open").await?;
+    eventually(
+        "the held connection to be spliced",
+        Duration::from_secs(10),
+        || async {
+            let dump = z.config_dump().await.ok()?;
+            let connections = dump["connections"].as_array()?;
+            (connections
+                .iter()
+                .filter(|c| c["dst"] == target.to_string())
+                .count()
+                == 2)
+                .then_some(())
+        },
+    )
+    .await?;
+    mesh.update_config(&format!("{CONFIG}{DENY_CLIENT}"))?;
+    logged(
+        z,
+        &[
+            "connection failed",
+            "outbound",
+            "closed by a policy change",
+            "no-client",
+        ],
+    )
+    .await?;
+    assert!(
+        open.finish().await.is_err(),
+        "the denied connection was reset"
+    );
+    let refused = probe(client, target, "after deny").await;
+    assert!(refused.is_err(), "new connections are denied: {refused:?}");
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Same-node connections: both pods are served by this ztunnel, so the
+//! connection never leaves the node and needs no tunnel.
+//!
+//! ztunnel decides it with the destination's policies exactly as its
+//! inbound side would (the source's identity is known first-hand), reaches
+//! the application from the client's own address, registers the connection
+//! at both ends (metrics, connections table, live policy re-evaluation), and
+//! then joins the two sockets in the kernel when eBPF capture is active
+//! ([`crate::splice`]); otherwise it copies.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use weft_proxy::{copy, metrics::ConnectionMeter};
+
+use crate::{
+    access_log::ConnectionLog,
+    authorization, inbound,
+    outbound::OutboundError,
+    proxy::{PodContext, Proxy},
+    splice,
+};
+
+enum Outcome<T> {
+    Done(T),
+    Revoked(String),
+}
+
+/// Carries `client` (captured from `src`) to the application of `dst` at
+/// `authority`. `outbound` is the source-side registration's meter.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    proxy: &Proxy,
+    src: &PodContext,
+    dst: &PodContext,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    authority: SocketAddr,
+    outbound: &ConnectionMeter,
+    log: &mut ConnectionLog,
+) -> Result<copy::Transferred, OutboundError> {
+    let attrs = authorization::attributes(dst, peer.ip(), Some(src.identity.clone()), authority);
+    let opening = inbound::opening(
+        proxy,
+        dst,
+        peer,
+        authority,
+        Some(&src.identity),
+        attrs.clone(),
+    );
+    inbound::authorize(proxy, &attrs, log).map_err(OutboundError::Denied)?;
+    let mut registration = proxy.connections.open(opening);
+    let mut upstream = inbound::connect_app(proxy, dst, authority, peer.ip())
+        .await
+        .map_err(|source| OutboundError::Connect {
+            addr: authority,
+            source,
+        })?;
+    let meter = ConnectionMeter {
+        request: [outbound.request.clone(), registration.meter.request.clone()].concat(),
+        response: [
+            outbound.response.clone(),
+            registration.meter.response.clone(),
+        ]
+        .concat(),
+    };
+    let copy_meter = copy::Meter::new(&meter, true);
+    let outcome = match proxy.capture.splicer() {
+        Some(ebpf) => tokio::select! {
+            result = splice::run(ebpf, client, &mut upstream, &meter) => Outcome::Done(
+                result
+                    .map(|spliced| {
+                        let moved = spliced.in_kernel.sent + spliced.in_kernel.received;
+                        log.bytes_spliced = moved;
+                        proxy.spliced_bytes.inc_by(moved);
+                        proxy.spliced_connections.inc();
+                        spliced.total
+                    })
+                    .map_err(|source| OutboundError::Splice { source }),
+            ),
+            reason = registration.revoked() => Outcome::Revoked(reason),
+        },
+        None => tokio::select! {
+            result = copy::tcp_tcp(client, &mut upstream, &copy_meter) => {
+                Outcome::Done(result.map_err(OutboundError::from))
+            }
+            reason = registration.revoked() => Outcome::Revoked(reason),
+        },
+    };
+    match outcome {
+        Outcome::Done(result) => result,
+        Outcome::Revoked(reason) => {
+            // The application's side is reset here; the caller resets the
+            // client's.
+            let _ = socket2::SockRef::from(&upstream).set_linger(Some(std::time::Duration::ZERO));
+            Err(OutboundError::Revoked(reason))
+        }
+    }
+}
