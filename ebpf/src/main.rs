@@ -1,8 +1,7 @@
 //! Weft's kernel programs, one object file loaded by ztunnel.
 //!
 //! Programs attach once per node: the cgroup ones at the node's pods'
-//! parent cgroup, the splice program at its socket map, sk_lookup in each
-//! enrolled pod's network namespace. Whether a socket is captured is
+//! parent cgroup, sk_lookup in each enrolled pod's network namespace. Whether a socket is captured is
 //! decided by looking its network namespace cookie up in `WEFT_PODS`, so
 //! enrolling a pod is a map update, never a program load.
 //!
@@ -13,8 +12,6 @@
 //!   destination is re-keyed by its address, where ztunnel finds it.
 //! - [`lookup`]: inbound TCP to an enrolled pod that is not HBONE goes to
 //!   ztunnel's plaintext listener; with ztunnel away, it is dropped.
-//! - [`splice`]: for two pods on this node, what one of ztunnel's two
-//!   sockets receives is sent on by the other in the kernel.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -26,8 +23,6 @@ mod lookup;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod sockops;
-#[cfg(target_arch = "bpf")]
-mod splice;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, SockHash},
 };
-use weft_ebpf_common::{OriginalDst, PodCapture, Splice, TupleKey, UpstreamKey};
+use weft_ebpf_common::{OriginalDst, PodCapture, TupleKey, UpstreamKey};
 
 #[map(name = "WEFT_PODS")]
 pub static ENROLLED: HashMap<u64, PodCapture> = HashMap::with_max_entries(16_384, 0);
@@ -14,12 +14,6 @@ pub static ORIGINAL_DST: LruHashMap<u64, OriginalDst> = LruHashMap::with_max_ent
 
 #[map(name = "WEFT_TUPLES")]
 pub static TUPLES: LruHashMap<TupleKey, OriginalDst> = LruHashMap::with_max_entries(65_536, 0);
-
-#[map(name = "WEFT_SPLICE_SOCKS")]
-pub static SPLICE_SOCKS: SockHash<u64> = SockHash::with_max_entries(65_536, 0);
-
-#[map(name = "WEFT_SPLICES")]
-pub static SPLICES: HashMap<u64, Splice> = HashMap::with_max_entries(65_536, 0);
 
 #[map(name = "WEFT_INBOUND")]
 pub static INBOUND: SockHash<u32> = SockHash::with_max_entries(16_384, 0);

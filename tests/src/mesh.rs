@@ -47,8 +47,8 @@ pub struct MeshOptions<'a> {
     /// The ztunnels' capture mode: eBPF unless a test says otherwise (and
     /// never `auto`, so a missing kernel feature fails the test).
     pub capture: CaptureMode,
-    /// Whether eBPF capture joins same-node connections in the kernel
-    /// (ztunnel's `--splice`); on unless a benchmark compares.
+    /// Whether ztunnel splices same-node connections (`--splice`); on
+    /// unless a test or benchmark compares.
     pub splice: bool,
 }
 

@@ -3,7 +3,8 @@
 //! No connection ever bypasses the mesh — the enrolled client's payload
 //! never crosses the wire in clear (tshark), and an unenrolled pod that
 //! policy refuses never gets a reply from the server — and no BPF program,
-//! map or link is left behind by the restarts.
+//! map or link is left behind by the restarts. `ztunnel uninstall` then
+//! removes every one of them.
 //!
 //! (Its own test binary: it counts the kernel's BPF objects, which no other
 //! test may change meanwhile.)
@@ -11,7 +12,13 @@
 #[macro_use]
 mod support;
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, process::Stdio, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::Path,
+    process::Stdio,
+    time::Duration,
+};
 
 use support::probe;
 use tokio::io::AsyncReadExt;
@@ -95,6 +102,19 @@ fn weft_bpf_objects() -> BTreeMap<String, usize> {
     counts
 }
 
+/// The IDs of Weft's BPF programs and maps in the kernel right now.
+fn weft_bpf_ids() -> BTreeSet<String> {
+    let programs = aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("weft_")))
+        .map(|p| format!("program {}", p.id()));
+    let maps = aya::maps::loaded_maps()
+        .flatten()
+        .filter(|m| m.name_as_str().is_some_and(|n| n.starts_with("WEFT_")))
+        .map(|m| format!("map {}", m.id()));
+    programs.chain(maps).collect()
+}
+
 /// A shell loop, as a process of `pod`, connecting to `addr` with `text`
 /// over and over; it prints each reply it gets.
 fn traffic(pod: &Pod, addr: SocketAddr, text: &str) -> anyhow::Result<tokio::process::Child> {
@@ -112,6 +132,8 @@ fn traffic(pod: &Pod, addr: SocketAddr, text: &str) -> anyhow::Result<tokio::pro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_ztunnel_restarts_under_traffic_never_bypass_and_never_leak() -> anyhow::Result<()> {
     require_privileged();
+    // (Objects of an earlier test may still be on their way out.)
+    let baseline = weft_bpf_ids();
     let topology = Topology::builder()
         .control_plane()
         .node("n1")
@@ -140,8 +162,8 @@ async fn twenty_ztunnel_restarts_under_traffic_never_bypass_and_never_leak() -> 
     let objects = weft_bpf_objects();
     assert_eq!(
         objects.keys().filter(|k| k.starts_with("program")).count(),
-        5,
-        "connect4, connect6, sockops, sk_lookup, splice: {objects:?}"
+        4,
+        "connect4, connect6, sockops, sk_lookup: {objects:?}"
     );
 
     let pcap = mesh.dir.path().join("fabric.pcap");
@@ -216,5 +238,30 @@ async fn twenty_ztunnel_restarts_under_traffic_never_bypass_and_never_leak() -> 
             "{node}'s ztunnel adopted the pins after restarting"
         );
     }
+
+    // With ztunnel stopped for good, `ztunnel uninstall` takes every
+    // program, map and link out of the kernel.
+    for node in ["n1", "n2"] {
+        mesh.kill_ztunnel(node).await?;
+        let pins = mesh.topology.bpf_pin_dir(node);
+        let out = std::process::Command::new(binaries().ztunnel)
+            .arg("uninstall")
+            .arg("--bpf-pin-dir")
+            .arg(&pins)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "ztunnel uninstall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!pins.exists(), "{} removed", pins.display());
+    }
+    // The kernel frees unreferenced objects asynchronously.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ours = || -> BTreeSet<String> { weft_bpf_ids().difference(&baseline).cloned().collect() };
+    while !ours().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ours(), BTreeSet::new(), "BPF objects left after uninstall");
     Ok(())
 }

@@ -91,15 +91,18 @@ pub async fn start(
     let certificates = CertificateManager::new(CaClient::new(control));
     let mut tasks = vec![tokio::spawn(xds.run())];
     let capture = tokio::task::block_in_place(|| Capture::start(&config, Ports::default()))?;
-    let proxy = Arc::new(Proxy::new(
-        config.node_name.clone(),
-        state.clone(),
-        certificates.clone(),
-        trust,
-        Metrics::default(),
-        Arc::new(capture),
-        xds_status.clone(),
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            config.node_name.clone(),
+            state.clone(),
+            certificates.clone(),
+            trust,
+            Metrics::default(),
+            Arc::new(capture),
+            xds_status.clone(),
+        )
+        .with_splice(config.splice),
+    );
     let pods = Arc::new(Pods::new(
         proxy.clone(),
         own_netns().map_err(StartError::Netns)?,
@@ -165,6 +168,21 @@ pub async fn start(
     })
 }
 
+/// `ztunnel uninstall`: removing the pins detaches the programs (no process
+/// holds them once ztunnel is stopped) and frees the maps.
+fn uninstall_capture(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    if !pin_dir.exists() {
+        println!("nothing to remove: {} does not exist", pin_dir.display());
+        return Ok(());
+    }
+    crate::capture::ebpf::EbpfCapture::remove_pins(pin_dir)?;
+    println!(
+        "removed the eBPF capture pinned under {}",
+        pin_dir.display()
+    );
+    Ok(())
+}
+
 /// The binary's entry point: parse the configuration, start, run until
 /// SIGTERM or Ctrl-C.
 pub fn main() -> anyhow::Result<()> {
@@ -176,6 +194,15 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
     use tracing_subscriber::{
         layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Layer,
     };
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    if args.get(1).is_some_and(|a| a == "uninstall") {
+        let mut name = args[0].clone();
+        name.push(" uninstall");
+        let uninstall = <crate::config::Uninstall as clap::Parser>::parse_from(
+            std::iter::once(&name).chain(&args[2..]),
+        );
+        return uninstall_capture(&uninstall.bpf_pin_dir);
+    }
     let config = <Config as clap::Parser>::parse_from(args);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let (filter, handle) = reload::Layer::new(filter);

@@ -53,7 +53,6 @@ pub struct Capture {
     mode: Mode,
     ports: Ports,
     excluded: Vec<u16>,
-    splice: bool,
 }
 
 enum Mode {
@@ -125,12 +124,10 @@ impl Capture {
             mode,
             ports,
             excluded: config.capture_exclude_ports.clone(),
-            splice: config.splice,
         };
         tracing::info!(
             mode = capture.name(),
             excluded_ports = ?capture.excluded,
-            splice = capture.splicer().is_some(),
             "capture ready"
         );
         Ok(capture)
@@ -261,11 +258,5 @@ impl Capture {
             Mode::Iptables => None,
             Mode::Ebpf(ebpf) => Some(ebpf),
         }
-    }
-
-    /// What joins same-node connections in the kernel: None in iptables
-    /// mode or with `--splice false`, and ztunnel copies instead.
-    pub fn splicer(&self) -> Option<&Mutex<EbpfCapture>> {
-        self.ebpf_capture().filter(|_| self.splice)
     }
 }

@@ -7,7 +7,12 @@ use clap::Parser;
 use crate::capture::CaptureMode;
 
 #[derive(Clone, Debug, Parser)]
-#[command(name = "ztunnel", version, about = "Weft's node proxy")]
+#[command(
+    name = "ztunnel",
+    version,
+    about = "Weft's node proxy",
+    after_help = "`ztunnel uninstall` removes the pinned eBPF capture from a node."
+)]
 pub struct Config {
     /// The node this ztunnel serves.
     #[arg(long, env = "NODE_NAME")]
@@ -74,8 +79,23 @@ pub struct Config {
     /// instance), comma-separated.
     #[arg(long, env = "WEFT_CAPTURE_EXCLUDE_PORTS", value_delimiter = ',')]
     pub capture_exclude_ports: Vec<u16>,
-    /// Join the sockets of same-node connections in the kernel once they
-    /// are authorized (eBPF capture only); `false` copies them in ztunnel.
+    /// Join the two sockets of a same-node connection inside the kernel
+    /// (`splice(2)`) once it is authorized; `false` copies through ztunnel.
     #[arg(long, env = "WEFT_SPLICE", default_value_t = true, action = clap::ArgAction::Set)]
     pub splice: bool,
+}
+
+/// `ztunnel uninstall`: removes what ztunnel leaves on a node on purpose so
+/// that a restart can adopt it — the pinned eBPF programs, maps and links.
+/// Run it once ztunnel is stopped for good; from then on the node's pods
+/// are no longer captured.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "ztunnel uninstall",
+    about = "Remove ztunnel's pinned eBPF capture from this node (stop ztunnel first)"
+)]
+pub struct Uninstall {
+    /// The pin directory ztunnel ran with.
+    #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
+    pub bpf_pin_dir: PathBuf,
 }

@@ -5,8 +5,8 @@
 //! inbound side would (the source's identity is known first-hand), reaches
 //! the application from the client's own address, registers the connection
 //! at both ends (metrics, connections table, live policy re-evaluation), and
-//! then joins the two sockets in the kernel when eBPF capture is active
-//! ([`crate::splice`]); otherwise it copies.
+//! then joins the two sockets inside the kernel ([`crate::splice`]; with
+//! `--splice false` it copies them instead).
 
 use std::net::SocketAddr;
 
@@ -65,27 +65,23 @@ pub async fn forward(
         .concat(),
     };
     let copy_meter = copy::Meter::new(&meter, true);
-    let outcome = match proxy.capture.splicer() {
-        Some(ebpf) => tokio::select! {
-            result = splice::run(ebpf, client, &mut upstream, &meter) => Outcome::Done(
+    let outcome = if proxy.splices() {
+        proxy.spliced_connections.inc();
+        tokio::select! {
+            result = splice::run(client, &upstream, &meter, &proxy.spliced_bytes) => Outcome::Done(
                 result
-                    .map(|spliced| {
-                        let moved = spliced.in_kernel.sent + spliced.in_kernel.received;
-                        log.bytes_spliced = moved;
-                        proxy.spliced_bytes.inc_by(moved);
-                        proxy.spliced_connections.inc();
-                        spliced.total
-                    })
+                    .inspect(|moved| log.bytes_spliced = moved.sent + moved.received)
                     .map_err(|source| OutboundError::Splice { source }),
             ),
             reason = registration.revoked() => Outcome::Revoked(reason),
-        },
-        None => tokio::select! {
+        }
+    } else {
+        tokio::select! {
             result = copy::tcp_tcp(client, &mut upstream, &copy_meter) => {
                 Outcome::Done(result.map_err(OutboundError::from))
             }
             reason = registration.revoked() => Outcome::Revoked(reason),
-        },
+        }
     };
     match outcome {
         Outcome::Done(result) => result,

@@ -79,6 +79,8 @@ pub struct Proxy {
     pub capture: Arc<crate::capture::Capture>,
     /// The enrolled pods by address: destinations on this node.
     local_pods: RwLock<HashMap<IpAddr, Arc<PodContext>>>,
+    /// Whether same-node connections are spliced (else copied).
+    splice: bool,
     /// Bytes and connections the same-node splice moved in the kernel.
     pub spliced_bytes: Counter,
     pub spliced_connections: Counter,
@@ -101,12 +103,12 @@ impl Proxy {
         let (spliced_bytes, spliced_connections) = (Counter::default(), Counter::default());
         metrics.register(
             "weft_ztunnel_spliced_bytes",
-            "Bytes (both ways) that same-node connections moved in the kernel, not copied by ztunnel",
+            "Bytes (both ways) that same-node connections moved inside the kernel (splice), not copied through ztunnel",
             spliced_bytes.clone(),
         );
         metrics.register(
             "weft_ztunnel_spliced_connections",
-            "Same-node connections joined in the kernel",
+            "Same-node connections joined inside the kernel (splice)",
             spliced_connections.clone(),
         );
         Self {
@@ -120,11 +122,22 @@ impl Proxy {
             metrics,
             capture,
             local_pods: RwLock::default(),
+            splice: true,
             spliced_bytes,
             spliced_connections,
             xds,
             next_endpoint: Mutex::default(),
         }
+    }
+
+    /// Splices same-node connections (`true`, the default) or copies them.
+    pub fn with_splice(mut self, splice: bool) -> Self {
+        self.splice = splice;
+        self
+    }
+
+    pub fn splices(&self) -> bool {
+        self.splice
     }
 
     /// Waits until the first full configuration from the control service

@@ -17,11 +17,6 @@ pub const ORIGINAL_DST_MAP: &str = "WEFT_ORIG_DST";
 /// Map: original destinations by the application socket's address
 /// ([`TupleKey`]): what ztunnel reads for an accepted outbound connection.
 pub const TUPLES_MAP: &str = "WEFT_TUPLES";
-/// Map (SOCKHASH): ztunnel's spliced sockets by socket cookie (`u64`); the
-/// splice program runs on what they receive.
-pub const SPLICE_SOCKS_MAP: &str = "WEFT_SPLICE_SOCKS";
-/// Map: spliced sockets, socket cookie (`u64`) → [`Splice`].
-pub const SPLICES_MAP: &str = "WEFT_SPLICES";
 /// Map (SOCKHASH): ztunnel's inbound plaintext listener, by pod IPv4.
 pub const INBOUND_MAP: &str = "WEFT_INBOUND";
 /// Map: enrolled pods' IPv4 addresses (`u32`, network order) → 1.
@@ -37,7 +32,6 @@ pub const UPSTREAMS_MAP: &str = "WEFT_UPSTREAMS";
 pub const CONNECT4_PROGRAM: &str = "weft_connect4";
 pub const CONNECT6_PROGRAM: &str = "weft_connect6";
 pub const SOCKOPS_PROGRAM: &str = "weft_sockops";
-pub const SPLICE_PROGRAM: &str = "weft_splice";
 pub const SK_LOOKUP_PROGRAM: &str = "weft_sk_lookup";
 
 /// The HBONE port: inbound traffic to it is never redirected.
@@ -107,17 +101,6 @@ pub struct TupleKey {
     pub family: u32,
 }
 
-/// A spliced socket: what it receives is sent on by `peer`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Splice {
-    /// The cookie of the socket that sends on what this one receives.
-    pub peer: u64,
-    /// Bytes received and sent on through the splice (advanced by the
-    /// kernel program).
-    pub bytes: u64,
-}
-
 /// One of ztunnel's connections to an application, as sk_lookup sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -139,7 +122,7 @@ pub const LOOPBACK_IP6_BE: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{OriginalDst, PodCapture, Splice, TupleKey, UpstreamKey};
+    use super::{OriginalDst, PodCapture, TupleKey, UpstreamKey};
 
     // SAFETY: every type is `#[repr(C)]`, `Copy`, made of integers only
     // and has no padding (fields are laid out without gaps), so any bit
@@ -149,8 +132,6 @@ mod user {
     unsafe impl aya::Pod for OriginalDst {}
     // SAFETY: as above (8 + 16 + 4 + 4 bytes).
     unsafe impl aya::Pod for TupleKey {}
-    // SAFETY: as above (8 + 8 bytes).
-    unsafe impl aya::Pod for Splice {}
     // SAFETY: as above (4 * 4 bytes).
     unsafe impl aya::Pod for UpstreamKey {}
 }

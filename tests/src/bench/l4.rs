@@ -1,8 +1,9 @@
 //! Data-path benchmarks: direct (unenrolled pods) against the mesh in each
 //! capture mode, measured in the same run and printed as ratios to direct.
 //!
-//! Three meshes run side by side, each with two nodes: iptables capture,
-//! eBPF capture, and eBPF capture with the same-node splice switched off.
+//! Three meshes run side by side, each with two nodes: iptables capture
+//! (copying same-node connections), eBPF capture with the same-node splice
+//! switched off (copying) and eBPF capture with it on.
 //! Every mesh has an enrolled client on n1, a server on n2 (cross-node:
 //! both ztunnels, HBONE, mTLS) and a server on n1 (same-node: one ztunnel,
 //! no tunnel); the iptables mesh also holds the unenrolled (direct) pods.
@@ -78,7 +79,7 @@ status: {podIP: "${direct/local}"}
 
 /// The three meshes the routes run through.
 pub struct Bed {
-    /// iptables capture; also holds the direct pods.
+    /// iptables capture, no splice; also holds the direct pods.
     iptables: Mesh,
     ebpf: Mesh,
     /// eBPF capture with `--splice false`: same-node connections copied.
@@ -188,7 +189,7 @@ async fn mesh(bin_dir: &Path, capture: CaptureMode, splice: bool) -> anyhow::Res
 /// Builds the three meshes.
 pub async fn setup(bin_dir: &Path) -> anyhow::Result<Bed> {
     Ok(Bed {
-        iptables: mesh(bin_dir, CaptureMode::Iptables, true).await?,
+        iptables: mesh(bin_dir, CaptureMode::Iptables, false).await?,
         ebpf: mesh(bin_dir, CaptureMode::Ebpf, true).await?,
         ebpf_copy: mesh(bin_dir, CaptureMode::Ebpf, false).await?,
     })

@@ -25,15 +25,14 @@ use aya::{
     maps::{HashMap, Map, MapData, MapError, SockHash},
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SkSkb, SockOps,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SockOps,
     },
     Ebpf, EbpfError as LoadError,
 };
 use weft_ebpf_common::{
-    OriginalDst, PodCapture, Splice, TupleKey, UpstreamKey, AF_INET, AF_INET6, CONNECT4_PROGRAM,
+    OriginalDst, PodCapture, TupleKey, UpstreamKey, AF_INET, AF_INET6, CONNECT4_PROGRAM,
     CONNECT6_PROGRAM, ENROLLED_PODS_MAP, EXCLUDED_PORTS_MAP, INBOUND_MAP, ORIGINAL_DST_MAP,
-    POD_IPS_MAP, SK_LOOKUP_PROGRAM, SOCKOPS_PROGRAM, SPLICES_MAP, SPLICE_PROGRAM, SPLICE_SOCKS_MAP,
-    TUPLES_MAP, UPSTREAMS_MAP,
+    POD_IPS_MAP, SK_LOOKUP_PROGRAM, SOCKOPS_PROGRAM, TUPLES_MAP, UPSTREAMS_MAP,
 };
 
 /// The object built from `ebpf/` for this checkout (see `build.rs`).
@@ -109,8 +108,6 @@ pub struct EbpfOptions {
 struct Maps {
     enrolled: HashMap<MapData, u64, PodCapture>,
     tuples: HashMap<MapData, TupleKey, OriginalDst>,
-    splices: HashMap<MapData, u64, Splice>,
-    splice_socks: SockHash<MapData, u64>,
     inbound: SockHash<MapData, u32>,
     pod_ips: HashMap<MapData, u32, u8>,
     excluded: HashMap<MapData, u32, u8>,
@@ -137,12 +134,10 @@ impl std::fmt::Debug for EbpfCapture {
     }
 }
 
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 7] = [
     ENROLLED_PODS_MAP,
     ORIGINAL_DST_MAP,
     TUPLES_MAP,
-    SPLICE_SOCKS_MAP,
-    SPLICES_MAP,
     INBOUND_MAP,
     POD_IPS_MAP,
     EXCLUDED_PORTS_MAP,
@@ -284,33 +279,6 @@ impl EbpfCapture {
                 .pin(&path)
                 .map_err(|e| pin_err(&path)(&e))?;
         }
-        // The splice program attaches to its socket map; the attachment
-        // lives as long as the (pinned) map, so its handle is deliberately
-        // not dropped.
-        let splice_socks: SockHash<MapData, u64> =
-            SockHash::try_from(bpf.take_map(SPLICE_SOCKS_MAP).ok_or(EbpfError::Missing {
-                kind: "map",
-                name: SPLICE_SOCKS_MAP,
-            })?)
-            .map_err(|source| EbpfError::Map {
-                map: SPLICE_SOCKS_MAP,
-                source,
-            })?;
-        let splice: &mut SkSkb = program(&mut bpf, SPLICE_PROGRAM)?;
-        splice.load().map_err(|source| EbpfError::Program {
-            name: SPLICE_PROGRAM,
-            source,
-        })?;
-        let id = splice
-            .attach(splice_socks.fd())
-            .map_err(|source| EbpfError::Program {
-                name: SPLICE_PROGRAM,
-                source,
-            })?;
-        std::mem::forget(splice.take_link(id).map_err(|source| EbpfError::Program {
-            name: SPLICE_PROGRAM,
-            source,
-        })?);
         let lookup: &mut SkLookup = program(&mut bpf, SK_LOOKUP_PROGRAM)?;
         lookup.load().map_err(|source| EbpfError::Program {
             name: SK_LOOKUP_PROGRAM,
@@ -340,9 +308,6 @@ impl EbpfCapture {
             enrolled: HashMap::try_from(hash(ENROLLED_PODS_MAP)?)
                 .map_err(map_err(ENROLLED_PODS_MAP))?,
             tuples: HashMap::try_from(lru(TUPLES_MAP)?).map_err(map_err(TUPLES_MAP))?,
-            splices: HashMap::try_from(hash(SPLICES_MAP)?).map_err(map_err(SPLICES_MAP))?,
-            splice_socks: SockHash::try_from(Map::SockHash(open(SPLICE_SOCKS_MAP)?))
-                .map_err(map_err(SPLICE_SOCKS_MAP))?,
             inbound: SockHash::try_from(Map::SockHash(open(INBOUND_MAP)?))
                 .map_err(map_err(INBOUND_MAP))?,
             pod_ips: HashMap::try_from(hash(POD_IPS_MAP)?).map_err(map_err(POD_IPS_MAP))?,
@@ -582,91 +547,6 @@ impl EbpfCapture {
         }
     }
 
-    /// Splices two of ztunnel's connected sockets, given with their
-    /// cookies: from now on, what either receives the other sends on, in
-    /// the kernel. Nothing may have been read from either yet, so no byte
-    /// can overtake one already in flight. Data that arrived before the
-    /// splice is sent on as well: setting `SO_RCVLOWAT` makes the kernel
-    /// run the splice program over what is queued.
-    pub fn splice(
-        &mut self,
-        a: (BorrowedFd<'_>, u64),
-        b: (BorrowedFd<'_>, u64),
-    ) -> Result<(), EbpfError> {
-        let splices_err = |source| EbpfError::Map {
-            map: SPLICES_MAP,
-            source,
-        };
-        let socks_err = |source| EbpfError::Map {
-            map: SPLICE_SOCKS_MAP,
-            source,
-        };
-        self.maps
-            .splices
-            .insert(
-                a.1,
-                Splice {
-                    peer: b.1,
-                    bytes: 0,
-                },
-                0,
-            )
-            .map_err(splices_err)?;
-        self.maps
-            .splices
-            .insert(
-                b.1,
-                Splice {
-                    peer: a.1,
-                    bytes: 0,
-                },
-                0,
-            )
-            .map_err(splices_err)?;
-        self.maps
-            .splice_socks
-            .insert(b.1, b.0.as_raw_fd(), 0)
-            .map_err(socks_err)?;
-        self.maps
-            .splice_socks
-            .insert(a.1, a.0.as_raw_fd(), 0)
-            .map_err(socks_err)?;
-        for fd in [a.0, b.0] {
-            set_rcvlowat(fd, 1).map_err(|source| EbpfError::Io {
-                action: "waking the splice on",
-                path: PathBuf::from("a spliced socket"),
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Bytes the socket `cookie` received and sent on through its splice.
-    pub fn spliced_bytes(&self, cookie: u64) -> u64 {
-        self.maps
-            .splices
-            .get(&cookie, 0)
-            .map(|s| s.bytes)
-            .unwrap_or(0)
-    }
-
-    /// Ends a splice (the sockets leave the map); returns the bytes each
-    /// socket sent on.
-    pub fn unsplice(&mut self, a: u64, b: u64) -> (u64, u64) {
-        let mut take = |cookie: u64| {
-            let bytes = self
-                .maps
-                .splices
-                .get(&cookie, 0)
-                .map(|s| s.bytes)
-                .unwrap_or(0);
-            let _ = self.maps.splices.remove(&cookie);
-            let _ = self.maps.splice_socks.remove(&cookie);
-            bytes
-        };
-        (take(a), take(b))
-    }
-
     /// How many attachments are in place (health, for metrics).
     pub fn attachments(&self) -> usize {
         LINKS
@@ -712,25 +592,6 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 /// The cookie of the network namespace `socket` lives in.
 pub fn netns_cookie_of(socket: BorrowedFd<'_>) -> io::Result<NetnsCookie> {
     getsockopt_u64(socket, SO_NETNS_COOKIE).map(NetnsCookie)
-}
-
-fn set_rcvlowat(socket: BorrowedFd<'_>, bytes: libc::c_int) -> io::Result<()> {
-    // SAFETY: `bytes` is valid for reads of its size for the call, and the
-    // descriptor is borrowed for the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// The kernel's cookie for `socket`, as `bpf_get_socket_cookie` sees it.

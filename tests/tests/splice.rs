@@ -1,8 +1,10 @@
 //! The same-node splice: two enrolled pods on one node talk through
 //! ztunnel, which authorizes the connection and then joins its two sockets
-//! in the kernel. The bytes arrive intact and in order, the kernel's count
-//! covers all of them (ztunnel's copy loop sees none), Istio's byte
-//! counters still add up, and a policy change still closes the connection.
+//! inside the kernel (`splice(2)`), in both capture modes. The bytes arrive
+//! intact and in order, all of them moved by the splice (ztunnel's copy loop
+//! sees none), Istio's byte counters still add up, and a policy change
+//! still closes the connection. With `--splice false` the same connection
+//! is copied, and says so.
 
 #[macro_use]
 mod support;
@@ -12,11 +14,12 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use support::{logged, probe, HeldProbe};
 use weft_tests::{
     apps,
-    mesh::{Binaries, Mesh},
+    mesh::{Binaries, Mesh, MeshOptions},
     privilege::require_privileged,
     processes::eventually,
     topology::Topology,
 };
+use ztunnel::capture::CaptureMode;
 
 fn binaries() -> Binaries<'static> {
     Binaries {
@@ -71,8 +74,11 @@ fn pattern(size: usize) -> String {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_node_connections_are_spliced_counted_and_still_policed() -> anyhow::Result<()> {
+in_both_capture_modes!(same_node_connections_are_spliced_counted_and_still_policed);
+
+/// One node with an enrolled client and an echo server; ztunnel splicing
+/// or not.
+async fn same_node_mesh(capture: CaptureMode, splice: bool) -> anyhow::Result<Mesh> {
     require_privileged();
     let topology = Topology::builder()
         .control_plane()
@@ -80,20 +86,28 @@ async fn same_node_connections_are_spliced_counted_and_still_policed() -> anyhow
         .pod("demo/client", "n1")
         .pod("demo/server", "n1")
         .build()?;
-    let mesh = Mesh::start(topology, CONFIG, binaries()).await?;
+    let options = MeshOptions {
+        capture,
+        splice,
+        ..MeshOptions::default()
+    };
+    let mesh = Mesh::start_with(topology, CONFIG, binaries(), options).await?;
     mesh.enroll("demo/client", "client").await?;
     mesh.enroll("demo/server", "server").await?;
+    let server = mesh.topology.pod("demo/server");
+    let echo = server.enter(|| std::net::TcpListener::bind((server.ip(), 9090)))??;
+    apps::spawn_echo(echo, "server")?;
+    Ok(mesh)
+}
+
+/// Sends `size` bytes from the client to the echo server and checks the
+/// reply byte for byte; returns the bytes sent and received.
+async fn exchange(mesh: &Mesh, size: usize) -> anyhow::Result<(usize, usize)> {
     let (client, server) = (
         mesh.topology.pod("demo/client"),
         mesh.topology.pod("demo/server"),
     );
-    let echo = server.enter(|| std::net::TcpListener::bind((server.ip(), 9090)))??;
-    apps::spawn_echo(echo, "server")?;
     let target = SocketAddr::from((server.ip(), 9090));
-    let z = mesh.ztunnel("n1");
-
-    // 256 KiB each way, checked byte for byte.
-    let size = 256 * 1024;
     let mut cmd = client.command(env!("CARGO_BIN_EXE_weft-probe"))?;
     cmd.args([
         "connect",
@@ -113,10 +127,21 @@ async fn same_node_connections_are_spliced_counted_and_still_policed() -> anyhow
         report.reply == expected,
         "the reply came back intact and in order"
     );
+    Ok((size, expected.len()))
+}
 
-    // The access log: no tunnel, and every byte moved in the kernel.
-    let sent = size;
-    let received = expected.len();
+async fn same_node_connections_are_spliced_counted_and_still_policed(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
+    let mesh = same_node_mesh(capture, true).await?;
+    let client = mesh.topology.pod("demo/client");
+    let target = SocketAddr::from((mesh.topology.pod("demo/server").ip(), 9090));
+    let z = mesh.ztunnel("n1");
+
+    // 4 MiB each way, checked byte for byte.
+    let (sent, received) = exchange(&mesh, 4 << 20).await?;
+
+    // The access log: no tunnel, and every byte moved by the splice.
     let line = logged(
         z,
         &[
@@ -201,5 +226,32 @@ async fn same_node_connections_are_spliced_counted_and_still_policed() -> anyhow
     );
     let refused = probe(client, target, "after deny").await;
     assert!(refused.is_err(), "new connections are denied: {refused:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_splice_off_same_node_connections_are_copied() -> anyhow::Result<()> {
+    let mesh = same_node_mesh(CaptureMode::Ebpf, false).await?;
+    let target = SocketAddr::from((mesh.topology.pod("demo/server").ip(), 9090));
+    let z = mesh.ztunnel("n1");
+    let (sent, received) = exchange(&mesh, 256 * 1024).await?;
+    let line = logged(
+        z,
+        &[
+            "connection complete",
+            "outbound",
+            &format!("dst.addr={target}"),
+        ],
+    )
+    .await?;
+    assert!(line.contains(&format!("bytes_sent={sent} ")), "{line}");
+    assert!(line.contains(&format!("bytes_recv={received} ")), "{line}");
+    assert!(line.contains("bytes_spliced=0 "), "{line}");
+    let metrics = z.metrics_text().await?;
+    assert_eq!(
+        sample(&metrics, "weft_ztunnel_spliced_connections_total", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
     Ok(())
 }
