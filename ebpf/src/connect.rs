@@ -16,9 +16,10 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
+use aya_log_ebpf::info;
 use weft_ebpf_common::{OriginalDst, AF_INET, AF_INET6, LOOPBACK_IP4_BE, LOOPBACK_IP6_BE};
 
-use crate::maps::{ENROLLED, EXCLUDED_PORTS, ORIGINAL_DST};
+use crate::maps::{debug, ENROLLED, EXCLUDED_PORTS, ORIGINAL_DST};
 
 const SOCK_STREAM: u32 = 1;
 /// Lets the `connect()` proceed (to the possibly rewritten address).
@@ -28,20 +29,28 @@ const DENY: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
-    verdict(capture(&ctx, AF_INET))
+    verdict(&ctx, capture(&ctx, AF_INET))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
-    verdict(capture(&ctx, AF_INET6))
+    verdict(&ctx, capture(&ctx, AF_INET6))
 }
 
-fn verdict(result: Result<(), i64>) -> i32 {
+fn verdict(ctx: &SockAddrContext, result: Result<(), i64>) -> i32 {
     match result {
         Ok(()) => ALLOW,
         // An enrolled pod's connection that cannot be captured fails
         // closed: letting it through would bypass the mesh.
-        Err(_) => DENY,
+        Err(code) => {
+            if debug() {
+                info!(
+                    ctx,
+                    "connect: refused, original destination not recorded ({})", code
+                );
+            }
+            DENY
+        }
     }
 }
 
@@ -96,6 +105,19 @@ fn capture(ctx: &SockAddrContext, family: u32) -> Result<(), i64> {
             (*sa).user_ip6[3] = LOOPBACK_IP6_BE[3];
         }
         (*sa).user_port = u32::from(pod.outbound_port_be);
+    }
+    if debug() {
+        if family == AF_INET {
+            info!(
+                ctx,
+                "connect: netns {} to {:i}:{} captured",
+                netns,
+                u32::from_be(ip[0]),
+                port
+            );
+        } else {
+            info!(ctx, "connect: netns {} to [IPv6]:{} captured", netns, port);
+        }
     }
     Ok(())
 }

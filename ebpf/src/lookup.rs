@@ -19,9 +19,10 @@ use aya_ebpf::{
     macros::sk_lookup,
     programs::SkLookupContext,
 };
+use aya_log_ebpf::info;
 use weft_ebpf_common::{UpstreamKey, AF_INET, HBONE_PORT};
 
-use crate::maps::{EXCLUDED_PORTS, INBOUND, POD_IPS, UPSTREAMS};
+use crate::maps::{debug, EXCLUDED_PORTS, INBOUND, POD_IPS, UPSTREAMS};
 
 const IPPROTO_TCP: u32 = 6;
 /// The loopback interface's index in every network namespace.
@@ -70,10 +71,28 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     if INBOUND.redirect_sk_lookup(&ctx, local_ip, 0).is_ok() {
+        if debug() {
+            info!(
+                &ctx,
+                "sk_lookup: {:i} to {:i}:{} captured",
+                u32::from_be(remote_ip),
+                u32::from_be(local_ip),
+                local_port
+            );
+        }
         return SK_PASS;
     }
     // SAFETY: reading a map value.
     if unsafe { POD_IPS.get(&local_ip) }.is_some() {
+        if debug() {
+            info!(
+                &ctx,
+                "sk_lookup: {:i} to {:i}:{} dropped, ztunnel is not listening",
+                u32::from_be(remote_ip),
+                u32::from_be(local_ip),
+                local_port
+            );
+        }
         SK_DROP
     } else {
         SK_PASS

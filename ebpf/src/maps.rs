@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, SockHash},
+    maps::{Array, HashMap, LruHashMap, SockHash},
 };
 use weft_ebpf_common::{OriginalDst, PodCapture, TupleKey, UpstreamKey};
 
@@ -26,3 +26,13 @@ pub static EXCLUDED_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(1_024, 0
 
 #[map(name = "WEFT_UPSTREAMS")]
 pub static UPSTREAMS: HashMap<UpstreamKey, u8> = HashMap::with_max_entries(65_536, 0);
+
+/// Index 0: non-zero while ztunnel runs with `--bpf-log`.
+#[map(name = "WEFT_DEBUG")]
+pub static DEBUG: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the programs report what they decide (through aya-log).
+#[inline(always)]
+pub fn debug() -> bool {
+    DEBUG.get(0).is_some_and(|on| *on != 0)
+}

@@ -34,6 +34,7 @@ pub struct Mesh {
     control_flags: Vec<String>,
     capture: CaptureMode,
     splice: bool,
+    bpf_log: bool,
     /// Enrolled pods (qualified name → service account), to enroll again
     /// after a ztunnel restart, as the node agent would.
     enrolled: std::sync::Mutex<BTreeMap<String, String>>,
@@ -50,6 +51,8 @@ pub struct MeshOptions<'a> {
     /// Whether ztunnel splices same-node connections (`--splice`); on
     /// unless a test or benchmark compares.
     pub splice: bool,
+    /// ztunnel's `--bpf-log`: the kernel programs' reports in its log.
+    pub bpf_log: bool,
 }
 
 impl Default for MeshOptions<'_> {
@@ -58,6 +61,7 @@ impl Default for MeshOptions<'_> {
             control_flags: &[],
             capture: CaptureMode::Ebpf,
             splice: true,
+            bpf_log: false,
         }
     }
 }
@@ -127,6 +131,7 @@ impl Mesh {
             control_flags,
             capture: options.capture,
             splice: options.splice,
+            bpf_log: options.bpf_log,
             enrolled: Default::default(),
         };
         let nodes: Vec<String> = mesh
@@ -149,6 +154,7 @@ impl Mesh {
         let socket = self.dir.path().join(format!("{node}.sock"));
         let setup = CaptureSetup {
             splice: self.splice,
+            bpf_log: self.bpf_log,
             ..CaptureSetup::for_node(&self.topology, node, self.capture)
         };
         let z = ZtunnelProcess::start_with(

@@ -239,6 +239,8 @@ pub struct CaptureSetup {
     pub cgroup: Cgroup,
     /// ztunnel's `--splice`.
     pub splice: bool,
+    /// ztunnel's `--bpf-log`.
+    pub bpf_log: bool,
 }
 
 impl CaptureSetup {
@@ -249,6 +251,7 @@ impl CaptureSetup {
             pin_dir: topology.bpf_pin_dir(node),
             cgroup: topology.ztunnel_cgroup(node),
             splice: true,
+            bpf_log: false,
         }
     }
 
@@ -292,7 +295,8 @@ impl ZtunnelProcess {
                     .arg(&setup.pods_cgroup)
                     .arg("--bpf-pin-dir")
                     .arg(&setup.pin_dir)
-                    .args(["--splice", if setup.splice { "true" } else { "false" }]);
+                    .args(["--splice", if setup.splice { "true" } else { "false" }])
+                    .args(["--bpf-log", if setup.bpf_log { "true" } else { "false" }]);
                 setup.cgroup.confine(cmd.as_std_mut())?;
             }
             None => {

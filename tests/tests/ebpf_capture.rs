@@ -1,7 +1,9 @@
 //! eBPF capture with real processes: Weft's programs, loaded into this
 //! kernel by ztunnel, capture an unmodified `curl` of an enrolled pod and
 //! leave an unenrolled pod's alone; enrolling and releasing a running pod
-//! disturbs neither its established connections nor another pod's.
+//! disturbs neither its established connections nor another pod's. With
+//! `--bpf-log`, the programs' own reports of what they captured reach
+//! ztunnel's log.
 
 #[macro_use]
 mod support;
@@ -11,7 +13,7 @@ use std::{net::SocketAddr, path::Path};
 use support::{curl, logged, probe, HeldProbe};
 use weft_tests::{
     apps,
-    mesh::{Binaries, Mesh},
+    mesh::{Binaries, Mesh, MeshOptions},
     privilege::require_privileged,
     topology::Topology,
 };
@@ -59,7 +61,7 @@ status: {podIP: "${demo/server}"}
 
 /// A two-node mesh in eBPF mode with an HTTP server (port 8080) and an echo
 /// server (port 9090) in the enrolled `demo/server` pod on n2.
-async fn mesh() -> anyhow::Result<Mesh> {
+async fn mesh(options: MeshOptions<'_>) -> anyhow::Result<Mesh> {
     let topology = Topology::builder()
         .control_plane()
         .node("n1")
@@ -69,7 +71,7 @@ async fn mesh() -> anyhow::Result<Mesh> {
         .pod("legacy/outsider", "n1")
         .pod("demo/server", "n2")
         .build()?;
-    let mesh = Mesh::start(topology, CONFIG, binaries()).await?;
+    let mesh = Mesh::start_with(topology, CONFIG, binaries(), options).await?;
     mesh.enroll("demo/server", "server").await?;
     let server = mesh.topology.pod("demo/server");
     let http = server.enter(|| std::net::TcpListener::bind((server.ip(), 8080)))??;
@@ -93,7 +95,7 @@ fn outbound_lines(mesh: &Mesh, node: &str, pod_ip: &str, dst: &str) -> Vec<Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_in_an_enrolled_pod_is_captured_and_an_unenrolled_pods_is_not() -> anyhow::Result<()> {
     require_privileged();
-    let mesh = mesh().await?;
+    let mesh = mesh(MeshOptions::default()).await?;
     mesh.enroll("demo/client", "client").await?;
     let (client, outsider) = (
         mesh.topology.pod("demo/client"),
@@ -191,7 +193,7 @@ async fn curl_in_an_enrolled_pod_is_captured_and_an_unenrolled_pods_is_not() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolling_and_releasing_a_running_pod_disturbs_no_connection() -> anyhow::Result<()> {
     require_privileged();
-    let mesh = mesh().await?;
+    let mesh = mesh(MeshOptions::default()).await?;
     mesh.enroll("demo/bystander", "bystander").await?;
     let (client, bystander) = (
         mesh.topology.pod("demo/client"),
@@ -279,6 +281,43 @@ async fn enrolling_and_releasing_a_running_pod_disturbs_no_connection() -> anyho
             "outbound",
             &format!("src.addr={}:", bystander.ip()),
             "src.identity=spiffe://cluster.local/ns/demo/sa/bystander",
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bpf_log_the_programs_report_what_they_capture() -> anyhow::Result<()> {
+    require_privileged();
+    let mesh = mesh(MeshOptions {
+        bpf_log: true,
+        ..MeshOptions::default()
+    })
+    .await?;
+    mesh.enroll("demo/client", "client").await?;
+    let target = SocketAddr::from((mesh.topology.pod("demo/server").ip(), 9090));
+
+    // The enrolled client's connect, redirected by connect4 on n1.
+    probe(mesh.topology.pod("demo/client"), target, "meshed").await?;
+    logged(
+        mesh.ztunnel("n1"),
+        &[
+            "weft_ebpf",
+            "connect: netns",
+            &format!("to {target} captured"),
+        ],
+    )
+    .await?;
+
+    // Plaintext from the unenrolled pod, redirected by sk_lookup on n2.
+    let outsider = mesh.topology.pod("legacy/outsider");
+    probe(outsider, target, "plaintext").await?;
+    logged(
+        mesh.ztunnel("n2"),
+        &[
+            "weft_ebpf",
+            &format!("sk_lookup: {} to {target} captured", outsider.ip()),
         ],
     )
     .await?;

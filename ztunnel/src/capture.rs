@@ -101,6 +101,7 @@ fn ebpf_options(config: &Config) -> Result<EbpfOptions, CaptureError> {
         pods_cgroup,
         ztunnel_cgroup,
         excluded_ports: config.capture_exclude_ports.clone(),
+        log: config.bpf_log,
     })
 }
 
@@ -110,6 +111,9 @@ impl Capture {
     pub fn start(config: &Config, ports: Ports) -> Result<Self, CaptureError> {
         let ebpf = || -> Result<Mode, CaptureError> {
             let capture = EbpfCapture::start(&ebpf_options(config)?)?;
+            if config.bpf_log {
+                capture.forward_log()?;
+            }
             Ok(Mode::Ebpf(Box::new(Mutex::new(capture))))
         };
         let mode = match config.capture {

@@ -83,6 +83,10 @@ pub struct Config {
     /// (`splice(2)`) once it is authorized; `false` copies through ztunnel.
     #[arg(long, env = "WEFT_SPLICE", default_value_t = true, action = clap::ArgAction::Set)]
     pub splice: bool,
+    /// Report the eBPF programs' decisions (captured connects, inbound
+    /// redirects and drops) in ztunnel's log, target `weft_ebpf`.
+    #[arg(long, env = "WEFT_BPF_LOG", default_value_t = false, action = clap::ArgAction::Set)]
+    pub bpf_log: bool,
 }
 
 /// `ztunnel uninstall`: removes what ztunnel leaves on a node on purpose so

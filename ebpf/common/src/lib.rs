@@ -28,6 +28,9 @@ pub const EXCLUDED_PORTS_MAP: &str = "WEFT_EXCLUDED";
 /// from the client's address, and the kernel reports them as arriving on
 /// the pod's interface, so sk_lookup recognises them by this map.
 pub const UPSTREAMS_MAP: &str = "WEFT_UPSTREAMS";
+/// Map (ARRAY, one `u32`): non-zero makes the programs report their
+/// decisions through aya-log (ztunnel's `--bpf-log`).
+pub const DEBUG_MAP: &str = "WEFT_DEBUG";
 
 pub const CONNECT4_PROGRAM: &str = "weft_connect4";
 pub const CONNECT6_PROGRAM: &str = "weft_connect6";

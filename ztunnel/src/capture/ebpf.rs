@@ -22,7 +22,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, SockHash},
+    maps::{Array, HashMap, Map, MapData, MapError, SockHash},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SockOps,
@@ -31,8 +31,8 @@ use aya::{
 };
 use weft_ebpf_common::{
     OriginalDst, PodCapture, TupleKey, UpstreamKey, AF_INET, AF_INET6, CONNECT4_PROGRAM,
-    CONNECT6_PROGRAM, ENROLLED_PODS_MAP, EXCLUDED_PORTS_MAP, INBOUND_MAP, ORIGINAL_DST_MAP,
-    POD_IPS_MAP, SK_LOOKUP_PROGRAM, SOCKOPS_PROGRAM, TUPLES_MAP, UPSTREAMS_MAP,
+    CONNECT6_PROGRAM, DEBUG_MAP, ENROLLED_PODS_MAP, EXCLUDED_PORTS_MAP, INBOUND_MAP,
+    ORIGINAL_DST_MAP, POD_IPS_MAP, SK_LOOKUP_PROGRAM, SOCKOPS_PROGRAM, TUPLES_MAP, UPSTREAMS_MAP,
 };
 
 /// The object built from `ebpf/` for this checkout (see `build.rs`).
@@ -89,6 +89,8 @@ pub enum EbpfError {
          ztunnel's own connections; run ztunnel outside the pods' cgroup"
     )]
     InsidePods { ztunnel: PathBuf, pods: PathBuf },
+    #[error("reading the eBPF programs' log: {0}")]
+    Log(String),
 }
 
 /// Where the programs attach and what they leave alone.
@@ -103,6 +105,8 @@ pub struct EbpfOptions {
     pub ztunnel_cgroup: PathBuf,
     /// Ports capture leaves alone, both ways.
     pub excluded_ports: Vec<u16>,
+    /// Whether the programs report their decisions (`--bpf-log`).
+    pub log: bool,
 }
 
 struct Maps {
@@ -112,6 +116,7 @@ struct Maps {
     pod_ips: HashMap<MapData, u32, u8>,
     excluded: HashMap<MapData, u32, u8>,
     upstreams: HashMap<MapData, UpstreamKey, u8>,
+    debug: Array<MapData, u32>,
 }
 
 /// Weft's capture programs, in the kernel and pinned.
@@ -134,7 +139,8 @@ impl std::fmt::Debug for EbpfCapture {
     }
 }
 
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 8] = [
+    DEBUG_MAP,
     ENROLLED_PODS_MAP,
     ORIGINAL_DST_MAP,
     TUPLES_MAP,
@@ -215,6 +221,7 @@ impl EbpfCapture {
             })?
         };
         capture.set_excluded_ports(&options.excluded_ports)?;
+        capture.set_log(options.log)?;
         Ok(capture)
     }
 
@@ -314,6 +321,7 @@ impl EbpfCapture {
             excluded: HashMap::try_from(hash(EXCLUDED_PORTS_MAP)?)
                 .map_err(map_err(EXCLUDED_PORTS_MAP))?,
             upstreams: HashMap::try_from(hash(UPSTREAMS_MAP)?).map_err(map_err(UPSTREAMS_MAP))?,
+            debug: Array::try_from(Map::Array(open(DEBUG_MAP)?)).map_err(map_err(DEBUG_MAP))?,
         };
         let sk_lookup = SkLookup::from_pin(dir.join("prog-sk-lookup")).map_err(|source| {
             EbpfError::Program {
@@ -361,6 +369,48 @@ impl EbpfCapture {
                 .insert(u32::from(*port), 1, 0)
                 .map_err(map_err)?;
         }
+        Ok(())
+    }
+
+    /// Switches the programs' reports on or off (adopted programs too: the
+    /// switch is a map).
+    fn set_log(&mut self, on: bool) -> Result<(), EbpfError> {
+        self.maps
+            .debug
+            .set(0, u32::from(on), 0)
+            .map_err(|source| EbpfError::Map {
+                map: DEBUG_MAP,
+                source,
+            })
+    }
+
+    /// Forwards the programs' reports (aya-log records) to ztunnel's log,
+    /// target `weft_ebpf`, from a task of the current runtime.
+    pub fn forward_log(&self) -> Result<(), EbpfError> {
+        let id = self
+            .sk_lookup
+            .info()
+            .map_err(|source| EbpfError::Program {
+                name: SK_LOOKUP_PROGRAM,
+                source,
+            })?
+            .id();
+        // Every program of the object writes to the same ring buffer, so
+        // any one program finds it.
+        let logger =
+            aya_log::EbpfLogger::init_from_id(id).map_err(|e| EbpfError::Log(e.to_string()))?;
+        // SAFETY: the logger owns its ring buffer's descriptor and returns
+        // that same descriptor for as long as it lives.
+        let mut logger = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| EbpfError::Log(e.to_string()))?;
+        tokio::spawn(async move {
+            while let Ok(mut ready) = logger.readable_mut().await {
+                ready.get_inner_mut().flush();
+                ready.clear_ready();
+            }
+        });
         Ok(())
     }
 
