@@ -8,22 +8,15 @@
 #[macro_use]
 mod support;
 
-use std::{net::SocketAddr, path::Path};
+use std::net::SocketAddr;
 
-use support::{curl, logged, probe, HeldProbe};
+use support::{binaries, curl, logged, probe, HeldProbe};
 use weft_tests::{
     apps,
-    mesh::{Binaries, Mesh, MeshOptions},
+    mesh::{Mesh, MeshOptions},
     privilege::require_privileged,
     topology::Topology,
 };
-
-fn binaries() -> Binaries<'static> {
-    Binaries {
-        control: Path::new(env!("CARGO_BIN_EXE_wt-control")),
-        ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
-    }
-}
 
 const CONFIG: &str = r#"
 apiVersion: v1

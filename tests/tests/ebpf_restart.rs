@@ -15,27 +15,19 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    path::Path,
     process::Stdio,
     time::Duration,
 };
 
-use support::probe;
+use support::{binaries, probe};
 use tokio::io::AsyncReadExt;
 use weft_tests::{
     apps,
     capture::{contains, PacketCapture},
-    mesh::{Binaries, Mesh},
+    mesh::Mesh,
     privilege::require_privileged,
     topology::{Pod, Topology},
 };
-
-fn binaries() -> Binaries<'static> {
-    Binaries {
-        control: Path::new(env!("CARGO_BIN_EXE_wt-control")),
-        ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
-    }
-}
 
 const CONFIG: &str = r#"
 apiVersion: v1

@@ -10,10 +10,10 @@
 #[macro_use]
 mod support;
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::StatusCode;
-use support::{probe, HeldProbe};
+use support::{binaries, probe, HeldProbe};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -28,19 +28,12 @@ use weft_tests::{
     apps,
     capture::{contains, PacketCapture},
     forge,
-    mesh::{Binaries, Mesh, MeshOptions},
+    mesh::{Mesh, MeshOptions},
     privilege::require_privileged,
     processes::eventually,
     topology::{Pod, Topology},
 };
 use ztunnel::capture::CaptureMode;
-
-fn binaries() -> Binaries<'static> {
-    Binaries {
-        control: Path::new(env!("CARGO_BIN_EXE_wt-control")),
-        ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
-    }
-}
 
 const CONFIG: &str = r#"
 apiVersion: v1

@@ -9,24 +9,17 @@
 #[macro_use]
 mod support;
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use support::{logged, probe, HeldProbe};
+use support::{binaries, logged, probe, HeldProbe};
 use weft_tests::{
     apps,
-    mesh::{Binaries, Mesh, MeshOptions},
+    mesh::{Mesh, MeshOptions},
     privilege::require_privileged,
     processes::eventually,
     topology::Topology,
 };
 use ztunnel::capture::CaptureMode;
-
-fn binaries() -> Binaries<'static> {
-    Binaries {
-        control: Path::new(env!("CARGO_BIN_EXE_wt-control")),
-        ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
-    }
-}
 
 const CONFIG: &str = r#"
 apiVersion: v1

@@ -60,6 +60,22 @@ enum Mode {
     Ebpf(Box<Mutex<EbpfCapture>>),
 }
 
+/// Ends an upstream's pass through inbound capture when dropped.
+struct PassGuard<'a> {
+    ebpf: &'a Mutex<EbpfCapture>,
+    app: SocketAddr,
+    source: SocketAddr,
+}
+
+impl Drop for PassGuard<'_> {
+    fn drop(&mut self) {
+        self.ebpf
+            .lock()
+            .expect("capture lock")
+            .end_upstream(self.app, self.source);
+    }
+}
+
 /// A pod as capture needs it.
 pub struct PodNetwork<'a> {
     pub netns: &'a InpodNetns,
@@ -246,9 +262,9 @@ impl Capture {
             .expect("capture lock")
             .pass_upstream(app, source)
             .map_err(io::Error::other)?;
-        let result = socket.connect(app).await;
-        ebpf.lock().expect("capture lock").end_upstream(app, source);
-        result
+        // The pass ends with the attempt, even one given up half-way.
+        let _pass = PassGuard { ebpf, app, source };
+        socket.connect(app).await
     }
 
     /// How many BPF attachments are in place (0 in iptables mode).

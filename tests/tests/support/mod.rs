@@ -1,10 +1,18 @@
 //! Helpers shared by this crate's integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::Path};
 
 use anyhow::{bail, Context};
-use weft_tests::{apps::ProbeReport, topology::Pod};
+use weft_tests::{apps::ProbeReport, mesh::Binaries, topology::Pod};
+
+/// The control service and ztunnel built from this checkout.
+pub fn binaries() -> Binaries<'static> {
+    Binaries {
+        control: Path::new(env!("CARGO_BIN_EXE_wt-control")),
+        ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
+    }
+}
 
 /// Runs `weft-probe connect ADDR --send TEXT` as a process of `pod` and
 /// returns its report.

@@ -89,6 +89,11 @@ pub enum EbpfError {
          ztunnel's own connections; run ztunnel outside the pods' cgroup"
     )]
     InsidePods { ztunnel: PathBuf, pods: PathBuf },
+    #[error(
+        "{dir} holds pins ztunnel did not make ({names}); refusing to remove it — check \
+         --bpf-pin-dir, which must be a directory of ztunnel's own"
+    )]
+    ForeignPins { dir: PathBuf, names: String },
     #[error("reading the eBPF programs' log: {0}")]
     Log(String),
 }
@@ -424,10 +429,7 @@ impl EbpfCapture {
         outbound_port: u16,
         listener: BorrowedFd<'_>,
     ) -> Result<(), EbpfError> {
-        for ip in addresses.iter().filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
-            IpAddr::V6(_) => None,
-        }) {
+        for ip in ipv4_keys(addresses) {
             self.maps
                 .inbound
                 .insert(ip, listener.as_raw_fd(), 0)
@@ -443,13 +445,7 @@ impl EbpfCapture {
                     source,
                 })?;
         }
-        let own_ip4 = addresses
-            .iter()
-            .find_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
-                IpAddr::V6(_) => None,
-            })
-            .unwrap_or(0);
+        let own_ip4 = ipv4_keys(addresses).next().unwrap_or(0);
         if !self.lookups.contains_key(&netns.0) {
             let id = self
                 .sk_lookup
@@ -489,10 +485,7 @@ impl EbpfCapture {
             _ => Ok(()),
         };
         ignore_absent(self.maps.enrolled.remove(&netns.0), ENROLLED_PODS_MAP)?;
-        for ip in addresses.iter().filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
-            IpAddr::V6(_) => None,
-        }) {
+        for ip in ipv4_keys(addresses) {
             ignore_absent(self.maps.inbound.remove(&ip), INBOUND_MAP)?;
             ignore_absent(self.maps.pod_ips.remove(&ip), POD_IPS_MAP)?;
         }
@@ -530,10 +523,6 @@ impl EbpfCapture {
             .filter(|ip| !addresses.contains(ip))
             .collect();
         self.release(NetnsCookie(0), &stale_ips)
-    }
-
-    pub fn is_enrolled(&self, netns: NetnsCookie) -> bool {
-        self.maps.enrolled.get(&netns.0, 0).is_ok()
     }
 
     /// Where a connection captured from the pod (`netns`) was headed: the
@@ -607,12 +596,49 @@ impl EbpfCapture {
     }
 
     /// Detaches and unloads everything pinned under `dir` and removes it.
+    /// A directory holding anything ztunnel did not pin (another tool's
+    /// pins, a mistyped `--bpf-pin-dir` such as `/sys/fs/bpf` itself) is
+    /// refused and left as it is.
     pub fn remove_pins(dir: &Path) -> Result<(), EbpfError> {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io_error("removing pins", dir))?;
+        if !dir.exists() {
+            return Ok(());
         }
-        Ok(())
+        let foreign: Vec<String> = std::fs::read_dir(dir)
+            .map_err(io_error("reading", dir))?
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| !is_own_pin(name))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(EbpfError::ForeignPins {
+                dir: dir.to_owned(),
+                names: foreign.join(", "),
+            });
+        }
+        std::fs::remove_dir_all(dir).map_err(io_error("removing pins", dir))
     }
+}
+
+/// Whether `name` is one of the entries ztunnel creates in its pin
+/// directory.
+fn is_own_pin(name: &str) -> bool {
+    name.strip_prefix("map-")
+        .is_some_and(|map| PINNED_MAPS.contains(&map) || map.starts_with("WEFT_"))
+        || LINKS.contains(&name)
+        || name == "prog-sk-lookup"
+        || name
+            .strip_prefix("lookup-")
+            .is_some_and(|cookie| cookie.parse::<u64>().is_ok())
+        || name.starts_with("object-")
+}
+
+/// The IPv4 addresses among `addresses`, as the maps key them (network
+/// order in memory). The inbound maps are IPv4-only.
+fn ipv4_keys(addresses: &[IpAddr]) -> impl Iterator<Item = u32> + '_ {
+    addresses.iter().filter_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(u32::from_ne_bytes(v4.octets())),
+        IpAddr::V6(_) => None,
+    })
 }
 
 /// Whether a map error only says the key was not there.
@@ -667,5 +693,34 @@ fn getsockopt_u64(socket: BorrowedFd<'_>, option: libc::c_int) -> io::Result<u64
         Ok(value)
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_its_own_pins_and_refuses_a_directory_with_foreign_ones() {
+        let ours = tempfile::tempdir().unwrap();
+        for name in [
+            "map-WEFT_PODS",
+            "link-connect4",
+            "prog-sk-lookup",
+            "lookup-42",
+        ] {
+            std::fs::write(ours.path().join(name), b"").unwrap();
+        }
+        std::fs::create_dir(ours.path().join(object_marker())).unwrap();
+        EbpfCapture::remove_pins(ours.path()).unwrap();
+        assert!(!ours.path().exists());
+
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::write(shared.path().join("map-WEFT_PODS"), b"").unwrap();
+        std::fs::write(shared.path().join("cilium_calls"), b"").unwrap();
+        let err = EbpfCapture::remove_pins(shared.path()).unwrap_err();
+        assert!(err.to_string().contains("cilium_calls"), "{err}");
+        assert!(shared.path().join("cilium_calls").exists());
+        assert!(shared.path().join("map-WEFT_PODS").exists());
     }
 }
