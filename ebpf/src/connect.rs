@@ -7,8 +7,14 @@
 //! - the destination is not loopback or the pod's own address, and its port
 //!   is not excluded.
 //!
+//! A dual-stack socket's IPv4-mapped destination (`::ffff:a.b.c.d`) is an
+//! IPv4 destination: it is recorded as such and sent to the mapped loopback,
+//! ztunnel's IPv4 listener.
+//!
 //! ztunnel's own sockets are never seen here: ztunnel runs outside the pods'
 //! cgroup, and a socket belongs to the cgroup of the task that created it.
+
+use core::ptr::write_volatile;
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -17,7 +23,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::info;
-use weft_ebpf_common::{OriginalDst, AF_INET, AF_INET6, LOOPBACK_IP4_BE, LOOPBACK_IP6_BE};
+use weft_ebpf_common::{
+    v4_mapped, OriginalDst, AF_INET, AF_INET6, LOOPBACK_IP4_BE, LOOPBACK_IP6_BE, V4_MAPPED_WORD_BE,
+};
 
 use crate::maps::{debug, ENROLLED, EXCLUDED_PORTS, ORIGINAL_DST};
 
@@ -74,40 +82,60 @@ fn capture(ctx: &SockAddrContext, family: u32) -> Result<(), i64> {
     if unsafe { EXCLUDED_PORTS.get(&port) }.is_some() {
         return Ok(());
     }
+    // The destination as it goes on the wire: a dual-stack socket's
+    // IPv4-mapped destination (`::ffff:a.b.c.d`, Java's default) is IPv4.
     let mut ip = [0u32; 4];
+    let mut wire_family = family;
     if family == AF_INET {
         // SAFETY: `user_ip4` is readable in connect4 programs.
         ip[0] = unsafe { (*sa).user_ip4 };
-        if ip[0].to_ne_bytes()[0] == 127 || ip[0] == pod.ip4 {
-            return Ok(());
-        }
     } else {
         // SAFETY: `user_ip6` is readable in connect6 programs.
-        ip = unsafe { (*sa).user_ip6 };
-        if ip == LOOPBACK_IP6_BE {
-            return Ok(());
+        let ip6 = unsafe { (*sa).user_ip6 };
+        match v4_mapped(ip6) {
+            Some(ip4) => {
+                wire_family = AF_INET;
+                ip[0] = ip4;
+            }
+            None if ip6 == LOOPBACK_IP6_BE => return Ok(()),
+            None => ip = ip6,
         }
+    }
+    if wire_family == AF_INET && (ip[0].to_ne_bytes()[0] == 127 || ip[0] == pod.ip4) {
+        return Ok(());
     }
     // SAFETY: `bpf_get_socket_cookie` accepts the sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(sa as *mut _) };
-    let original = OriginalDst { family, port, ip };
+    let original = OriginalDst {
+        family: wire_family,
+        port,
+        ip,
+    };
     ORIGINAL_DST.insert(&cookie, &original, 0)?;
     // SAFETY: the destination fields are writable in connect programs.
+    // Every store is volatile and at a constant offset from the context
+    // pointer itself, which is all the verifier accepts: the compiler must
+    // not merge two branches' stores into one through a computed address.
     unsafe {
         if family == AF_INET {
-            (*sa).user_ip4 = LOOPBACK_IP4_BE;
+            write_volatile(&mut (*sa).user_ip4, LOOPBACK_IP4_BE);
+        } else if wire_family == AF_INET {
+            // A mapped destination goes to the mapped loopback, where
+            // ztunnel's IPv4 listener is.
+            write_volatile(&mut (*sa).user_ip6[3], LOOPBACK_IP4_BE);
+            write_volatile(&mut (*sa).user_ip6[2], V4_MAPPED_WORD_BE);
+            write_volatile(&mut (*sa).user_ip6[1], 0);
+            write_volatile(&mut (*sa).user_ip6[0], 0);
         } else {
-            // Word by word: the verifier only allows stores at constant
-            // offsets from the context pointer itself.
-            (*sa).user_ip6[0] = LOOPBACK_IP6_BE[0];
-            (*sa).user_ip6[1] = LOOPBACK_IP6_BE[1];
-            (*sa).user_ip6[2] = LOOPBACK_IP6_BE[2];
-            (*sa).user_ip6[3] = LOOPBACK_IP6_BE[3];
+            write_volatile(&mut (*sa).user_ip6[0], LOOPBACK_IP6_BE[0]);
+            write_volatile(&mut (*sa).user_ip6[1], LOOPBACK_IP6_BE[1]);
+            write_volatile(&mut (*sa).user_ip6[2], LOOPBACK_IP6_BE[2]);
+            write_volatile(&mut (*sa).user_ip6[3], LOOPBACK_IP6_BE[3]);
         }
         (*sa).user_port = u32::from(pod.outbound_port_be);
     }
     if debug() {
-        if family == AF_INET {
+        if wire_family == AF_INET {
             info!(
                 ctx,
                 "connect: netns {} to {:i}:{} captured",

@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use weft_ebpf_common::{TupleKey, AF_INET6};
+use weft_ebpf_common::{v4_mapped, TupleKey, AF_INET, AF_INET6};
 
 use crate::maps::{ORIGINAL_DST, TUPLES};
 
@@ -53,13 +53,17 @@ fn established(ctx: &SockOpsContext) {
             ],
         )
     };
+    // ztunnel accepted the connection on its IPv4 listener when the
+    // application's dual-stack socket connected to a mapped address, so the
+    // key is the IPv4 one it sees.
+    let (family, ip) = match (family == AF_INET6).then(|| v4_mapped(local_ip6)) {
+        Some(None) => (AF_INET6, local_ip6),
+        Some(Some(ip4)) => (AF_INET, [ip4, 0, 0, 0]),
+        None => (family, [local_ip4, 0, 0, 0]),
+    };
     let key = TupleKey {
         netns,
-        ip: if family == AF_INET6 {
-            local_ip6
-        } else {
-            [local_ip4, 0, 0, 0]
-        },
+        ip,
         port: local_port,
         family,
     };

@@ -154,6 +154,43 @@ async fn enrolled_pods_talk_across_nodes_by_ip_and_by_service_vip(
         "{}",
         inbound[0]
     );
+
+    // An application on a dual-stack (IPv6) socket reaching an IPv4
+    // address, as Java does by default: the IPv4-mapped destination is
+    // captured like any other and goes through the tunnel.
+    let mapped = SocketAddr::from((server.ip().to_ipv6_mapped(), 8080));
+    let report = probe(client, mapped, "mapped").await?;
+    assert_eq!(report.reply, format!("server saw {}: mapped", client.ip()));
+    eventually(
+        "the third inbound connection",
+        Duration::from_secs(5),
+        || async {
+            let inbound = mesh.ztunnel("n2").process.lines_with(&[
+                "direction=\"inbound\"",
+                "connection complete",
+                "src.identity=spiffe://cluster.local/ns/demo/sa/client",
+            ]);
+            (inbound.len() == 3).then_some(())
+        },
+    )
+    .await?;
+    let outbound = eventually(
+        "the third outbound connection",
+        Duration::from_secs(5),
+        || async {
+            let outbound = mesh
+                .ztunnel("n1")
+                .process
+                .lines_with(&["direction=\"outbound\"", "connection complete"]);
+            (outbound.len() == 3).then_some(outbound)
+        },
+    )
+    .await?;
+    assert!(
+        outbound[2].contains(&format!("dst.addr={}:8080", server.ip())),
+        "the original destination is the IPv4 address: {}",
+        outbound[2]
+    );
     Ok(())
 }
 

@@ -122,6 +122,17 @@ pub struct UpstreamKey {
 pub const LOOPBACK_IP4_BE: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 /// `::1` in network order (`user_ip6` words).
 pub const LOOPBACK_IP6_BE: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+/// The third word of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), in
+/// network order.
+pub const V4_MAPPED_WORD_BE: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4 address (network order) an IPv6 address (network-order words)
+/// maps, if it is IPv4-mapped: what a dual-stack socket connecting to an
+/// IPv4 destination carries.
+#[inline(always)]
+pub fn v4_mapped(ip6: [u32; 4]) -> Option<u32> {
+    (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD_BE).then_some(ip6[3])
+}
 
 #[cfg(feature = "user")]
 mod user {
