@@ -10,7 +10,8 @@
 //! loopback, yet reported as arriving on the pod's interface) are known by
 //! their source in `WEFT_UPSTREAMS` and pass. If the pod is enrolled
 //! but no listener is there (ztunnel restarting), the connection is dropped
-//! rather than reaching the application unchecked.
+//! rather than reaching the application unchecked. IPv6, which ztunnel
+//! does not carry, is dropped too (except on loopback and excluded ports).
 
 use core::ptr::read_volatile;
 
@@ -44,18 +45,28 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
             read_volatile(&(*l).remote_port),
         )
     };
-    // The pod talking to itself (its own address on both ends) is not
-    // inbound traffic.
-    if family != AF_INET
-        || protocol != IPPROTO_TCP
-        || ifindex == LOOPBACK_IFINDEX
-        || local_port == HBONE_PORT
-        || remote_ip == local_ip
-    {
+    if protocol != IPPROTO_TCP || ifindex == LOOPBACK_IFINDEX {
         return SK_PASS;
     }
     // SAFETY: reading map values.
     if unsafe { EXCLUDED_PORTS.get(&local_port) }.is_some() {
+        return SK_PASS;
+    }
+    // ztunnel carries IPv4 only: IPv6 arriving at an enrolled pod is
+    // refused rather than let through uncaptured.
+    if family != AF_INET {
+        if debug() {
+            info!(
+                &ctx,
+                "sk_lookup: IPv6 connection to port {} dropped, ztunnel carries IPv4 only",
+                local_port
+            );
+        }
+        return SK_DROP;
+    }
+    // The pod talking to itself (its own address on both ends) is not
+    // inbound traffic.
+    if local_port == HBONE_PORT || remote_ip == local_ip {
         return SK_PASS;
     }
     // ztunnel's own connection to the application.

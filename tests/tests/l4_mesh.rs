@@ -10,7 +10,11 @@
 #[macro_use]
 mod support;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use http::StatusCode;
 use support::{binaries, probe, HeldProbe};
@@ -64,6 +68,12 @@ status: {podIP: "${legacy/outsider}"}
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: neighbor, namespace: legacy, labels: {app: neighbor}}
+spec: {nodeName: n1}
+status: {podIP: "${legacy/neighbor}"}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: fake, namespace: demo, labels: {app: fake}}
 spec: {nodeName: n2, serviceAccountName: fake}
 status: {podIP: "${demo/fake}"}
@@ -85,6 +95,7 @@ async fn mesh(capture: CaptureMode) -> anyhow::Result<Mesh> {
         .pod("demo/client", "n1")
         .pod("demo/server", "n2")
         .pod("legacy/outsider", "n1")
+        .pod("legacy/neighbor", "n1")
         .pod("demo/fake", "n2")
         .build()?;
     let mesh = Mesh::start_with(
@@ -531,7 +542,88 @@ async fn the_mesh_keeps_working_while_the_control_service_is_down(
     Ok(())
 }
 
+/// Gives `pod` the IPv6 address `fd00:198:18:1::{host}` on its interface.
+fn add_ipv6(pod: &Pod, host: u16) -> anyhow::Result<Ipv6Addr> {
+    let addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, host);
+    pod.netns().ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{addr}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    Ok(addr)
+}
+
+/// A listener nothing serves: whether a connection ever reached it shows
+/// in its accept queue.
+fn silent_listener(pod: &Pod, addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = pod.enter(|| std::net::TcpListener::bind(addr))??;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn assert_never_reached(listener: &std::net::TcpListener, what: &str) {
+    match listener.accept() {
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, peer)) => panic!("{what}: a connection from {peer} got through"),
+        Err(err) => panic!("{what}: accept failed: {err}"),
+    }
+}
+
+/// ztunnel carries IPv4 only, so an enrolled pod's IPv6 TCP is refused both
+/// ways instead of slipping past the mesh; unenrolled pods keep IPv6.
+async fn ipv6_of_an_enrolled_pod_is_refused_never_let_through(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
+    require_privileged();
+    let mesh = mesh(capture).await?;
+    let client = mesh.topology.pod("demo/client");
+    let outsider = mesh.topology.pod("legacy/outsider");
+    let neighbor = mesh.topology.pod("legacy/neighbor");
+    let client_v6 = add_ipv6(client, 0xc)?;
+    let outsider_v6 = add_ipv6(outsider, 0xa)?;
+    let neighbor_v6 = add_ipv6(neighbor, 0xb)?;
+
+    // IPv6 works between the unenrolled pods.
+    let served = neighbor.enter(|| std::net::TcpListener::bind((neighbor_v6, 7001)))??;
+    let _served = apps::spawn_echo(served, "neighbor")?;
+    let report = probe(outsider, SocketAddr::from((neighbor_v6, 7001)), "v6").await?;
+    assert_eq!(report.reply, format!("neighbor saw {outsider_v6}: v6"));
+
+    // Inbound: the enrolled pod's IPv6 listener is never reached.
+    let inbound = SocketAddr::from((client_v6, 7000));
+    let client_listener = silent_listener(client, inbound)?;
+    let err = probe(outsider, inbound, "in")
+        .await
+        .expect_err("IPv6 reached the enrolled pod");
+    assert!(err.to_string().contains("connecting to"), "{err:#}");
+    assert_never_reached(&client_listener, "inbound IPv6");
+
+    // Outbound: the enrolled pod's IPv6 connect is refused.
+    let outbound = SocketAddr::from((neighbor_v6, 7000));
+    let neighbor_listener = silent_listener(neighbor, outbound)?;
+    let err = probe(client, outbound, "out")
+        .await
+        .expect_err("IPv6 left the enrolled pod");
+    assert!(err.to_string().contains("connecting to"), "{err:#}");
+    assert_never_reached(&neighbor_listener, "outbound IPv6");
+
+    // IPv4 between the same pods is still captured.
+    let report = probe(
+        client,
+        SocketAddr::from((mesh.topology.pod("demo/server").ip(), 8080)),
+        "v4",
+    )
+    .await?;
+    assert_eq!(report.reply, format!("server saw {}: v4", client.ip()));
+    Ok(())
+}
+
 in_both_capture_modes!(
+    ipv6_of_an_enrolled_pod_is_refused_never_let_through,
     enrolled_pods_talk_across_nodes_by_ip_and_by_service_vip,
     no_payload_crosses_the_wire_in_clear_but_passthrough_does,
     an_unenrolled_client_reaches_an_enrolled_server_in_plaintext,

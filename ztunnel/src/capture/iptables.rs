@@ -9,6 +9,11 @@
 //!   restored on the application's packets, and a policy route delivers
 //!   marked packets locally.
 //!
+//! - IPv6: ztunnel carries IPv4 only, so the pod's IPv6 TCP (except on
+//!   loopback and excluded ports) is refused both ways rather than let
+//!   through uncaptured: outbound connects get a reset, inbound SYNs are
+//!   dropped — as eBPF capture does.
+//!
 //! Rules live in their own chains in the pod's namespace only; the host's
 //! tables are never touched.
 
@@ -91,6 +96,32 @@ COMMIT
     )
 }
 
+/// ip6tables rules refusing the pod's IPv6 TCP (iptables mode only).
+fn ipv6_rules(excluded: &[u16]) -> String {
+    let exclusions: String = excluded
+        .iter()
+        .map(|port| {
+            format!(
+                "-A WEFT_OUTPUT -p tcp --dport {port} -j RETURN\n\
+                 -A WEFT_INPUT -p tcp --dport {port} -j RETURN\n"
+            )
+        })
+        .collect();
+    format!(
+        "*filter
+:WEFT_INPUT - [0:0]
+:WEFT_OUTPUT - [0:0]
+-A INPUT -p tcp -j WEFT_INPUT
+-A OUTPUT -p tcp -j WEFT_OUTPUT
+-A WEFT_INPUT -i lo -j RETURN
+-A WEFT_OUTPUT -o lo -j RETURN
+{exclusions}-A WEFT_INPUT -p tcp -j DROP
+-A WEFT_OUTPUT -p tcp -j REJECT --reject-with tcp-reset
+COMMIT
+"
+    )
+}
+
 fn run(
     netns: &InpodNetns,
     program: &str,
@@ -142,6 +173,14 @@ pub fn install(netns: &InpodNetns, redirects: Option<&Redirects>) -> Result<(), 
         &["--noflush"],
         Some(&rules(redirects)),
     )?;
+    if let Some(redirects) = redirects {
+        run(
+            netns,
+            "ip6tables-restore",
+            &["--noflush"],
+            Some(&ipv6_rules(&redirects.excluded)),
+        )?;
+    }
     let mark = format!("{TPROXY_MARK:#x}/{MARK_MASK:#x}");
     run(
         netns,
@@ -187,6 +226,19 @@ pub fn uninstall_redirects(netns: &InpodNetns) -> Result<(), IptablesError> {
             ("nat", "PREROUTING", "WEFT_PREROUTING"),
         ],
     )
+    .and(remove_ipv6_chains(netns))
+}
+
+/// Removes the IPv6 refusal ([`ipv6_rules`]).
+fn remove_ipv6_chains(netns: &InpodNetns) -> Result<(), IptablesError> {
+    remove_chains_with(
+        netns,
+        "ip6tables",
+        &[
+            ("filter", "INPUT", "WEFT_INPUT"),
+            ("filter", "OUTPUT", "WEFT_OUTPUT"),
+        ],
+    )
 }
 
 /// Removes what [`install`] added (pieces already gone are fine).
@@ -199,6 +251,8 @@ pub fn uninstall(netns: &InpodNetns) -> Result<(), IptablesError> {
             ("mangle", "OUTPUT", "WEFT_OUTPUT"),
         ],
     );
+    // Absent in eBPF mode, where the kernel programs refuse IPv6.
+    let _ = remove_ipv6_chains(netns);
     let mark = format!("{TPROXY_MARK:#x}/{MARK_MASK:#x}");
     let rule = run(
         netns,
@@ -225,9 +279,19 @@ pub fn uninstall(netns: &InpodNetns) -> Result<(), IptablesError> {
 }
 
 fn remove_chains(netns: &InpodNetns, chains: &[(&str, &str, &str)]) -> Result<(), IptablesError> {
+    remove_chains_with(netns, "iptables", chains)
+}
+
+/// Unhooks, flushes and deletes each `(table, hook, chain)` with `program`
+/// (`iptables` or `ip6tables`); every jump but mangle's matches TCP.
+fn remove_chains_with(
+    netns: &InpodNetns,
+    program: &str,
+    chains: &[(&str, &str, &str)],
+) -> Result<(), IptablesError> {
     let mut first_error = None;
     for (table, hook, chain) in chains {
-        let jump = if *table == "nat" {
+        let jump = if *table != "mangle" {
             vec!["-t", table, "-D", hook, "-p", "tcp", "-j", chain]
         } else {
             vec!["-t", table, "-D", hook, "-j", chain]
@@ -237,7 +301,7 @@ fn remove_chains(netns: &InpodNetns, chains: &[(&str, &str, &str)]) -> Result<()
             vec!["-t", table, "-F", chain],
             vec!["-t", table, "-X", chain],
         ] {
-            if let Err(err) = run(netns, "iptables", &args, None) {
+            if let Err(err) = run(netns, program, &args, None) {
                 first_error.get_or_insert(err);
             }
         }
