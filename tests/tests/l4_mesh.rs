@@ -202,6 +202,27 @@ async fn enrolled_pods_talk_across_nodes_by_ip_and_by_service_vip(
         "the original destination is the IPv4 address: {}",
         outbound[2]
     );
+
+    // A server on a dual-stack listener (`[::]`) is reached the same way
+    // and sees the client's own address, IPv4-mapped.
+    let dual = server.enter(|| std::net::TcpListener::bind("[::]:8081"))??;
+    let _dual = apps::spawn_echo(dual, "dual")?;
+    let report = probe(client, SocketAddr::from((server.ip(), 8081)), "to [::]").await?;
+    assert_eq!(
+        report.reply,
+        format!("dual saw {}: to [::]", client.ip().to_ipv6_mapped())
+    );
+    logged(
+        &mesh,
+        "n2",
+        &[
+            "connection complete",
+            "inbound",
+            "src.identity=spiffe://cluster.local/ns/demo/sa/client",
+            &format!("dst.addr={}:8081", server.ip()),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
