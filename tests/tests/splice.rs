@@ -67,7 +67,10 @@ fn pattern(size: usize) -> String {
         .collect()
 }
 
-in_both_capture_modes!(same_node_connections_are_spliced_counted_and_still_policed);
+in_both_capture_modes!(
+    same_node_connections_are_spliced_counted_and_still_policed,
+    many_small_writes_to_a_slow_reader_all_arrive,
+);
 
 /// One node with an enrolled client and an echo server; ztunnel splicing
 /// or not.
@@ -246,5 +249,61 @@ async fn with_splice_off_same_node_connections_are_copied() -> anyhow::Result<()
         Some(0.0),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// Many small segments fill a splice pipe's slots long before its bytes:
+/// while the application is not reading, the client's 4,000 ten-byte writes
+/// wait in the kernel, and once the application reads they must all arrive.
+async fn many_small_writes_to_a_slow_reader_all_arrive(capture: CaptureMode) -> anyhow::Result<()> {
+    const WRITES: usize = 4000;
+    const WRITE: usize = 10;
+    let mesh = same_node_mesh(capture, true).await?;
+    let (client, server) = (
+        mesh.topology.pod("demo/client"),
+        mesh.topology.pod("demo/server"),
+    );
+    let listener = server.enter(|| std::net::TcpListener::bind((server.ip(), 9191)))??;
+    let slow = std::thread::spawn(move || -> std::io::Result<usize> {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept()?;
+        // Not reading while the client writes.
+        std::thread::sleep(Duration::from_secs(1));
+        let mut request = Vec::new();
+        stream.read_to_end(&mut request)?;
+        stream.write_all(format!("got {}", request.len()).as_bytes())?;
+        Ok(request.len())
+    });
+    let mut cmd = client.command(env!("CARGO_BIN_EXE_weft-probe"))?;
+    cmd.args([
+        "connect",
+        &SocketAddr::from((server.ip(), 9191)).to_string(),
+        "--send-size",
+        &(WRITES * WRITE).to_string(),
+        "--write-size",
+        &WRITE.to_string(),
+    ]);
+    let out = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = weft_tests::apps::ProbeReport::parse(&out.stdout)?;
+    assert_eq!(report.reply, format!("got {}", WRITES * WRITE));
+    let received = slow.join().expect("server thread")?;
+    assert_eq!(received, WRITES * WRITE);
+    logged(
+        mesh.ztunnel("n1"),
+        &[
+            "connection complete",
+            "outbound",
+            &format!("bytes_spliced={} ", WRITES * WRITE + report.reply.len()),
+        ],
+    )
+    .await?;
     Ok(())
 }

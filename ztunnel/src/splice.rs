@@ -96,6 +96,10 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 async fn one_way(from: &TcpStream, to: &TcpStream, count: impl Fn(u64)) -> io::Result<u64> {
     let mut pipe = Pipe::new()?;
     let (mut total, mut ended) = (0u64, false);
+    // Set when filling failed with data in the pipe: its slots (one per
+    // socket buffer fragment) may all be taken even though its bytes are
+    // not, so filling waits for the next drain.
+    let mut maybe_full = false;
     loop {
         if ended && pipe.held == 0 {
             socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
@@ -104,15 +108,22 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: impl Fn(u64)) -> io::R
         // Filling and emptying the pipe overlap: while `to` is busy, `from`
         // keeps being drained into the pipe.
         tokio::select! {
-            ready = from.readable(), if !ended && pipe.held < pipe.capacity => {
+            ready = from.readable(), if !ended && !maybe_full && pipe.held < pipe.capacity => {
                 ready?;
                 let room = pipe.capacity - pipe.held;
-                match from.try_io(Interest::READABLE, || {
-                    splice(from.as_raw_fd(), pipe.write.as_raw_fd(), room)
-                }) {
+                let fill = || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), room);
+                // `EAGAIN` means "socket empty" only when the pipe is empty;
+                // otherwise it may mean "pipe full", and clearing the
+                // socket's readiness then could leave its data unread.
+                let filled = if pipe.held == 0 {
+                    from.try_io(Interest::READABLE, fill)
+                } else {
+                    fill()
+                };
+                match filled {
                     Ok(0) => ended = true,
                     Ok(n) => pipe.held += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => maybe_full = pipe.held > 0,
                     Err(e) => return Err(e),
                 }
             }
@@ -123,6 +134,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: impl Fn(u64)) -> io::R
                 }) {
                     Ok(n) => {
                         pipe.held -= n;
+                        maybe_full = false;
                         total += n as u64;
                         count(n as u64);
                     }

@@ -3,7 +3,7 @@
 //! reports what it saw as one JSON line.
 //!
 //! ```text
-//! weft-probe connect ADDR [--send TEXT | --send-size N] [--hold]
+//! weft-probe connect ADDR [--send TEXT | --send-size N] [--write-size N] [--hold]
 //! {"local":"198.18.1.2:40000","peer":"198.18.2.2:8080","socket_cookie":4097,"reply":"..."}
 //! ```
 //!
@@ -12,7 +12,9 @@
 //! connected, after any capture rewrite) and its socket cookie (the key of
 //! ztunnel's original-destination map). With `--hold` it prints `connected`
 //! once it has sent, and half-closes only when its stdin closes. With
-//! `--send-size N` it sends N bytes of [`pattern`] instead of TEXT.
+//! `--send-size N` it sends N bytes of [`pattern`] instead of TEXT. With
+//! `--write-size N` it sends in writes of N bytes, each its own segment
+//! (`TCP_NODELAY`).
 
 use std::{
     io::{Read, Write},
@@ -37,13 +39,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<serde_json::Value, String> {
-    let usage = "usage: weft-probe connect ADDR [--send TEXT | --send-size N] [--hold]";
+    let usage =
+        "usage: weft-probe connect ADDR [--send TEXT | --send-size N] [--write-size N] [--hold]";
     let (Some("connect"), Some(addr)) = (args.first().map(String::as_str), args.get(1)) else {
         return Err(usage.into());
     };
     let addr: SocketAddr = addr.parse().map_err(|err| format!("{addr}: {err}"))?;
     let mut send = String::new();
     let mut hold = false;
+    let mut write_size = None;
     let mut rest = args[2..].iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -51,6 +55,10 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
             "--send-size" => {
                 let size: usize = rest.next().and_then(|n| n.parse().ok()).ok_or(usage)?;
                 send = pattern(size);
+            }
+            "--write-size" => {
+                let size: usize = rest.next().and_then(|n| n.parse().ok()).ok_or(usage)?;
+                write_size = Some(size.max(1));
             }
             "--hold" => hold = true,
             other => return Err(format!("unknown argument {other}; {usage}")),
@@ -64,9 +72,18 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
     let local = stream.local_addr().map_err(|err| err.to_string())?;
     let peer = stream.peer_addr().map_err(|err| err.to_string())?;
     let cookie = socket_cookie(&stream).map_err(|err| format!("SO_COOKIE: {err}"))?;
-    stream
-        .write_all(send.as_bytes())
-        .map_err(|err| format!("sending to {addr}: {err}"))?;
+    let chunk = match write_size {
+        Some(size) => {
+            stream.set_nodelay(true).map_err(|err| err.to_string())?;
+            size
+        }
+        None => send.len().max(1),
+    };
+    for piece in send.as_bytes().chunks(chunk) {
+        stream
+            .write_all(piece)
+            .map_err(|err| format!("sending to {addr}: {err}"))?;
+    }
     if hold {
         println!("connected");
         std::io::stdout().flush().map_err(|err| err.to_string())?;
