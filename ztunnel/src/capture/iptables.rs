@@ -49,6 +49,18 @@ pub struct Redirects {
     pub excluded: Vec<u16>,
 }
 
+/// Rules letting each excluded port pass each of `chains`.
+fn port_returns(excluded: &[u16], chains: [&str; 2]) -> String {
+    excluded
+        .iter()
+        .flat_map(|port| {
+            chains
+                .iter()
+                .map(move |chain| format!("-A {chain} -p tcp --dport {port} -j RETURN\n"))
+        })
+        .collect()
+}
+
 fn rules(redirects: Option<&Redirects>) -> String {
     let mask = format!("{MARK_MASK:#x}");
     let nat = match redirects {
@@ -58,15 +70,7 @@ fn rules(redirects: Option<&Redirects>) -> String {
             hbone,
             excluded,
         }) => {
-            let exclusions: String = excluded
-                .iter()
-                .map(|port| {
-                    format!(
-                        "-A WEFT_OUTPUT -p tcp --dport {port} -j RETURN\n\
-                         -A WEFT_PREROUTING -p tcp --dport {port} -j RETURN\n"
-                    )
-                })
-                .collect();
+            let exclusions = port_returns(excluded, ["WEFT_OUTPUT", "WEFT_PREROUTING"]);
             format!(
                 "*nat
 :WEFT_OUTPUT - [0:0]
@@ -98,15 +102,7 @@ COMMIT
 
 /// ip6tables rules refusing the pod's IPv6 TCP (iptables mode only).
 fn ipv6_rules(excluded: &[u16]) -> String {
-    let exclusions: String = excluded
-        .iter()
-        .map(|port| {
-            format!(
-                "-A WEFT_OUTPUT -p tcp --dport {port} -j RETURN\n\
-                 -A WEFT_INPUT -p tcp --dport {port} -j RETURN\n"
-            )
-        })
-        .collect();
+    let exclusions = port_returns(excluded, ["WEFT_OUTPUT", "WEFT_INPUT"]);
     format!(
         "*filter
 :WEFT_INPUT - [0:0]
@@ -307,4 +303,41 @@ fn remove_chains_with(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Excluded ports return before the redirect (IPv4) and before the
+    /// refusal (IPv6), both ways.
+    #[test]
+    fn excluded_ports_pass_before_capture_and_refusal() {
+        let redirects = Redirects {
+            outbound: 15001,
+            inbound_plaintext: 15006,
+            hbone: 15008,
+            excluded: vec![10250, 9000],
+        };
+        let v4 = rules(Some(&redirects));
+        let v6 = ipv6_rules(&redirects.excluded);
+        for (rules, chains, last) in [
+            (
+                &v4,
+                ["WEFT_OUTPUT", "WEFT_PREROUTING"],
+                "-j REDIRECT --to-ports 15001",
+            ),
+            (&v6, ["WEFT_OUTPUT", "WEFT_INPUT"], "-j DROP"),
+        ] {
+            for chain in chains {
+                for port in [10250, 9000] {
+                    let rule = format!("-A {chain} -p tcp --dport {port} -j RETURN");
+                    let at = rules
+                        .find(&rule)
+                        .unwrap_or_else(|| panic!("{rule} in {rules}"));
+                    assert!(at < rules.find(last).expect("capture rule"), "{rules}");
+                }
+            }
+        }
+    }
 }
