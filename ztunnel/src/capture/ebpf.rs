@@ -192,6 +192,23 @@ where
         .map_err(|source| EbpfError::Program { name, source })
 }
 
+/// Pins an attachment's link at `path`, so it outlives this process.
+fn pin_link<L>(link: L, path: &Path) -> Result<(), EbpfError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let pin_error = |reason: String| EbpfError::Pin {
+        path: path.to_owned(),
+        reason,
+    };
+    FdLink::try_from(link)
+        .map_err(|e| pin_error(e.to_string()))?
+        .pin(path)
+        .map_err(|e| pin_error(e.to_string()))?;
+    Ok(())
+}
+
 fn cgroup_dir(path: &Path) -> Result<File, EbpfError> {
     File::open(path).map_err(io_error("opening cgroup", path))
 }
@@ -258,11 +275,7 @@ impl EbpfCapture {
             let link = p
                 .take_link(id)
                 .map_err(|source| EbpfError::Program { name, source })?;
-            let path = dir.join(link_name);
-            FdLink::try_from(link)
-                .map_err(|e| pin_err(&path)(&e))?
-                .pin(&path)
-                .map_err(|e| pin_err(&path)(&e))?;
+            pin_link(link, &dir.join(link_name))?;
         }
         let sockops: &mut SockOps = program(&mut bpf, SOCKOPS_PROGRAM)?;
         sockops.load().map_err(|source| EbpfError::Program {
@@ -279,11 +292,7 @@ impl EbpfCapture {
             name: SOCKOPS_PROGRAM,
             source,
         })?;
-        let path = dir.join("link-sockops");
-        FdLink::try_from(link)
-            .map_err(|e| pin_err(&path)(&e))?
-            .pin(&path)
-            .map_err(|e| pin_err(&path)(&e))?;
+        pin_link(link, &dir.join("link-sockops"))?;
         for name in PINNED_MAPS {
             let path = dir.join(format!("map-{name}"));
             bpf.map(name)
