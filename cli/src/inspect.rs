@@ -327,33 +327,44 @@ pub async fn status(paths: &Paths) -> anyhow::Result<()> {
         crate::local::CONTROL_ADDRESS
     );
     let mut rows = Vec::new();
+    let mut fallbacks = Vec::new();
     for node in mesh.nodes() {
         match config_dump(&mesh, &node).await {
-            Ok(dump) => rows.push(vec![
-                node.clone(),
-                if dump["xds"]["connected"] == true {
-                    "connected"
-                } else {
-                    "disconnected"
+            Ok(dump) => {
+                if let Some(reason) = dump["capture"]["fallback_reason"].as_str() {
+                    fallbacks.push(format!(
+                        "ztunnel {node} captures with iptables because eBPF capture is unavailable: {reason}"
+                    ));
                 }
-                .into(),
-                text(&dump["capture"]["mode"]),
-                dump["pods"]
-                    .as_array()
-                    .map(Vec::len)
-                    .unwrap_or(0)
-                    .to_string(),
-                dump["connections"]
-                    .as_array()
-                    .map(Vec::len)
-                    .unwrap_or(0)
-                    .to_string(),
-                dump["certificates"]
-                    .as_array()
-                    .map(Vec::len)
-                    .unwrap_or(0)
-                    .to_string(),
-            ]),
+                rows.push(vec![
+                    node.clone(),
+                    if dump["xds"]["connected"] == true {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    }
+                    .into(),
+                    match dump["capture"]["fallback_reason"].as_str() {
+                        Some(_) => format!("{} (fallback)", text(&dump["capture"]["mode"])),
+                        None => text(&dump["capture"]["mode"]),
+                    },
+                    dump["pods"]
+                        .as_array()
+                        .map(Vec::len)
+                        .unwrap_or(0)
+                        .to_string(),
+                    dump["connections"]
+                        .as_array()
+                        .map(Vec::len)
+                        .unwrap_or(0)
+                        .to_string(),
+                    dump["certificates"]
+                        .as_array()
+                        .map(Vec::len)
+                        .unwrap_or(0)
+                        .to_string(),
+                ])
+            }
             Err(err) => rows.push(vec![
                 node.clone(),
                 format!("unreachable: {err}"),
@@ -378,6 +389,9 @@ pub async fn status(paths: &Paths) -> anyhow::Result<()> {
             rows
         )
     );
+    for fallback in &fallbacks {
+        println!("warning: {fallback}");
+    }
     let enrolled = mesh.enrolled_namespaces()?;
     println!(
         "\nnamespaces in the mesh: {}",

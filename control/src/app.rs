@@ -53,6 +53,19 @@ pub async fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> an
     config.listen = args.listen;
     config.mesh.trust_domain = args.trust_domain;
     config.cert_lifetime = Duration::from_secs(args.cert_lifetime_secs);
+    anyhow::ensure!(
+        config.cert_lifetime >= crate::ca::authority::MIN_LIFETIME,
+        "--cert-lifetime-secs {} is below the minimum of {}s: proxies renew at half-life and \
+         would renew without pause",
+        args.cert_lifetime_secs,
+        crate::ca::authority::MIN_LIFETIME.as_secs()
+    );
+    if config.cert_lifetime < Duration::from_secs(600) {
+        tracing::warn!(
+            lifetime_secs = args.cert_lifetime_secs,
+            "workload certificates live under ten minutes; meant for tests, not production"
+        );
+    }
     config.server_names = args.server_names;
     let control = Control::start(config)
         .await

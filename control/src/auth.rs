@@ -10,7 +10,11 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::RwLock,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, RwLock,
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use tonic::{metadata::MetadataMap, Status};
@@ -32,11 +36,19 @@ pub fn issue_node_token(dir: &Path, node: &str) -> std::io::Result<String> {
     Ok(token)
 }
 
+/// An unknown token makes the directory be read again at most this often
+/// (unless the directory itself changed), so a caller with made-up tokens
+/// cannot keep the control service reading files under its lock.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The node tokens the control service accepts.
 #[derive(Debug)]
 pub struct NodeCredentials {
     dir: PathBuf,
     by_token: RwLock<HashMap<String, String>>,
+    /// When the directory was last read, and its modification time then.
+    last_read: Mutex<Option<(Instant, Option<SystemTime>)>>,
+    reloads: AtomicU64,
 }
 
 impl NodeCredentials {
@@ -44,7 +56,29 @@ impl NodeCredentials {
         Self {
             dir: dir.into(),
             by_token: RwLock::new(HashMap::new()),
+            last_read: Mutex::new(None),
+            reloads: AtomicU64::new(0),
         }
+    }
+
+    /// How many times the token directory has been read.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Whether an unknown token is worth reading the directory for: it
+    /// changed (a node was added), or the last read is old enough.
+    fn should_reload(&self) -> bool {
+        let mtime = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
+        let mut last = self.last_read.lock().expect("credentials lock");
+        let due = match *last {
+            None => true,
+            Some((at, seen)) => seen != mtime || at.elapsed() >= RELOAD_INTERVAL,
+        };
+        if due {
+            *last = Some((Instant::now(), mtime));
+        }
+        due
     }
 
     /// The node the caller's bearer token belongs to.
@@ -65,7 +99,9 @@ impl NodeCredentials {
             return Ok(node);
         }
         // Nodes may have been added since the last read.
-        self.reload();
+        if self.should_reload() {
+            self.reload();
+        }
         self.lookup(token).ok_or_else(|| {
             Status::unauthenticated(format!(
                 "the node token is not known; is this proxy's token file one of {}/<node>.token?",
@@ -87,6 +123,7 @@ impl NodeCredentials {
     }
 
     fn reload(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         let mut fresh = HashMap::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
@@ -149,5 +186,28 @@ mod tests {
             creds.authenticate(&MetadataMap::new()).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
+    }
+
+    #[test]
+    fn unknown_tokens_do_not_make_it_reread_the_directory_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = NodeCredentials::new(dir.path());
+        issue_node_token(dir.path(), "n1").unwrap();
+        for i in 0..200 {
+            let err = creds
+                .authenticate(&metadata(&format!("Bearer made-up-{i}")))
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        }
+        assert_eq!(creds.reloads(), 1, "200 unknown tokens, one read");
+        // A node added since is known at once: the directory changed.
+        let t2 = issue_node_token(dir.path(), "n2").unwrap();
+        assert_eq!(
+            creds
+                .authenticate(&metadata(&format!("Bearer {t2}")))
+                .unwrap(),
+            "n2"
+        );
+        assert_eq!(creds.reloads(), 2);
     }
 }

@@ -91,6 +91,9 @@ pub struct Pod {
     pub containers: Vec<Container>,
     /// Assigned by the runtime; a pod without one is not yet addressable.
     pub ips: Vec<IpAddr>,
+    /// Finished (`status.phase` Succeeded or Failed): no longer a workload,
+    /// and its addresses may already belong to another pod.
+    pub terminated: bool,
 }
 
 impl Pod {

@@ -368,3 +368,104 @@ spec:
         "plaintext denied on 8080 only"
     );
 }
+
+#[test]
+fn root_namespace_selector_policies_select_pods_of_every_namespace() {
+    let r = resources(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: demo, labels: {app: server}}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: demo, labels: {app: other}}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.3}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [legacy]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: local-only, namespace: elsewhere}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: [legacy]}}]}]
+"#,
+    );
+    let cases = [
+        ("server", vec!["istio-system/mesh-wide"]),
+        ("other", vec![]),
+    ];
+    for (pod, expected) in cases {
+        assert_eq!(
+            workload(&r, "demo", pod).authorization_policies,
+            expected,
+            "{pod}"
+        );
+    }
+}
+
+#[test]
+fn finished_pods_are_not_workloads_and_shared_addresses_are_reported() {
+    let r = resources(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: demo}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done, namespace: jobs}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.2, phase: Succeeded}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crashed, namespace: jobs}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.2, phase: Failed}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stale, namespace: other}
+spec: {nodeName: n2}
+status: {podIP: 198.18.1.5, phase: Running}
+"#,
+    );
+    assert!(!r.addresses.contains_key("Kubernetes//Pod/jobs/done"));
+    assert!(!r.addresses.contains_key("Kubernetes//Pod/jobs/crashed"));
+    workload(&r, "demo", "server");
+    // Both live claimants are published, and the conflict is named.
+    workload(&r, "demo", "web");
+    workload(&r, "other", "stale");
+    let conflicts: Vec<&String> = r
+        .warnings
+        .iter()
+        .filter(|w| w.contains("claim address"))
+        .collect();
+    assert_eq!(conflicts.len(), 1, "{:?}", r.warnings);
+    assert!(
+        conflicts[0].contains("Pod demo/web") && conflicts[0].contains("Pod other/stale"),
+        "{}",
+        conflicts[0]
+    );
+    assert!(conflicts[0].contains("198.18.1.5"), "{}", conflicts[0]);
+}

@@ -7,6 +7,9 @@
 //! - the destination is not loopback or the pod's own address, and its port
 //!   is not excluded.
 //!
+//! The original destination is kept in the socket's own storage, where
+//! `sockops` finds it once the connection is established.
+//!
 //! A dual-stack socket's IPv4-mapped destination (`::ffff:a.b.c.d`) is an
 //! IPv4 destination: it is recorded as such and sent to the mapped loopback,
 //! ztunnel's IPv4 listener.
@@ -17,9 +20,7 @@
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::cgroup_sock_addr,
+    bindings::bpf_sock_addr, helpers::bpf_get_netns_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::info;
@@ -104,14 +105,20 @@ fn capture(ctx: &SockAddrContext, family: u32) -> Result<(), i64> {
     if wire_family == AF_INET && (ip[0].to_ne_bytes()[0] == 127 || ip[0] == pod.ip4) {
         return Ok(());
     }
-    // SAFETY: `bpf_get_socket_cookie` accepts the sock_addr context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa as *mut _) };
-    let original = OriginalDst {
+    let mut original = OriginalDst {
         family: wire_family,
         port,
         ip,
     };
-    ORIGINAL_DST.insert(&cookie, &original, 0)?;
+    // In the socket's own storage (created now, or the one a failed earlier
+    // connect of the same socket left): it goes with the socket.
+    // SAFETY: the context's socket is valid for the call.
+    let stored = unsafe { ORIGINAL_DST.get_or_insert_ptr_mut(ctx, Some(&mut original)) };
+    if stored.is_null() {
+        return Err(-12);
+    }
+    // SAFETY: a non-null storage pointer is valid for the program's run.
+    unsafe { write_volatile(stored, original) };
     // SAFETY: the destination fields are writable in connect programs.
     // Every store is volatile and at a constant offset from the context
     // pointer itself, which is all the verifier accepts: the compiler must

@@ -75,7 +75,8 @@ pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
         source_ip: remote_ip,
         // `remote_port` holds the network-order port in its low 16 bits.
         source_port: u32::from(u16::from_be(remote_port as u16)),
-        reserved: 0,
+        // `local_port` is already in host order.
+        pod_port: local_port,
     };
     // SAFETY: reading a map value.
     if unsafe { UPSTREAMS.get(&upstream) }.is_some() {

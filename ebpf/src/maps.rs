@@ -1,7 +1,8 @@
 //! The maps the programs share (names and layouts in `weft-ebpf-common`).
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, SockHash},
 };
 use weft_ebpf_common::{OriginalDst, PodCapture, TupleKey, UpstreamKey};
@@ -9,8 +10,17 @@ use weft_ebpf_common::{OriginalDst, PodCapture, TupleKey, UpstreamKey};
 #[map(name = "WEFT_PODS")]
 pub static ENROLLED: HashMap<u64, PodCapture> = HashMap::with_max_entries(16_384, 0);
 
-#[map(name = "WEFT_ORIG_DST")]
-pub static ORIGINAL_DST: LruHashMap<u64, OriginalDst> = LruHashMap::with_max_entries(65_536, 0);
+/// Each captured socket's original destination, in the socket's own
+/// storage from its connect until it is established (or closed): no shared
+/// table one pod's churn could fill or evict another pod's entries from.
+#[btf_map(name = "WEFT_ORIG_DST")]
+pub static ORIGINAL_DST: SkStorage<OriginalDst> = SkStorage::new();
+
+/// `ORIGINAL_DST` as a map argument of the storage helpers.
+#[inline(always)]
+pub fn original_dst_map() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&ORIGINAL_DST).cast_mut().cast()
+}
 
 #[map(name = "WEFT_TUPLES")]
 pub static TUPLES: LruHashMap<TupleKey, OriginalDst> = LruHashMap::with_max_entries(65_536, 0);

@@ -3,20 +3,21 @@
 //!
 //! Attached at the pods' cgroup. When an application socket that connect4/6
 //! captured is established (`ACTIVE_ESTABLISHED`), its original destination
-//! is moved from under its cookie to under its own address, which ztunnel
-//! sees as the peer of the connection it accepted.
+//! is moved from the socket's storage to under its own address, which
+//! ztunnel sees as the peer of the connection it accepted (and takes out
+//! when it does).
 
-use core::ptr::read_volatile;
+use core::ptr::{null_mut, read_volatile};
 
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_sk_storage_delete, bpf_sk_storage_get},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use weft_ebpf_common::{v4_mapped, TupleKey, AF_INET, AF_INET6};
+use weft_ebpf_common::{v4_mapped, OriginalDst, TupleKey, AF_INET, AF_INET6};
 
-use crate::maps::{ORIGINAL_DST, TUPLES};
+use crate::maps::{original_dst_map, TUPLES};
 
 #[sock_ops]
 pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
@@ -29,11 +30,19 @@ pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
 fn established(ctx: &SockOpsContext) {
     let ops = ctx.ops;
     // SAFETY: the sock_ops context is valid for the call.
-    let cookie = unsafe { bpf_get_socket_cookie(ops as *mut _) };
-    // SAFETY: the value is copied out before any map update.
-    let Some(original) = (unsafe { ORIGINAL_DST.get(&cookie) }).copied() else {
+    let sk = unsafe { read_volatile(&(*ops).__bindgen_anon_2.sk) };
+    if sk.is_null() {
         return;
-    };
+    }
+    // SAFETY: `sk` is the context's socket, checked non-null.
+    let stored = unsafe { bpf_sk_storage_get(original_dst_map(), sk.cast(), null_mut(), 0) }
+        as *const OriginalDst;
+    if stored.is_null() {
+        return;
+    }
+    // SAFETY: a non-null storage pointer is valid for the program's run;
+    // the value is copied out before the storage is deleted.
+    let original = unsafe { read_volatile(stored) };
     // SAFETY: the sock_ops context is valid for the call.
     let netns = unsafe { bpf_get_netns_cookie(ops as *mut _) };
     // Every field is read with a volatile load: the verifier only accepts
@@ -68,5 +77,6 @@ fn established(ctx: &SockOpsContext) {
         family,
     };
     let _ = TUPLES.insert(&key, &original, 0);
-    let _ = ORIGINAL_DST.remove(&cookie);
+    // SAFETY: as above; the storage is not used after this.
+    unsafe { bpf_sk_storage_delete(original_dst_map(), sk.cast()) };
 }

@@ -51,6 +51,9 @@ pub enum DenyReason {
     DenyPolicy(String),
     /// ALLOW policies apply (these, `namespace/name`) and none matched.
     NoAllowMatch(Vec<String>),
+    /// The destination workload (`namespace/name`) is not known yet, so
+    /// neither are the policies that protect it: nothing is allowed.
+    UnknownDestination(String),
 }
 
 impl DenyReason {
@@ -59,6 +62,7 @@ impl DenyReason {
         match self {
             DenyReason::DenyPolicy(name) => name.clone(),
             DenyReason::NoAllowMatch(names) => names.join(","),
+            DenyReason::UnknownDestination(_) => "(unknown destination)".into(),
         }
     }
 }
@@ -74,6 +78,11 @@ impl std::fmt::Display for DenyReason {
                     names.join(", ")
                 )
             }
+            DenyReason::UnknownDestination(pod) => write!(
+                f,
+                "the control service has not described destination pod {pod} yet, so its \
+                 policies are unknown; denied until it does (is the pod in the config?)"
+            ),
         }
     }
 }

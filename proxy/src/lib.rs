@@ -14,6 +14,7 @@ pub mod control;
 pub mod copy;
 pub mod hbone;
 pub mod identity;
+pub mod log_limit;
 pub mod metrics;
 pub mod state;
 pub mod xds;

@@ -48,7 +48,7 @@ async fn app() -> SocketAddr {
 }
 
 struct Fixture {
-    _tc: TestControl,
+    tc: TestControl,
     trust: TrustBundle,
     client_cert: Arc<WorkloadCertificate>,
     hbone: SocketAddr,
@@ -106,7 +106,7 @@ async fn fixture() -> Fixture {
         }
     });
     Fixture {
-        _tc: tc,
+        tc,
         trust,
         client_cert,
         hbone,
@@ -325,4 +325,76 @@ async fn plaintext_and_unauthenticated_clients_get_nothing() {
         !matches!(result, Ok(n) if n > 0),
         "a certificate-less client must not be served: {result:?}"
     );
+}
+
+/// A client with a valid certificate that completes TLS and then says
+/// nothing holds the server's connection no longer than the handshake
+/// timeout; a server that never answers a CONNECT holds the client's
+/// stream no longer than the stream timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_stall_after_tls_are_cut_off() {
+    use weft_proxy::hbone::{HANDSHAKE_TIMEOUT, STREAM_TIMEOUT};
+    let f = fixture().await;
+    let silent_client = async {
+        let config = client_config(&f.client_cert, &id("server"), &f.trust).unwrap();
+        let tcp = TcpStream::connect(f.hbone).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("server").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("TLS with a valid certificate");
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        // The server's HTTP/2 SETTINGS may come first; then the close.
+        loop {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, tls.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("the server kept a silent client past its handshake timeout"),
+            }
+        }
+        started.elapsed()
+    };
+
+    // A server that completes both handshakes and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute = listener.local_addr().unwrap();
+    let server_cert = Arc::new(
+        CaClient::new(f.tc.plane("n2"))
+            .sign(&id("server"))
+            .await
+            .unwrap(),
+    );
+    let resolver = Arc::new(WorkloadCertResolver::new(move || Some(server_cert.clone())));
+    let acceptor = TlsAcceptor::from(server_config(resolver, &f.trust).unwrap());
+    let trust = f.trust.clone();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = server::serve(tcp, acceptor, &trust, |connect| async move {
+            // Holds the request unanswered for longer than anyone waits.
+            tokio::time::sleep(STREAM_TIMEOUT * 4).await;
+            drop(connect);
+        })
+        .await;
+    });
+    let unanswered = async {
+        let config = client_config(&f.client_cert, &id("server"), &f.trust).unwrap();
+        let tcp = TcpStream::connect(mute).await.unwrap();
+        let connection = handshake(tcp, mute, config).await.unwrap();
+        let started = std::time::Instant::now();
+        let result =
+            weft_proxy::hbone::client::connect_stream(&connection.send, mute, f.app, &[]).await;
+        (result.map(|_| ()), started.elapsed())
+    };
+
+    let (silent_for, (result, waited)) = tokio::join!(silent_client, unanswered);
+    assert!(
+        silent_for <= HANDSHAKE_TIMEOUT + Duration::from_secs(2),
+        "closed after {silent_for:?}"
+    );
+    match result {
+        Err(HboneError::StreamTimeout { .. }) => {}
+        other => panic!("expected a stream timeout, got {other:?}"),
+    }
+    assert!(waited >= STREAM_TIMEOUT && waited <= STREAM_TIMEOUT + Duration::from_secs(2));
 }

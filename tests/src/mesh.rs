@@ -35,6 +35,7 @@ pub struct Mesh {
     capture: CaptureMode,
     splice: bool,
     bpf_log: bool,
+    ztunnel_flags: Vec<String>,
     /// Enrolled pods (qualified name → service account), to enroll again
     /// after a ztunnel restart, as the node agent would.
     enrolled: std::sync::Mutex<BTreeMap<String, String>>,
@@ -53,6 +54,8 @@ pub struct MeshOptions<'a> {
     pub splice: bool,
     /// ztunnel's `--bpf-log`: the kernel programs' reports in its log.
     pub bpf_log: bool,
+    /// More flags for every ztunnel.
+    pub ztunnel_flags: &'a [&'a str],
 }
 
 impl Default for MeshOptions<'_> {
@@ -62,6 +65,7 @@ impl Default for MeshOptions<'_> {
             capture: CaptureMode::Ebpf,
             splice: true,
             bpf_log: false,
+            ztunnel_flags: &[],
         }
     }
 }
@@ -132,6 +136,11 @@ impl Mesh {
             capture: options.capture,
             splice: options.splice,
             bpf_log: options.bpf_log,
+            ztunnel_flags: options
+                .ztunnel_flags
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
             enrolled: Default::default(),
         };
         let nodes: Vec<String> = mesh
@@ -155,6 +164,7 @@ impl Mesh {
         let setup = CaptureSetup {
             splice: self.splice,
             bpf_log: self.bpf_log,
+            extra_flags: self.ztunnel_flags.clone(),
             ..CaptureSetup::for_node(&self.topology, node, self.capture)
         };
         let z = ZtunnelProcess::start_with(
@@ -211,7 +221,9 @@ impl Mesh {
         self.wait_ready(pod.node()).await
     }
 
-    async fn add_pod(
+    /// Hands pod `ns/name` to its node's ztunnel through `client` (a
+    /// node-agent session the test holds), without waiting for anything.
+    pub async fn add_pod(
         &self,
         client: &AgentClient,
         qualified: &str,
@@ -232,6 +244,11 @@ impl Mesh {
             )
             .await?;
         Ok(())
+    }
+
+    /// A node-agent session with the ztunnel of `node`.
+    pub async fn agent(&self, node: &str) -> anyhow::Result<AgentClient> {
+        Ok(AgentClient::connect(&self.ztunnel(node).socket).await?)
     }
 
     /// Waits until `node`'s ztunnel is ready (config synced, every pod's

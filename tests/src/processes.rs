@@ -241,6 +241,8 @@ pub struct CaptureSetup {
     pub splice: bool,
     /// ztunnel's `--bpf-log`.
     pub bpf_log: bool,
+    /// More flags for ztunnel.
+    pub extra_flags: Vec<String>,
 }
 
 impl CaptureSetup {
@@ -252,6 +254,7 @@ impl CaptureSetup {
             cgroup: topology.ztunnel_cgroup(node),
             splice: true,
             bpf_log: false,
+            extra_flags: Vec::new(),
         }
     }
 
@@ -296,7 +299,8 @@ impl ZtunnelProcess {
                     .arg("--bpf-pin-dir")
                     .arg(&setup.pin_dir)
                     .args(["--splice", if setup.splice { "true" } else { "false" }])
-                    .args(["--bpf-log", if setup.bpf_log { "true" } else { "false" }]);
+                    .args(["--bpf-log", if setup.bpf_log { "true" } else { "false" }])
+                    .args(&setup.extra_flags);
                 setup.cgroup.confine(cmd.as_std_mut())?;
             }
             None => {
@@ -340,6 +344,15 @@ impl ZtunnelProcess {
             netns: netns.map(str::to_owned),
             socket: socket.to_owned(),
         })
+    }
+
+    /// How many file descriptors the process holds.
+    pub fn open_fds(&self) -> anyhow::Result<usize> {
+        let pid = self
+            .process
+            .pid()
+            .ok_or_else(|| anyhow!("ztunnel has exited"))?;
+        Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
     }
 
     /// `GET /config_dump`, parsed.

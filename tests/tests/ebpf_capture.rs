@@ -130,6 +130,25 @@ async fn curl_in_an_enrolled_pod_is_captured_and_an_unenrolled_pods_is_not() -> 
     )
     .await?;
 
+    // Each original destination is read once and taken out: none lingers
+    // for a later connection from the same address and port to find.
+    let tuples = mesh.topology.bpf_pin_dir("n1").join("map-WEFT_TUPLES");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&tuples)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        entries.as_array().map(Vec::len),
+        Some(0),
+        "original destinations left after use: {entries}"
+    );
+
     // The unenrolled pod's curl is not captured on its node; it reaches the
     // enrolled server in plaintext, which the server's capture (sk_lookup)
     // takes in, without an identity.

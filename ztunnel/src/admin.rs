@@ -43,11 +43,16 @@ struct ConfigDump {
     connections: Vec<ConnectionSummary>,
     hbone: HboneDump,
     authorization: AuthorizationDump,
+    limits: crate::limits::Limits,
+    /// Connections refused before proxying, by reason.
+    refused: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
 struct CaptureDump {
     mode: &'static str,
+    /// Why `--capture auto` fell back to iptables, if it did.
+    fallback_reason: Option<String>,
     /// BPF attachments in place (0 in iptables mode).
     bpf_attachments: usize,
 }
@@ -97,6 +102,7 @@ pub fn admin_routes(sources: Sources, logging: Option<LogControl>, quit: Arc<Not
                 node: s.node.clone(),
                 capture: CaptureDump {
                     mode: s.proxy.capture.name(),
+                    fallback_reason: s.proxy.capture.fallback().map(str::to_owned),
                     bpf_attachments: s.proxy.capture.attachments(),
                 },
                 xds: XdsDump {
@@ -120,6 +126,11 @@ pub fn admin_routes(sources: Sources, logging: Option<LogControl>, quit: Arc<Not
                 authorization: AuthorizationDump {
                     denials: s.proxy.connections.denials(),
                 },
+                limits: s.proxy.limits,
+                refused: crate::guard::REASONS
+                    .iter()
+                    .map(|reason| (*reason, s.proxy.guard.refused(reason)))
+                    .collect(),
             })
         })
         .route("/logging", move |method, query| {
@@ -189,7 +200,16 @@ pub fn readiness_routes(sources: Sources) -> Routes {
             .map(|id| id.to_string())
             .collect();
         if missing.is_empty() {
-            Reply::text(StatusCode::OK, "ready\n")
+            match sources.proxy.capture.fallback() {
+                None => Reply::text(StatusCode::OK, "ready\n"),
+                Some(reason) => Reply::text(
+                    StatusCode::OK,
+                    format!(
+                        "ready (degraded: capture is iptables because eBPF capture is \
+                         unavailable: {reason})\n"
+                    ),
+                ),
+            }
         } else {
             Reply::text(
                 StatusCode::SERVICE_UNAVAILABLE,

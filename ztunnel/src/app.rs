@@ -101,7 +101,10 @@ pub async fn start(
             Arc::new(capture),
             xds_status.clone(),
         )
-        .with_splice(config.splice),
+        .with_splice(config.splice)
+        .with_limits(crate::limits::Limits::at_start(
+            config.max_connections_per_pod,
+        )),
     );
     let pods = Arc::new(Pods::new(
         proxy.clone(),
@@ -127,6 +130,7 @@ pub async fn start(
     tasks.push(tokio::spawn(nodeagent::server::serve(
         agent_listener,
         pods.clone(),
+        config.node_agent_uid,
     )));
     tasks.push(tokio::spawn(proxy.connections.clone().watch(proxy.clone())));
 

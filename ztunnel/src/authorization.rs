@@ -3,6 +3,10 @@
 //! policies that apply to the destination workload, and keeps its
 //! attributes in the connections table while it is open.
 //!
+//! The destination is the enrolled pod the connection arrived for (its
+//! listener says which), looked up by who it is — not by its address, which
+//! a stale or conflicting pod in the config could also claim.
+//!
 //! Live re-evaluation: whenever the proxy state changes (a policy, or a
 //! workload's list of policies), every open inbound connection is decided
 //! again ([`crate::connections::Connections::reevaluate`]); one that would
@@ -11,7 +15,7 @@
 use std::net::IpAddr;
 
 use weft_proto::spiffe::Identity;
-use weft_proxy::authz::{evaluate, Connection, Decision};
+use weft_proxy::authz::{evaluate, Connection, Decision, DenyReason};
 
 use crate::proxy::{PodContext, Proxy};
 
@@ -22,18 +26,47 @@ pub struct Attributes {
     pub src_identity: Option<Identity>,
     pub dst_ip: IpAddr,
     pub dst_port: u16,
-    /// The destination pod's namespace (for namespace-scoped policies when
-    /// the control service has not described the workload yet).
-    pub dst_namespace: String,
+    /// The enrolled pod the connection is for: it is decided by the
+    /// policies of *that* pod's workload, never by whichever workload the
+    /// address happens to belong to in the config.
+    pub dst_pod: PodRef,
 }
 
-/// Decides a connection to `attrs.dst_ip` (a workload of this node).
+/// Who an enrolled pod is, as the node agent named it.
+#[derive(Clone, Debug)]
+pub struct PodRef {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodRef {
+    pub fn of(pod: &PodContext) -> Self {
+        Self {
+            uid: pod.info.uid.clone(),
+            namespace: pod.info.namespace.clone(),
+            name: pod.info.name.clone(),
+        }
+    }
+}
+
+/// Decides a connection to `attrs.dst_pod` (a pod of this node). While the
+/// control service has not described the pod, nothing is allowed: its
+/// policies (STRICT mTLS among them) are not known yet.
 pub fn decide(proxy: &Proxy, attrs: &Attributes) -> Decision {
-    let (namespace, selected) = match proxy.state.workload_by_ip(attrs.dst_ip) {
-        Some(w) => (w.namespace.clone(), w.authorization_policies.clone()),
-        None => (attrs.dst_namespace.clone(), Vec::new()),
+    let pod = &attrs.dst_pod;
+    let Some(workload) = proxy
+        .state
+        .workload_for_pod(&pod.uid, &pod.namespace, &pod.name)
+    else {
+        return Decision::Deny {
+            reason: DenyReason::UnknownDestination(format!("{}/{}", pod.namespace, pod.name)),
+            audited: Vec::new(),
+        };
     };
-    let policies = proxy.state.policies_for(&namespace, &selected);
+    let policies = proxy
+        .state
+        .policies_for(&workload.namespace, &workload.authorization_policies);
     evaluate(
         &policies,
         &Connection {
@@ -57,6 +90,6 @@ pub fn attributes(
         src_identity,
         dst_ip: dst.ip(),
         dst_port: dst.port(),
-        dst_namespace: pod.info.namespace.clone(),
+        dst_pod: PodRef::of(pod),
     }
 }

@@ -53,6 +53,9 @@ pub struct Capture {
     mode: Mode,
     ports: Ports,
     excluded: Vec<u16>,
+    /// Why `auto` fell back to iptables, if it did: shown in readiness,
+    /// `/config_dump` and `weft status`, not only in a log line.
+    fallback: Option<String>,
 }
 
 enum Mode {
@@ -132,11 +135,13 @@ impl Capture {
             }
             Ok(Mode::Ebpf(Box::new(Mutex::new(capture))))
         };
+        let mut fallback = None;
         let mode = match config.capture {
             CaptureMode::Iptables => Mode::Iptables,
             CaptureMode::Ebpf => ebpf()?,
             CaptureMode::Auto => ebpf().unwrap_or_else(|err| {
                 tracing::warn!(%err, "capture: iptables, because eBPF capture is unavailable");
+                fallback = Some(err.to_string());
                 Mode::Iptables
             }),
         };
@@ -144,6 +149,7 @@ impl Capture {
             mode,
             ports,
             excluded: config.capture_exclude_ports.clone(),
+            fallback,
         };
         tracing::info!(
             mode = capture.name(),
@@ -151,6 +157,11 @@ impl Capture {
             "capture ready"
         );
         Ok(capture)
+    }
+
+    /// Why `--capture auto` runs iptables instead of eBPF, if it does.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     pub fn name(&self) -> &'static str {
@@ -190,6 +201,22 @@ impl Capture {
         Ok(())
     }
 
+    /// Puts an enrolled pod's capture back in place (its map entries, in
+    /// eBPF mode; iptables rules live in the pod's own namespace, where no
+    /// other pod can touch them). Blocking.
+    pub fn restore(&self, pod: &PodNetwork<'_>) -> Result<(), CaptureError> {
+        if let Some(mut ebpf) = self.ebpf() {
+            ebpf.enroll(
+                pod.cookie,
+                pod.netns.fd().as_fd(),
+                pod.ips,
+                self.ports.outbound,
+                pod.plaintext_listener,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Stops capturing a pod's new connections; established ones keep
     /// working (their reply routing stays). Blocking.
     pub fn release(
@@ -224,7 +251,7 @@ impl Capture {
     ) -> io::Result<SocketAddr> {
         match self.ebpf() {
             None => crate::socket::original_dst(stream),
-            Some(ebpf) => {
+            Some(mut ebpf) => {
                 let peer = stream.peer_addr()?;
                 ebpf.original_dst(netns, peer)
                     .map_err(io::Error::other)?
@@ -278,5 +305,32 @@ impl Capture {
             Mode::Iptables => None,
             Mode::Ebpf(ebpf) => Some(ebpf),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_says_why_it_fell_back_to_iptables() {
+        let config = <Config as clap::Parser>::parse_from(["ztunnel", "--node-name", "n1"]);
+        let capture = Capture::start(&config, Ports::default()).unwrap();
+        assert_eq!(capture.name(), "iptables");
+        let reason = capture.fallback().expect("a reason");
+        assert!(reason.contains("--pods-cgroup"), "{reason}");
+
+        let chosen = <Config as clap::Parser>::parse_from([
+            "ztunnel",
+            "--node-name",
+            "n1",
+            "--capture",
+            "iptables",
+        ]);
+        let capture = Capture::start(&chosen, Ports::default()).unwrap();
+        assert!(
+            capture.fallback().is_none(),
+            "iptables asked for is no fallback"
+        );
     }
 }

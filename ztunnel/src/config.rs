@@ -60,6 +60,10 @@ pub struct Config {
         default_value = "/var/run/weft/ztunnel.sock"
     )]
     pub node_agent_socket: PathBuf,
+    /// Besides root, the uid allowed to enroll pods on the node-agent
+    /// socket (checked with SO_PEERCRED).
+    #[arg(long, env = "WEFT_NODE_AGENT_UID")]
+    pub node_agent_uid: Option<u32>,
     /// The mesh's SPIFFE trust domain.
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
@@ -87,6 +91,11 @@ pub struct Config {
     /// redirects and drops) in ztunnel's log, target `weft_ebpf`.
     #[arg(long, env = "WEFT_BPF_LOG", default_value_t = false, action = clap::ArgAction::Set)]
     pub bpf_log: bool,
+    /// Connections one pod may hold in ztunnel at once (its outbound ones
+    /// and the inbound ones to it); past it, new ones are refused so that no
+    /// pod can starve the others. Capped at a quarter of the open-file limit.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_POD", default_value_t = crate::proxy::DEFAULT_CONNECTIONS_PER_POD)]
+    pub max_connections_per_pod: usize,
 }
 
 /// `ztunnel uninstall`: removes what ztunnel leaves on a node on purpose so

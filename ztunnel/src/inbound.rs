@@ -29,6 +29,7 @@ use crate::{
     access_log::ConnectionLog,
     authorization,
     connections::Opening,
+    guard::{self, Refusal},
     proxy::{PodContext, Proxy},
     socket::{self, TPROXY_MARK},
 };
@@ -40,9 +41,27 @@ pub(crate) async fn connect_app(
     pod: &PodContext,
     app: SocketAddr,
     source: std::net::IpAddr,
-) -> std::io::Result<TcpStream> {
+) -> std::io::Result<Upstream> {
     let (socket, bound) = socket::transparent(&pod.netns, app, TPROXY_MARK, source)?;
-    proxy.capture.connect_upstream(socket, bound, app).await
+    // Bound already, so registered before the SYN leaves.
+    let own = proxy.guard.own_sockets.register(pod.cookie, bound);
+    let connect = proxy.capture.connect_upstream(socket, bound, app);
+    let stream = tokio::time::timeout(socket::CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}s", socket::CONNECT_TIMEOUT.as_secs()),
+            )
+        })??;
+    Ok(Upstream { stream, _own: own })
+}
+
+/// ztunnel's connection to a pod's application; known as ztunnel's own
+/// while it lives.
+pub(crate) struct Upstream {
+    pub stream: TcpStream,
+    _own: crate::guard::OwnSocket,
 }
 
 /// Serves HBONE for the pod until the listener is dropped.
@@ -65,8 +84,28 @@ pub async fn serve_hbone(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: TcpL
                 continue;
             }
         };
+        // HBONE comes from other pods' ztunnels over the network; on the
+        // pod's loopback it can only be the pod itself.
+        let local = tcp.local_addr().ok();
+        if let Some(local) = local.filter(|l| l.ip().to_canonical().is_loopback()) {
+            let log = ConnectionLog::new("inbound", peer, local);
+            proxy
+                .guard
+                .refuse(&tcp, log, &Refusal::OwnEndpoint { dst: local });
+            continue;
+        }
+        // Each HBONE connection holds a descriptor in the pod's share.
+        let slot = match proxy.claim(&pod) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let log = ConnectionLog::new("inbound", peer, local.unwrap_or(peer));
+                proxy.guard.refuse(&tcp, log, &refusal);
+                continue;
+            }
+        };
         let (proxy, pod, acceptor) = (proxy.clone(), pod.clone(), acceptor.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let trust = proxy.trust.clone();
             let handler_pod = pod.clone();
             let result = server::serve(tcp, acceptor, &trust, move |connect| {
@@ -109,7 +148,11 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
         connect.reject(StatusCode::SERVICE_UNAVAILABLE);
         return log.finish(Some(&format!("{err} (503)")));
     }
-    if !pod.owns(authority.ip()) || proxy.ports.is_own(authority.port()) {
+    if let Err(refusal) = guard::inbound_destination(&proxy.ports, authority) {
+        connect.reject(StatusCode::BAD_REQUEST);
+        return proxy.guard.record(log, &refusal);
+    }
+    if !pod.owns(authority.ip()) {
         let reason = format!(
             "CONNECT authority {authority} is not an address of pod {}/{} (400)",
             pod.info.namespace, pod.info.name
@@ -117,7 +160,17 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
         connect.reject(StatusCode::BAD_REQUEST);
         return log.finish(Some(&reason));
     }
+    // The connection to the application holds a descriptor in the pod's
+    // share.
+    let _slot = match proxy.claim(pod) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            connect.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return proxy.guard.record(log, &refusal);
+        }
+    };
     log.dst_hbone_addr = Some(SocketAddr::new(authority.ip(), proxy.ports.hbone));
+    proxy.pod_known(pod).await;
     let attrs = authorization::attributes(pod, peer.ip(), Some(connect.peer.clone()), authority);
     let opening = opening(
         proxy,
@@ -152,10 +205,10 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
     let counters = registration.meter.clone();
     let meter = copy::Meter::new(&counters, false);
     let outcome = tokio::select! {
-        result = copy::tcp_h2(&mut upstream, stream, &meter) => Outcome::Done(result),
+        result = copy::tcp_h2(&mut upstream.stream, stream, &meter) => Outcome::Done(result),
         reason = registration.revoked() => Outcome::Revoked(reason),
     };
-    finish(log, outcome, &upstream, |t| (t.received, t.sent));
+    finish(log, outcome, &upstream.stream, |t| (t.received, t.sent));
 }
 
 /// How a proxied connection ended.
@@ -191,6 +244,30 @@ fn finish(
     log.finish(error.as_ref().map(|e| e as &dyn std::fmt::Display));
 }
 
+/// The checks a plaintext connection passes before it is decided: not from
+/// ztunnel's own socket, within the pod's share, and headed for the
+/// application (not one of ztunnel's ports, not loopback).
+fn admit_plaintext(
+    proxy: &Proxy,
+    pod: &PodContext,
+    client: &TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+) -> Result<(SocketAddr, crate::limits::PodSlot), Refusal> {
+    if proxy.guard.own_sockets.contains(pod.cookie, peer) {
+        return Err(Refusal::OwnSocket { peer });
+    }
+    let slot = proxy.claim(pod)?;
+    let original = proxy.capture.inbound_original_dst(client).map_err(|err| {
+        Refusal::NoOriginalDestination {
+            listener,
+            reason: err.to_string(),
+        }
+    })?;
+    guard::inbound_destination(&proxy.ports, original)?;
+    Ok((original, slot))
+}
+
 /// The table entry (and metric labels) of an inbound connection.
 pub(crate) fn opening(
     proxy: &Proxy,
@@ -201,7 +278,7 @@ pub(crate) fn opening(
     attrs: authorization::Attributes,
 ) -> Opening {
     let source = proxy.state.workload_by_ip(peer.ip());
-    let destination = proxy.state.workload_by_ip(dst.ip());
+    let destination = proxy.pod_workload(pod);
     let labels = TcpLabels::new(&Ends {
         reporter: Reporter::Destination,
         source: source.as_deref(),
@@ -261,21 +338,24 @@ pub async fn serve_plaintext(proxy: Arc<Proxy>, pod: Arc<PodContext>, listener: 
 
 async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
-    let original = match proxy.capture.inbound_original_dst(&client) {
-        Ok(dst) => dst,
-        Err(err) => {
-            return ConnectionLog::new("inbound", peer, peer)
-                .finish(Some(&format!("no original destination: {err}")))
-        }
-    };
-    let mut log = ConnectionLog::new("inbound", peer, original);
+    let listener = client
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], proxy.ports.inbound_plaintext)));
+    let mut log = ConnectionLog::new("inbound", peer, listener);
     log.dst_workload = Some(pod.info.name.clone());
     log.dst_namespace = Some(pod.info.namespace.clone());
     if let Some(source) = proxy.state.workload_by_ip(peer.ip()) {
         log.src_workload = Some(source.name.clone());
         log.src_namespace = Some(source.namespace.clone());
     }
-    if !pod.owns(original.ip()) || proxy.ports.is_own(original.port()) {
+    let admitted = admit_plaintext(proxy, pod, &client, peer, listener);
+    let (original, _slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return proxy.guard.refuse(&client, log, &refusal),
+    };
+    log.dst_addr = original;
+    if !pod.owns(original.ip()) {
+        let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
         return log.finish(Some(&format!(
             "plaintext to {original} is not for this pod's application"
         )));
@@ -284,6 +364,7 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
         let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
         return log.finish(Some(&err));
     }
+    proxy.pod_known(pod).await;
     let attrs = authorization::attributes(pod, peer.ip(), None, original);
     let opening = opening(proxy, pod, peer, original, None, attrs.clone());
     let mut registration = match authorize(proxy, &attrs, &mut log) {
@@ -305,11 +386,11 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
     let counters = registration.meter.clone();
     let meter = copy::Meter::new(&counters, true);
     let outcome = tokio::select! {
-        result = copy::tcp_tcp(&mut client, &mut upstream, &meter) => Outcome::Done(result),
+        result = copy::tcp_tcp(&mut client, &mut upstream.stream, &meter) => Outcome::Done(result),
         reason = registration.revoked() => Outcome::Revoked(reason),
     };
     if matches!(outcome, Outcome::Revoked(_)) {
         let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
     }
-    finish(log, outcome, &upstream, |t| (t.sent, t.received));
+    finish(log, outcome, &upstream.stream, |t| (t.sent, t.received));
 }

@@ -39,6 +39,7 @@ pub async fn forward(
     outbound: &ConnectionMeter,
     log: &mut ConnectionLog,
 ) -> Result<copy::Transferred, OutboundError> {
+    proxy.pod_known(dst).await;
     let attrs = authorization::attributes(dst, peer.ip(), Some(src.identity.clone()), authority);
     let opening = inbound::opening(
         proxy,
@@ -50,12 +51,18 @@ pub async fn forward(
     );
     inbound::authorize(proxy, &attrs, log).map_err(OutboundError::Denied)?;
     let mut registration = proxy.connections.open(opening);
-    let mut upstream = inbound::connect_app(proxy, dst, authority, peer.ip())
+    // The connection to the application holds a place in the destination
+    // pod's share.
+    let _slot = proxy
+        .claim(dst)
+        .map_err(|refusal| OutboundError::Denied(refusal.to_string()))?;
+    let upstream = inbound::connect_app(proxy, dst, authority, peer.ip())
         .await
         .map_err(|source| OutboundError::Connect {
             addr: authority,
             source,
         })?;
+    let mut upstream = upstream.stream;
     let meter = ConnectionMeter {
         request: [outbound.request.clone(), registration.meter.request.clone()].concat(),
         response: [

@@ -30,6 +30,7 @@ use weft_proxy::{
 use crate::{
     access_log::ConnectionLog,
     connections::Opening,
+    guard::{self, Refusal},
     local,
     proxy::{PodContext, Proxy},
     socket::{self, SKIP_MARK},
@@ -37,8 +38,11 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
-    #[error("no original destination for the connection: {0}")]
-    OriginalDst(std::io::Error),
+    #[error(
+        "{addr} is claimed by several workloads ({workloads}); refused until the control \
+         service's config gives it to one (a stale pod, or an address reused too early?)"
+    )]
+    AddressConflict { addr: SocketAddr, workloads: String },
     #[error("service {service} has no healthy endpoint")]
     NoEndpoint { service: String },
     #[error("endpoint {workload} of {service} has no address")]
@@ -121,11 +125,22 @@ pub fn resolve(proxy: &Proxy, dst: SocketAddr) -> Result<Route, OutboundError> {
     }
     match proxy.state.workload_by_ip(dst.ip()) {
         Some(workload) => Ok(route_to(proxy, workload, dst, None)),
-        None => Ok(Route::Direct {
-            addr: dst,
-            workload: None,
-            service: None,
-        }),
+        None => {
+            // An address two workloads claim is nobody's: sending it in
+            // plaintext could expose what belongs in a tunnel.
+            let claims = proxy.state.address_claims(dst.ip());
+            if claims.len() > 1 {
+                return Err(OutboundError::AddressConflict {
+                    addr: dst,
+                    workloads: claims.join(", "),
+                });
+            }
+            Ok(Route::Direct {
+                addr: dst,
+                workload: None,
+                service: None,
+            })
+        }
     }
 }
 
@@ -174,18 +189,21 @@ async fn handle(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, accepted
         (true, Some(ip)) => SocketAddr::new(*ip, accepted_from.port()),
         _ => accepted_from,
     };
-    let original = match proxy.capture.outbound_original_dst(pod.cookie, &client) {
-        Ok(dst) => dst,
-        Err(err) => {
-            ConnectionLog::new("outbound", peer, peer)
-                .finish(Some(&OutboundError::OriginalDst(err)));
-            return;
-        }
-    };
-    let mut log = ConnectionLog::new("outbound", peer, original);
+    let listener = client
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], proxy.ports.outbound)));
+    let mut log = ConnectionLog::new("outbound", peer, listener);
     log.src_workload = Some(pod.info.name.clone());
     log.src_namespace = Some(pod.info.namespace.clone());
     log.src_identity = Some(pod.identity.to_string());
+    // Before anything else: nothing here may connect anywhere for a
+    // connection that is ztunnel's own, or past the pod's share.
+    let admitted = admit(proxy, pod, &client, accepted_from, listener);
+    let (original, _slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return proxy.guard.refuse(&client, log, &refusal),
+    };
+    log.dst_addr = original;
     let result = forward(proxy, pod, &mut client, peer, original, &mut log).await;
     match result {
         Ok(transferred) => {
@@ -206,6 +224,35 @@ async fn handle(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, accepted
     }
 }
 
+/// The checks every captured connection passes before it is proxied: not
+/// from ztunnel's own socket, within the pod's share, and with an original
+/// destination that is neither unknown nor ztunnel or the pod itself.
+fn admit(
+    proxy: &Proxy,
+    pod: &PodContext,
+    client: &TcpStream,
+    accepted_from: SocketAddr,
+    listener: SocketAddr,
+) -> Result<(SocketAddr, crate::limits::PodSlot), Refusal> {
+    if proxy.guard.own_sockets.contains(pod.cookie, accepted_from) {
+        return Err(Refusal::OwnSocket {
+            peer: accepted_from,
+        });
+    }
+    // Looked up (and so taken out of capture's map) before anything can
+    // refuse the connection.
+    let original = proxy
+        .capture
+        .outbound_original_dst(pod.cookie, client)
+        .map_err(|err| Refusal::NoOriginalDestination {
+            listener,
+            reason: err.to_string(),
+        })?;
+    let slot = proxy.claim(pod)?;
+    guard::outbound_destination(&pod.info.ips, listener, original)?;
+    Ok((original, slot))
+}
+
 async fn forward(
     proxy: &Proxy,
     pod: &PodContext,
@@ -215,11 +262,7 @@ async fn forward(
     log: &mut ConnectionLog,
 ) -> Result<copy::Transferred, OutboundError> {
     proxy.config_ready().await?;
-    let source = pod
-        .info
-        .ips
-        .first()
-        .and_then(|ip| proxy.state.workload_by_ip(*ip));
+    let source = proxy.pod_workload(pod);
     let route = resolve(proxy, original)?;
     let (destination, service, mtls) = match &route {
         Route::Hbone {
@@ -316,9 +359,12 @@ async fn forward(
                 log.dst_workload = Some(w.name.clone());
                 log.dst_namespace = Some(w.namespace.clone());
             }
-            let mut upstream = socket::connect(&pod.netns, addr, SKIP_MARK)
-                .await
-                .map_err(|source| OutboundError::Connect { addr, source })?;
+            // Registered as ztunnel's own before it can reach any listener.
+            let (mut upstream, _own) = socket::connect_then(&pod.netns, addr, SKIP_MARK, |local| {
+                proxy.guard.own_sockets.register(pod.cookie, local)
+            })
+            .await
+            .map_err(|source| OutboundError::Connect { addr, source })?;
             Ok(copy::tcp_tcp(client, &mut upstream, &meter).await?)
         }
     }

@@ -57,11 +57,41 @@ pub enum PodError {
         service_account: String,
         reason: String,
     },
+    #[error("pod {uid}: the network namespace given is ztunnel's own, not a pod's; refused")]
+    OwnNetns { uid: String },
+    #[error(
+        "pod {uid}: its network namespace does not hold {ip}; the node agent sent the wrong \
+         namespace or the wrong addresses (refused)"
+    )]
+    NotInNetns { uid: String, ip: std::net::IpAddr },
+    #[error(
+        "pod {uid}: address {ip} belongs to enrolled pod {owner}; refused until that pod is \
+         released (an address reused before its old pod was removed?)"
+    )]
+    AddressInUse {
+        uid: String,
+        ip: std::net::IpAddr,
+        owner: String,
+    },
+    #[error(
+        "pod {uid}: the node agent says service account {given:?}, the control service says \
+         {expected:?}; refused"
+    )]
+    ServiceAccount {
+        uid: String,
+        given: String,
+        expected: String,
+    },
 }
 
 struct Running {
     ctx: Arc<PodContext>,
     tasks: Vec<JoinHandle<()>>,
+    /// The node-agent session that added it.
+    session: u64,
+    /// ztunnel's inbound plaintext listener in the pod, for putting its
+    /// capture back.
+    plaintext: Arc<OwnedFd>,
 }
 
 impl Drop for Running {
@@ -86,32 +116,111 @@ pub struct PodSummary {
 pub struct Pods {
     proxy: Arc<Proxy>,
     own_netns: Arc<OwnedFd>,
+    own_netns_inode: u64,
     running: Mutex<HashMap<String, Running>>,
+    /// Adds and removes one at a time, so that checking a pod's addresses
+    /// and taking them cannot interleave with another pod's.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Pods {
     pub fn new(proxy: Arc<Proxy>, own_netns: Arc<OwnedFd>) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let own_netns_inode = own_netns
+            .try_clone()
+            .and_then(|fd| std::fs::File::from(fd).metadata())
+            .map(|m| m.ino())
+            .unwrap_or(0);
         Self {
             proxy,
             own_netns,
+            own_netns_inode,
             running: Mutex::default(),
+            changes: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Starts serving a pod whose network namespace is `netns`.
-    pub async fn add(&self, info: PodInfo, netns: OwnedFd) -> Result<(), PodError> {
+    /// Checks what the node agent says about a pod against what ztunnel can
+    /// see for itself: the namespace is a pod's and holds the pod's
+    /// addresses, no other enrolled pod has them, and the service account
+    /// is the one the control service knows.
+    fn check(&self, info: &PodInfo, netns: &InpodNetns) -> Result<(), PodError> {
+        let uid = || info.uid.clone();
+        if netns.inode() == self.own_netns_inode {
+            return Err(PodError::OwnNetns { uid: uid() });
+        }
+        for ip in &info.ips {
+            // Binding succeeds only to an address the namespace holds.
+            let holds = netns
+                .run(|| {
+                    let domain = socket2::Domain::for_address(SocketAddr::new(*ip, 0));
+                    socket2::Socket::new(domain, socket2::Type::STREAM, None)
+                        .and_then(|s| s.bind(&SocketAddr::new(*ip, 0).into()))
+                })
+                .map_err(|source| PodError::Netns { uid: uid(), source })?;
+            if holds.is_err() {
+                return Err(PodError::NotInNetns {
+                    uid: uid(),
+                    ip: *ip,
+                });
+            }
+        }
+        let running = self.running.lock().expect("pods lock");
+        for other in running.values().filter(|r| r.ctx.info.uid != info.uid) {
+            if let Some(ip) = info.ips.iter().find(|ip| other.ctx.owns(**ip)) {
+                return Err(PodError::AddressInUse {
+                    uid: uid(),
+                    ip: *ip,
+                    owner: format!("{}/{}", other.ctx.info.namespace, other.ctx.info.name),
+                });
+            }
+        }
+        drop(running);
+        let known = self
+            .proxy
+            .state
+            .workload_for_pod(&info.uid, &info.namespace, &info.name);
+        if let Some(workload) = known {
+            if workload.identity.service_account != info.service_account {
+                return Err(PodError::ServiceAccount {
+                    uid: uid(),
+                    given: info.service_account.clone(),
+                    expected: workload.identity.service_account.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts serving a pod whose network namespace is `netns`, on behalf
+    /// of node-agent session `session`.
+    pub async fn add(&self, info: PodInfo, netns: OwnedFd, session: u64) -> Result<(), PodError> {
+        let _one_at_a_time = self.changes.lock().await;
         let uid = info.uid.clone();
         let netns =
             InpodNetns::new(netns, self.own_netns.clone()).map_err(|source| PodError::Netns {
                 uid: uid.clone(),
                 source,
             })?;
-        if let Some(existing) = self.running.lock().expect("pods lock").get(&uid) {
-            if existing.ctx.netns.inode() == netns.inode() && existing.ctx.info == info {
-                return Ok(());
-            }
+        self.check(&info, &netns)?;
+        let same = self
+            .running
+            .lock()
+            .expect("pods lock")
+            .get_mut(&uid)
+            .filter(|existing| {
+                existing.ctx.netns.inode() == netns.inode() && existing.ctx.info == info
+            })
+            .map(|existing| {
+                existing.session = session;
+                (existing.ctx.clone(), existing.plaintext.clone())
+            });
+        if let Some((ctx, plaintext)) = same {
+            // The same pod again: nothing to redo, but its capture is put
+            // back in place in case something took it away.
+            return self.restore_capture(ctx, plaintext).await;
         }
-        self.remove(&uid).await;
+        self.remove_locked(&uid).await;
         let identity_text = format!(
             "spiffe://{}/ns/{}/sa/{}",
             self.proxy.trust.trust_domain, info.namespace, info.service_account
@@ -149,6 +258,7 @@ impl Pods {
             identity,
             netns,
             cookie,
+            share: Default::default(),
         });
         // Capture starts once the listeners exist, so nothing captured
         // finds the door closed.
@@ -160,12 +270,14 @@ impl Pods {
                 uid: uid.clone(),
                 source,
             })?;
+        let plaintext = Arc::new(plaintext_fd);
+        let capture_fd = plaintext.clone();
         tokio::task::spawn_blocking(move || {
             capture.enroll(&PodNetwork {
                 netns: &capture_ctx.netns,
                 cookie: capture_ctx.cookie,
                 ips: &capture_ctx.info.ips,
-                plaintext_listener: plaintext_fd.as_fd(),
+                plaintext_listener: capture_fd.as_fd(),
             })
         })
         .await
@@ -200,15 +312,48 @@ impl Pods {
         ];
         self.proxy.set_local_pod(&ctx.info.ips, Some(ctx.clone()));
         tracing::info!(pod = %uid, name = %ctx.info.name, namespace = %ctx.info.namespace, identity = %ctx.identity, "pod enrolled");
-        self.running
-            .lock()
-            .expect("pods lock")
-            .insert(uid, Running { ctx, tasks });
+        self.running.lock().expect("pods lock").insert(
+            uid,
+            Running {
+                ctx,
+                tasks,
+                session,
+                plaintext,
+            },
+        );
         Ok(())
+    }
+
+    async fn restore_capture(
+        &self,
+        ctx: Arc<PodContext>,
+        plaintext: Arc<OwnedFd>,
+    ) -> Result<(), PodError> {
+        let capture = self.proxy.capture.clone();
+        let uid = ctx.info.uid.clone();
+        tokio::task::spawn_blocking(move || {
+            capture.restore(&PodNetwork {
+                netns: &ctx.netns,
+                cookie: ctx.cookie,
+                ips: &ctx.info.ips,
+                plaintext_listener: plaintext.as_fd(),
+            })
+        })
+        .await
+        .expect("capture restore does not panic")
+        .map_err(|source| PodError::Capture {
+            uid,
+            source: Box::new(source),
+        })
     }
 
     /// Stops serving a pod (unknown uids are ignored).
     pub async fn remove(&self, uid: &str) {
+        let _one_at_a_time = self.changes.lock().await;
+        self.remove_locked(uid).await
+    }
+
+    async fn remove_locked(&self, uid: &str) {
         let removed = self.running.lock().expect("pods lock").remove(uid);
         let Some(running) = removed else {
             return;
@@ -233,18 +378,25 @@ impl Pods {
         }
     }
 
-    /// Keeps only the pods in `uids` (after a node agent's snapshot).
-    pub async fn retain(&self, uids: &HashSet<String>) {
+    /// After session `session`'s snapshot, which named `uids`: releases
+    /// the pods it did not name, except those another live session (one of
+    /// `live`) added — a snapshot speaks for its own session only, so a
+    /// second client cannot unenroll the pods of the agent that is
+    /// connected.
+    pub async fn retain(&self, session: u64, uids: &HashSet<String>, live: &HashSet<u64>) {
+        let _one_at_a_time = self.changes.lock().await;
         let stale: Vec<String> = self
             .running
             .lock()
             .expect("pods lock")
-            .keys()
-            .filter(|uid| !uids.contains(*uid))
-            .cloned()
+            .iter()
+            .filter(|(uid, r)| {
+                !uids.contains(*uid) && (r.session == session || !live.contains(&r.session))
+            })
+            .map(|(uid, _)| uid.clone())
             .collect();
         for uid in stale {
-            self.remove(&uid).await;
+            self.remove_locked(&uid).await;
         }
         // Pods a previous ztunnel enrolled in the kernel and nobody has
         // named since are released there too.

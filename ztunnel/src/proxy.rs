@@ -17,7 +17,10 @@ use weft_proxy::{
     state::{ProxyState, Workload},
 };
 
-use crate::netns::InpodNetns;
+use crate::{limits::PodSlot, netns::InpodNetns};
+
+/// Connections one pod may hold unless `--max-connections-per-pod` says.
+pub const DEFAULT_CONNECTIONS_PER_POD: usize = 20_000;
 
 /// How long a connection waits for ztunnel's first configuration.
 pub const CONFIG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -77,6 +80,10 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// How pods' traffic is captured.
     pub capture: Arc<crate::capture::Capture>,
+    /// What is refused before proxying, and how it is counted.
+    pub guard: crate::guard::Guard,
+    /// Open files and each pod's share of connections.
+    pub limits: crate::limits::Limits,
     /// The enrolled pods by address: destinations on this node.
     local_pods: RwLock<HashMap<IpAddr, Arc<PodContext>>>,
     /// Whether same-node connections are spliced (else copied).
@@ -119,6 +126,11 @@ impl Proxy {
             trust,
             ports: Ports::default(),
             connections: Arc::new(crate::connections::Connections::new(metrics.tcp.clone())),
+            guard: crate::guard::Guard::new(&metrics),
+            limits: crate::limits::Limits {
+                open_files: 0,
+                connections_per_pod: DEFAULT_CONNECTIONS_PER_POD,
+            },
             metrics,
             capture,
             local_pods: RwLock::default(),
@@ -128,6 +140,23 @@ impl Proxy {
             xds,
             next_endpoint: Mutex::default(),
         }
+    }
+
+    /// Runs with `limits` (open files, each pod's share).
+    pub fn with_limits(mut self, limits: crate::limits::Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Takes a place in `pod`'s share for one more connection.
+    pub fn claim(&self, pod: &PodContext) -> Result<PodSlot, crate::guard::Refusal> {
+        let limit = self.limits.connections_per_pod;
+        pod.share
+            .claim(limit)
+            .ok_or_else(|| crate::guard::Refusal::PodShare {
+                pod: format!("{}/{}", pod.info.namespace, pod.info.name),
+                limit,
+            })
     }
 
     /// Splices same-node connections (`true`, the default) or copies them.
@@ -157,6 +186,31 @@ impl Proxy {
             Ok(true) => Ok(()),
             _ => Err(NoConfig),
         }
+    }
+
+    /// The workload the control service describes for `pod`.
+    pub fn pod_workload(&self, pod: &PodContext) -> Option<Arc<Workload>> {
+        self.state
+            .workload_for_pod(&pod.info.uid, &pod.info.namespace, &pod.info.name)
+    }
+
+    /// Waits (at most [`CONFIG_WAIT`]) until the control service has
+    /// described `pod`: a pod is often enrolled a moment before its
+    /// workload arrives over xDS. Whether it is known now.
+    pub async fn pod_known(&self, pod: &PodContext) -> bool {
+        let mut changes = self.state.subscribe();
+        if self.pod_workload(pod).is_some() {
+            return true;
+        }
+        let arrived = tokio::time::timeout(CONFIG_WAIT, async {
+            while changes.changed().await.is_ok() {
+                if self.pod_workload(pod).is_some() {
+                    return true;
+                }
+            }
+            false
+        });
+        arrived.await.unwrap_or(false)
     }
 
     /// The pod of this node at `ip`, if one is enrolled.
@@ -213,6 +267,8 @@ pub struct PodContext {
     pub netns: InpodNetns,
     /// The namespace as the kernel programs name it.
     pub cookie: crate::capture::ebpf::NetnsCookie,
+    /// The connections it holds in ztunnel (outbound from it, inbound to it).
+    pub share: Arc<crate::limits::PodShare>,
 }
 
 impl PodContext {

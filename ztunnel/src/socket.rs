@@ -31,10 +31,53 @@ pub fn listen(netns: &InpodNetns, addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// How long ztunnel waits for a TCP connection it opens (to an
+/// application, a passthrough destination or a peer's 15008).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connects to `dst` from inside the pod, with `mark`.
 pub async fn connect(netns: &InpodNetns, dst: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    connect_then(netns, dst, mark, |_| ())
+        .await
+        .map(|(s, ())| s)
+}
+
+/// As [`connect`], calling `bound` with the socket's local address as soon
+/// as the kernel has chosen it (before the connection can be accepted
+/// anywhere).
+pub async fn connect_then<T>(
+    netns: &InpodNetns,
+    dst: SocketAddr,
+    mark: u32,
+    bound: impl FnOnce(SocketAddr) -> T,
+) -> io::Result<(TcpStream, T)> {
     let socket = new_socket(netns, dst, mark)?;
-    TcpSocket::from_std_stream(socket.into()).connect(dst).await
+    match socket.connect(&dst.into()) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(err) => return Err(err),
+    }
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a TCP socket has an IP address"))?;
+    let registered = bound(local);
+    let stream = TcpStream::from_std(socket.into())?;
+    tokio::time::timeout(CONNECT_TIMEOUT, stream.writable())
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+            )
+        })??;
+    if let Some(err) = stream.take_error()? {
+        return Err(err);
+    }
+    // Writable without an error still means connected only if a peer is
+    // there.
+    stream.peer_addr()?;
+    Ok((stream, registered))
 }
 
 fn new_socket(netns: &InpodNetns, dst: SocketAddr, mark: u32) -> io::Result<Socket> {

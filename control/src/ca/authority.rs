@@ -25,6 +25,9 @@ const ROOT_KEY: &str = "root-key.pem";
 const BACKDATE: Duration = Duration::from_secs(60);
 /// The root lives ten years.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// No workload certificate lives shorter: proxies renew at half-life, and a
+/// lifetime near zero would have every proxy renewing in a tight loop.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -49,6 +52,13 @@ pub enum CaError {
     },
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
+    #[error("the CSR's key is {0}; workload keys must be ECDSA P-256 or P-384")]
+    KeyType(String),
+    #[error(
+        "{path} is readable by others (mode {mode:o}); the mesh root key must be private to the \
+         control service: chmod 600 {path}"
+    )]
+    OpenKey { path: PathBuf, mode: u32 },
 }
 
 /// A signed certificate chain, leaf first.
@@ -94,6 +104,17 @@ impl Authority {
         };
         let (root_pem, key) = match (cert_path.exists(), key_path.exists()) {
             (true, true) => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&key_path)
+                    .map_err(io(&key_path))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(CaError::OpenKey {
+                        path: key_path,
+                        mode: mode & 0o777,
+                    });
+                }
                 let root_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
                 let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
                 let key =
@@ -142,6 +163,12 @@ impl Authority {
     ) -> Result<(Identity, CertificateSigningRequestParams), CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let algorithm = csr.public_key.algorithm();
+        if algorithm != &rcgen::PKCS_ECDSA_P256_SHA256
+            && algorithm != &rcgen::PKCS_ECDSA_P384_SHA384
+        {
+            return Err(CaError::KeyType(format!("{algorithm:?}")));
+        }
         let names: Vec<String> = csr
             .params
             .subject_alt_names
@@ -174,7 +201,8 @@ impl Authority {
         let lifetime = requested
             .filter(|d| !d.is_zero())
             .unwrap_or(self.default_lifetime)
-            .min(self.max_lifetime);
+            .min(self.max_lifetime)
+            .max(MIN_LIFETIME);
         let now = OffsetDateTime::now_utc();
         let mut params = leaf_params(now, lifetime);
         params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
@@ -271,4 +299,67 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(alg: &'static rcgen::SignatureAlgorithm) -> String {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://cluster.local/ns/demo/sa/app".try_into().unwrap(),
+        )];
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn only_p256_and_p384_keys_are_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::load_or_create(dir.path(), "cluster.local").unwrap();
+        let cases = [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, true),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, true),
+            (&rcgen::PKCS_ED25519, false),
+        ];
+        for (alg, signed) in cases {
+            let result = ca.sign(&csr(alg), None);
+            assert_eq!(result.is_ok(), signed, "{alg:?}: {:?}", result.err());
+            if let Err(err) = result {
+                assert!(err.to_string().contains("ECDSA P-256 or P-384"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_certificate_lives_shorter_than_the_minimum() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = Authority::load_or_create(dir.path(), "cluster.local").unwrap();
+        ca.default_lifetime = Duration::ZERO;
+        let before = OffsetDateTime::now_utc();
+        for requested in [None, Some(Duration::from_millis(100))] {
+            let signed = ca
+                .sign(&csr(&rcgen::PKCS_ECDSA_P256_SHA256), requested)
+                .unwrap();
+            assert!(
+                signed.not_after >= before + MIN_LIFETIME,
+                "{requested:?}: not after {}",
+                signed.not_after
+            );
+        }
+    }
+
+    #[test]
+    fn a_root_key_others_can_read_is_refused_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        Authority::load_or_create(dir.path(), "cluster.local").unwrap();
+        let key = dir.path().join(ROOT_KEY);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Authority::load_or_create(dir.path(), "cluster.local").unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Authority::load_or_create(dir.path(), "cluster.local").unwrap();
+    }
 }

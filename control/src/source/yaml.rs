@@ -253,6 +253,7 @@ struct PodStatusYaml {
     pod_ip: Option<String>,
     #[serde(rename = "podIPs", default)]
     pod_ips: Vec<PodIpYaml>,
+    phase: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +312,9 @@ fn pod(
             .unwrap_or_else(|| "default".into()),
         containers,
         ips,
+        // A pod that has finished keeps its IP in its status, but the IP
+        // is free for another pod.
+        terminated: matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")),
     })
 }
 

@@ -73,6 +73,7 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
         &services,
         &policies.selectors,
         &peer.per_workload,
+        &mut out.warnings,
     ) {
         out.addresses.insert(
             w.uid.clone(),

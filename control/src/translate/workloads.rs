@@ -28,12 +28,40 @@ fn canonical(labels: &Labels, pod_name: &str) -> (String, String) {
     (name, revision)
 }
 
+/// Addresses more than one live pod claims, with the pods, in a sentence
+/// each: a stale pod or an address reused too early. Both pods are still
+/// published; the proxies treat such an address as nobody's (and decide
+/// inbound connections by the pod they serve, not by address).
+fn address_conflicts<'a>(pods: impl Iterator<Item = &'a crate::objects::Pod>) -> Vec<String> {
+    let mut claims: BTreeMap<std::net::IpAddr, Vec<String>> = BTreeMap::new();
+    for pod in pods {
+        for ip in &pod.ips {
+            claims
+                .entry(*ip)
+                .or_default()
+                .push(format!("Pod {}/{}", pod.namespace, pod.name));
+        }
+    }
+    claims
+        .into_iter()
+        .filter(|(_, pods)| pods.len() > 1)
+        .map(|(ip, pods)| {
+            format!(
+                "{} all claim address {ip}; it belongs to none of them until only one does \
+                 (delete the stale pod, or set its status.phase to Succeeded or Failed)",
+                pods.join(", ")
+            )
+        })
+        .collect()
+}
+
 pub fn translate(
     snapshot: &ConfigSnapshot,
     mesh: &MeshConfig,
     services: &Services,
     selector_policies: &[(String, String, Labels)],
     peer_policies: &BTreeMap<(String, String), Vec<String>>,
+    warnings: &mut Vec<String>,
 ) -> Vec<workload::Workload> {
     let namespaces: BTreeMap<&str, &Namespace> = snapshot
         .of_kind(Kind::Namespace)
@@ -42,12 +70,14 @@ pub fn translate(
             _ => None,
         })
         .collect();
-    snapshot
-        .of_kind(Kind::Pod)
-        .filter_map(|o| match o {
-            Object::Pod(p) if !p.ips.is_empty() => Some(p),
+    let live = || {
+        snapshot.of_kind(Kind::Pod).filter_map(|o| match o {
+            Object::Pod(p) if !p.ips.is_empty() && !p.terminated => Some(p),
             _ => None,
         })
+    };
+    warnings.extend(address_conflicts(live()));
+    live()
         .map(|pod| {
             let enrolled = pod.is_enrolled(namespaces.get(pod.namespace.as_str()).copied());
             let (canonical_name, canonical_revision) = canonical(&pod.labels, &pod.name);
@@ -73,7 +103,10 @@ pub fn translate(
             let mut authorization_policies: Vec<String> = selector_policies
                 .iter()
                 .filter(|(namespace, _, selector)| {
-                    *namespace == pod.namespace && crate::objects::selects(selector, &pod.labels)
+                    // A selector policy of the root namespace selects
+                    // matching pods of every namespace, as in Istio.
+                    (*namespace == pod.namespace || *namespace == mesh.root_namespace)
+                        && crate::objects::selects(selector, &pod.labels)
                 })
                 .map(|(namespace, name, _)| format!("{namespace}/{name}"))
                 .collect();

@@ -114,8 +114,9 @@ pub struct UpstreamKey {
     pub source_ip: u32,
     /// ztunnel's source port, host order.
     pub source_port: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// The application's port, host order: the pass is for this one
+    /// connection only, not for any port of the pod from that source.
+    pub pod_port: u32,
 }
 
 /// Loopback in network order (`user_ip4`): the outbound redirect target.

@@ -10,7 +10,9 @@ use rustls::ClientConfig;
 use tokio::{net::TcpStream, task::JoinHandle};
 use tokio_rustls::TlsConnector;
 
-use super::{CONNECTION_WINDOW, FRAME_SIZE, HANDSHAKE_TIMEOUT, SEND_BUFFER, STREAM_WINDOW};
+use super::{
+    CONNECTION_WINDOW, FRAME_SIZE, HANDSHAKE_TIMEOUT, SEND_BUFFER, STREAM_TIMEOUT, STREAM_WINDOW,
+};
 use crate::copy::H2Stream;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,12 @@ pub enum HboneError {
     NoH2 { addr: SocketAddr },
     #[error("handshake with {addr} timed out")]
     Timeout { addr: SocketAddr },
+    #[error(
+        "CONNECT {authority} through {addr} got no answer within {}s; is the destination \
+         application or its ztunnel overloaded?",
+        STREAM_TIMEOUT.as_secs()
+    )]
+    StreamTimeout { addr: SocketAddr, authority: String },
     #[error("HTTP/2 with {addr}: {source}")]
     H2 {
         addr: SocketAddr,
@@ -139,9 +147,18 @@ pub async fn connect_stream(
     let request = request
         .body(())
         .expect("an authority and headers make a valid request");
-    let mut ready = send.clone().ready().await.map_err(h2_error)?;
-    let (response, send_stream) = ready.send_request(request, false).map_err(h2_error)?;
-    let response = response.await.map_err(h2_error)?;
+    let exchange = async {
+        let mut ready = send.clone().ready().await.map_err(h2_error)?;
+        let (response, send_stream) = ready.send_request(request, false).map_err(h2_error)?;
+        let response = response.await.map_err(h2_error)?;
+        Ok::<_, HboneError>((response, send_stream))
+    };
+    let (response, send_stream) = tokio::time::timeout(STREAM_TIMEOUT, exchange)
+        .await
+        .map_err(|_| HboneError::StreamTimeout {
+            addr,
+            authority: authority.to_string(),
+        })??;
     if response.status() != StatusCode::OK {
         return Err(HboneError::Status {
             addr,

@@ -32,3 +32,10 @@ pub const SEND_BUFFER: usize = 4 * 1024 * 1024;
 pub const READ_BUFFER: usize = 64 * 1024;
 /// How long a TLS + HTTP/2 handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a CONNECT may wait for its answer (the destination's ztunnel
+/// connecting to the application, or room for a stream on the connection).
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(15);
+/// Concurrent CONNECT streams one HBONE connection carries: what a server
+/// advertises and what the pool puts on one connection before opening
+/// another.
+pub const MAX_STREAMS: u32 = 100;

@@ -112,7 +112,7 @@ impl Drop for PooledStream {
 
 impl Default for Pool {
     fn default() -> Self {
-        Self::new(100, Duration::from_secs(60))
+        Self::new(super::MAX_STREAMS as usize, Duration::from_secs(60))
     }
 }
 

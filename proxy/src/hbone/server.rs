@@ -9,7 +9,7 @@ use weft_proto::spiffe::Identity;
 
 use super::{
     tls::{peer_identity, TlsError, TrustBundle},
-    CONNECTION_WINDOW, FRAME_SIZE, HANDSHAKE_TIMEOUT, SEND_BUFFER, STREAM_WINDOW,
+    CONNECTION_WINDOW, FRAME_SIZE, HANDSHAKE_TIMEOUT, MAX_STREAMS, SEND_BUFFER, STREAM_WINDOW,
 };
 use crate::copy::H2Stream;
 
@@ -109,14 +109,18 @@ where
             source,
         }
     })?;
-    let mut connection = h2::server::Builder::new()
+    // The HTTP/2 preface must follow the TLS handshake promptly too: a
+    // client that stops after TLS holds nothing for long.
+    let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(FRAME_SIZE)
         .max_send_buffer_size(SEND_BUFFER)
-        .max_concurrent_streams(1000)
-        .handshake(tls)
+        .max_concurrent_streams(MAX_STREAMS)
+        .handshake(tls);
+    let mut connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
+        .map_err(|_| AcceptError::Timeout(peer_addr))?
         .map_err(|source| AcceptError::H2 {
             peer: peer_addr,
             source,

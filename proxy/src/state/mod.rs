@@ -23,7 +23,14 @@ pub use workload::{
 #[derive(Default)]
 struct Inner {
     workloads: HashMap<String, Arc<Workload>>,
-    workload_by_ip: HashMap<IpAddr, String>,
+    /// The workloads (uids) claiming each address, in arrival order. Two
+    /// claims on one address are a conflict (a stale pod, an IP reused too
+    /// early): lookups by that address find nobody rather than whichever
+    /// came last.
+    workload_by_ip: HashMap<IpAddr, Vec<String>>,
+    /// (namespace, name) → uid, for finding the workload of a pod ztunnel
+    /// serves.
+    workload_by_name: HashMap<(String, String), String>,
     services: HashMap<String, Arc<Service>>,
     service_by_vip: HashMap<IpAddr, String>,
     /// Address resource name → the key it was stored under (uid or service key).
@@ -113,10 +120,42 @@ impl ProxyState {
         self.changes.subscribe()
     }
 
-    /// The workload that owns `ip`.
+    /// The workload that owns `ip`; none when no workload or more than one
+    /// claims it (see [`ProxyState::address_claims`]).
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
         let inner = self.read();
-        let uid = inner.workload_by_ip.get(&ip)?;
+        match inner.workload_by_ip.get(&ip)?.as_slice() {
+            [uid] => inner.workloads.get(uid).cloned(),
+            _ => None,
+        }
+    }
+
+    /// The uids of every workload claiming `ip` (more than one is a
+    /// conflict the control service should not have sent).
+    pub fn address_claims(&self, ip: IpAddr) -> Vec<String> {
+        self.read()
+            .workload_by_ip
+            .get(&ip)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The workload of a pod a node proxy serves: by its uid, else by its
+    /// namespace and name (a node agent may name pods by their Kubernetes
+    /// UID, the workload API by `cluster//Pod/ns/name`).
+    pub fn workload_for_pod(
+        &self,
+        uid: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Workload>> {
+        let inner = self.read();
+        if let Some(w) = inner.workloads.get(uid) {
+            return Some(w.clone());
+        }
+        let uid = inner
+            .workload_by_name
+            .get(&(namespace.to_owned(), name.to_owned()))?;
         inner.workloads.get(uid).cloned()
     }
 
@@ -213,8 +252,17 @@ impl ProxyState {
         match address {
             AddressResource::Workload(w) => {
                 for ip in &w.ips {
-                    inner.workload_by_ip.insert(*ip, w.uid.clone());
+                    let claims = inner.workload_by_ip.entry(*ip).or_default();
+                    if !claims.contains(&w.uid) {
+                        claims.push(w.uid.clone());
+                    }
+                    if claims.len() > 1 {
+                        tracing::warn!(address = %ip, workloads = ?claims, "workloads share an address; it is treated as nobody's until only one claims it");
+                    }
                 }
+                inner
+                    .workload_by_name
+                    .insert((w.namespace.clone(), w.name.clone()), w.uid.clone());
                 inner
                     .address_names
                     .insert(name.to_owned(), AddressKey::Workload(w.uid.clone()));
@@ -294,9 +342,18 @@ fn remove_address_locked(inner: &mut Inner, name: &str) -> bool {
         Some(AddressKey::Workload(uid)) => {
             if let Some(old) = inner.workloads.remove(&uid) {
                 for ip in &old.ips {
-                    if inner.workload_by_ip.get(ip) == Some(&uid) {
-                        inner.workload_by_ip.remove(ip);
+                    // Only this workload's own claim goes: another's on the
+                    // same address stays.
+                    if let Some(claims) = inner.workload_by_ip.get_mut(ip) {
+                        claims.retain(|claim| *claim != uid);
+                        if claims.is_empty() {
+                            inner.workload_by_ip.remove(ip);
+                        }
                     }
+                }
+                let name = (old.namespace.clone(), old.name.clone());
+                if inner.workload_by_name.get(&name) == Some(&uid) {
+                    inner.workload_by_name.remove(&name);
                 }
             }
             true
@@ -383,5 +440,37 @@ mod tests {
         state.remove_address("a");
         assert!(state.workload_by_ip([198, 18, 1, 3].into()).is_none());
         assert_eq!(state.counts()["workloads"], 0);
+    }
+
+    #[test]
+    fn an_address_two_workloads_claim_is_nobodys_and_removing_one_claim_keeps_the_other() {
+        let state = ProxyState::default();
+        let ip = IpAddr::from([198, 18, 1, 2]);
+        let server = workload("server", [198, 18, 1, 2]);
+        let mut stale = workload("stale", [198, 18, 1, 2]);
+        stale.namespace = "other".into();
+        state.upsert_address("server", AddressResource::Workload(Box::new(server)));
+        assert_eq!(state.workload_by_ip(ip).unwrap().uid, "server");
+        state.upsert_address("stale", AddressResource::Workload(Box::new(stale)));
+        assert!(state.workload_by_ip(ip).is_none(), "a conflict is nobody's");
+        assert_eq!(state.address_claims(ip), ["server", "stale"]);
+        // The pod is still found by who it is.
+        let found = state
+            .workload_for_pod("node-agent-uid", "demo", "server")
+            .unwrap();
+        assert_eq!(found.uid, "server");
+        assert_eq!(
+            state.workload_for_pod("stale", "x", "y").unwrap().uid,
+            "stale"
+        );
+        state.remove_address("stale");
+        assert_eq!(
+            state.workload_by_ip(ip).unwrap().uid,
+            "server",
+            "the victim keeps its address"
+        );
+        state.remove_address("server");
+        assert!(state.address_claims(ip).is_empty());
+        assert!(state.workload_for_pod("", "demo", "server").is_none());
     }
 }

@@ -15,6 +15,12 @@
 //! `--send-size N` it sends N bytes of [`pattern`] instead of TEXT. With
 //! `--write-size N` it sends in writes of N bytes, each its own segment
 //! (`TCP_NODELAY`).
+//!
+//! `flood ADDR --count N` makes N connections in turn and reports how each
+//! ended (`{"refused":…,"reset":…,"closed":…,"answered":…,"timeout":…}`);
+//! `hold ADDR --count N` opens N at once, reports how many stayed open
+//! (`{"open":…,"closed":…,"refused":…}`), prints `held` and keeps them until
+//! its stdin closes.
 
 use std::{
     io::{Read, Write},
@@ -39,12 +45,24 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<serde_json::Value, String> {
-    let usage =
-        "usage: weft-probe connect ADDR [--send TEXT | --send-size N] [--write-size N] [--hold]";
-    let (Some("connect"), Some(addr)) = (args.first().map(String::as_str), args.get(1)) else {
+    let usage = "usage: weft-probe connect ADDR [--send TEXT | --send-size N] [--write-size N] [--hold]\n       \
+         weft-probe flood ADDR --count N\n       weft-probe hold ADDR --count N";
+    let (Some(verb), Some(addr)) = (args.first().map(String::as_str), args.get(1)) else {
         return Err(usage.into());
     };
     let addr: SocketAddr = addr.parse().map_err(|err| format!("{addr}: {err}"))?;
+    let count = || -> Result<usize, String> {
+        match (args.get(2).map(String::as_str), args.get(3)) {
+            (Some("--count"), Some(n)) => n.parse().map_err(|_| usage.to_owned()),
+            _ => Err(usage.into()),
+        }
+    };
+    match verb {
+        "connect" => {}
+        "flood" => return Ok(flood(addr, count()?)),
+        "hold" => return hold(addr, count()?),
+        _ => return Err(usage.into()),
+    }
     let mut send = String::new();
     let mut hold = false;
     let mut write_size = None;
@@ -103,6 +121,100 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
         "socket_cookie": cookie,
         "reply": reply,
     }))
+}
+
+/// How one connection attempt ended.
+fn outcome(addr: SocketAddr) -> &'static str {
+    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => return "refused",
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => return "reset",
+        Err(err) if err.kind() == std::io::ErrorKind::TimedOut => return "timeout",
+        Err(err) => {
+            eprintln!("weft-probe: connecting to {addr}: {err}");
+            return "failed";
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"hello?\r\n\r\n").is_err() {
+        return "reset";
+    }
+    let mut buf = [0u8; 512];
+    match stream.read(&mut buf) {
+        Ok(0) => "closed",
+        // A TLS alert record: a TLS server refusing what it was sent.
+        Ok(_) if buf[0] == 0x15 => "tls_alert",
+        Ok(_) => "answered",
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => "reset",
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            "timeout"
+        }
+        Err(err) => {
+            eprintln!("weft-probe: reading from {addr}: {err}");
+            "failed"
+        }
+    }
+}
+
+/// `count` connections to `addr`, one after another; how each ended
+/// (refused at connect, reset, closed without an answer, answered, timed
+/// out).
+fn flood(addr: SocketAddr, count: usize) -> serde_json::Value {
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
+    for _ in 0..count {
+        *outcomes.entry(outcome(addr)).or_default() += 1;
+    }
+    serde_json::json!(outcomes)
+}
+
+/// Opens `count` connections to `addr` and sends a byte on each; after a
+/// moment, reports how many are still open and how many were refused or
+/// closed, prints `held`, and keeps them until stdin closes.
+fn hold(addr: SocketAddr, count: usize) -> Result<serde_json::Value, String> {
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(mut stream) => {
+                let _ = stream.write_all(b"x");
+                held.push(stream);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut open, mut closed) = (0, 0);
+    let mut buf = [0u8; 16];
+    held.retain_mut(|stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+        match stream.read(&mut buf) {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                open += 1;
+                true
+            }
+            _ => {
+                closed += 1;
+                false
+            }
+        }
+    });
+    let report = serde_json::json!({"open": open, "closed": closed, "refused": refused});
+    println!("{report}");
+    println!("held");
+    std::io::stdout().flush().map_err(|err| err.to_string())?;
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    drop(held);
+    Ok(report)
 }
 
 /// `size` bytes of digits, `0123456789` repeated: a payload whose every

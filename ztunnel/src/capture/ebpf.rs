@@ -131,6 +131,10 @@ pub struct EbpfCapture {
     sk_lookup: SkLookup,
     /// sk_lookup attachments by pod network namespace.
     lookups: StdHashMap<u64, PinnedLink>,
+    /// Which pod (network namespace) each inbound address entry is for:
+    /// releasing a pod removes only its own entries, never those of
+    /// another pod given the same address.
+    owners: StdHashMap<u32, u64>,
     /// Whether this process loaded the programs (false: adopted them).
     pub loaded: bool,
 }
@@ -364,6 +368,7 @@ impl EbpfCapture {
             maps,
             sk_lookup,
             lookups,
+            owners: StdHashMap::new(),
             loaded: false,
         })
     }
@@ -439,6 +444,7 @@ impl EbpfCapture {
         listener: BorrowedFd<'_>,
     ) -> Result<(), EbpfError> {
         for ip in ipv4_keys(addresses) {
+            self.owners.insert(ip, netns.0);
             self.maps
                 .inbound
                 .insert(ip, listener.as_raw_fd(), 0)
@@ -495,14 +501,27 @@ impl EbpfCapture {
         };
         ignore_absent(self.maps.enrolled.remove(&netns.0), ENROLLED_PODS_MAP)?;
         for ip in ipv4_keys(addresses) {
-            ignore_absent(self.maps.inbound.remove(&ip), INBOUND_MAP)?;
-            ignore_absent(self.maps.pod_ips.remove(&ip), POD_IPS_MAP)?;
+            // Another pod's entry for the same address stays.
+            if self.owners.get(&ip).is_some_and(|owner| *owner != netns.0) {
+                continue;
+            }
+            self.owners.remove(&ip);
+            self.remove_address(ip)?;
         }
         if let Some(link) = self.lookups.remove(&netns.0) {
             // Unpinned and dropped: the attachment goes with its last handle.
             drop(link.unpin());
         }
         Ok(())
+    }
+
+    fn remove_address(&mut self, ip: u32) -> Result<(), EbpfError> {
+        let ignore_absent = |r: Result<(), MapError>, map| match r {
+            Err(source) if !is_absent(&source) => Err(EbpfError::Map { map, source }),
+            _ => Ok(()),
+        };
+        ignore_absent(self.maps.inbound.remove(&ip), INBOUND_MAP)?;
+        ignore_absent(self.maps.pod_ips.remove(&ip), POD_IPS_MAP)
     }
 
     /// Releases every enrolled pod not in `keep` (after a restart, the
@@ -523,21 +542,27 @@ impl EbpfCapture {
         for cookie in stale {
             self.release(NetnsCookie(cookie), &[])?;
         }
-        let stale_ips: Vec<IpAddr> = self
+        // Addresses no enrolled pod has are nobody's: their entries go.
+        let stale_ips: Vec<u32> = self
             .maps
             .pod_ips
             .keys()
             .filter_map(Result::ok)
-            .map(|ip| IpAddr::V4(Ipv4Addr::from(ip.to_ne_bytes())))
-            .filter(|ip| !addresses.contains(ip))
+            .filter(|ip| !addresses.contains(&IpAddr::V4(Ipv4Addr::from(ip.to_ne_bytes()))))
             .collect();
-        self.release(NetnsCookie(0), &stale_ips)
+        for ip in stale_ips {
+            self.owners.remove(&ip);
+            self.remove_address(ip)?;
+        }
+        Ok(())
     }
 
     /// Where a connection captured from the pod (`netns`) was headed: the
-    /// accepted socket's peer is the application's socket address.
+    /// accepted socket's peer is the application's socket address. The
+    /// entry is taken out: each is read once, so none lingers for a later
+    /// connection from the same address and port to find.
     pub fn original_dst(
-        &self,
+        &mut self,
         netns: NetnsCookie,
         peer: SocketAddr,
     ) -> Result<Option<SocketAddr>, EbpfError> {
@@ -557,6 +582,7 @@ impl EbpfCapture {
         };
         match self.maps.tuples.get(&key, 0) {
             Ok(dst) => {
+                let _ = self.maps.tuples.remove(&key);
                 let (octets, len) = dst.octets();
                 let ip = if len == 16 {
                     IpAddr::V6(Ipv6Addr::from(octets))
@@ -665,7 +691,7 @@ fn upstream_key(app: SocketAddr, source: SocketAddr) -> Option<UpstreamKey> {
             pod_ip: u32::from_ne_bytes(app_ip.octets()),
             source_ip: u32::from_ne_bytes(source_ip.octets()),
             source_port: u32::from(source.port()),
-            reserved: 0,
+            pod_port: u32::from(app.port()),
         }),
         _ => None,
     }

@@ -47,6 +47,15 @@ impl Packets {
         Ok(Self { fd: register(fd)? })
     }
 
+    /// Who is at the other end (pid, uid, gid when it connected).
+    pub fn peer_credentials(&self) -> io::Result<nix::sys::socket::UnixCredentials> {
+        nix::sys::socket::getsockopt(
+            self.fd.get_ref(),
+            nix::sys::socket::sockopt::PeerCredentials,
+        )
+        .map_err(io::Error::from)
+    }
+
     /// Sends one packet, with `fds` attached.
     pub async fn send(&self, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
         loop {
