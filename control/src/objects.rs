@@ -26,6 +26,7 @@ pub enum Kind {
     Service,
     AuthorizationPolicy,
     PeerAuthentication,
+    Gateway,
 }
 
 impl fmt::Display for Kind {
@@ -36,6 +37,7 @@ impl fmt::Display for Kind {
             Kind::Service => "Service",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::Gateway => "Gateway",
         })
     }
 }
@@ -154,6 +156,97 @@ pub enum ClusterIp {
     /// `clusterIP: None`: a headless service.
     Headless,
     Ip(IpAddr),
+}
+
+/// The label that sends an object's traffic through a waypoint: on a
+/// Service, a Pod or a Namespace (the object's own label wins; `none` opts
+/// out).
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// With [`USE_WAYPOINT_LABEL`]: the waypoint's namespace, when it is not
+/// the object's own.
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// On a waypoint Gateway: which traffic it takes (`service`, the default,
+/// `workload`, `all` or `none`).
+pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
+/// The Gateway class of waypoints.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+/// On a waypoint's pods and Service: the Gateway they belong to.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Which traffic a waypoint takes (`istio.io/waypoint-for`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaypointFor {
+    /// Traffic addressed to a Service (Istio's default).
+    #[default]
+    Service,
+    /// Traffic addressed to a pod.
+    Workload,
+    All,
+    None,
+}
+
+impl WaypointFor {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "service" => Ok(Self::Service),
+            "workload" => Ok(Self::Workload),
+            "all" => Ok(Self::All),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "{WAYPOINT_FOR_LABEL}={other:?} is not one of service, workload, all, none"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Workload => "workload",
+            Self::All => "all",
+            Self::None => "none",
+        }
+    }
+
+    pub fn takes_services(self) -> bool {
+        matches!(self, Self::Service | Self::All)
+    }
+
+    pub fn takes_workloads(self) -> bool {
+        matches!(self, Self::Workload | Self::All)
+    }
+}
+
+/// A Gateway API listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+}
+
+/// A `gateway.networking.k8s.io` Gateway; of class [`WAYPOINT_CLASS`], a
+/// waypoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub class: String,
+    pub listeners: Vec<Listener>,
+}
+
+impl Gateway {
+    pub fn is_waypoint(&self) -> bool {
+        self.class == WAYPOINT_CLASS
+    }
+
+    /// Which traffic the waypoint takes (a bad label was refused at parse).
+    pub fn waypoint_for(&self) -> WaypointFor {
+        self.labels
+            .get(WAYPOINT_FOR_LABEL)
+            .and_then(|v| WaypointFor::parse(v).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// `AuthorizationPolicy.spec.action`.
@@ -323,6 +416,7 @@ pub enum Object {
     Service(Service),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    Gateway(Gateway),
 }
 
 impl Object {
@@ -337,6 +431,7 @@ impl Object {
             Object::PeerAuthentication(o) => {
                 (Kind::PeerAuthentication, o.namespace.as_str(), &o.name)
             }
+            Object::Gateway(o) => (Kind::Gateway, o.namespace.as_str(), &o.name),
         };
         ObjectKey {
             kind,

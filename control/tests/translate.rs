@@ -469,3 +469,118 @@ status: {podIP: 198.18.1.5, phase: Running}
     );
     assert!(conflicts[0].contains("198.18.1.5"), "{}", conflicts[0]);
 }
+
+#[test]
+fn waypoints_are_published_where_their_traffic_goes() {
+    let r = resources(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: pods, namespace: shop, labels: {istio.io/waypoint-for: workload}}
+spec: {gatewayClassName: istio-waypoint}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: shop}
+spec:
+  clusterIP: 198.19.0.20
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{port: 15008}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: n1, serviceAccountName: waypoint}
+status: {podIP: 198.18.1.20}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: shop, labels: {app: app}}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: own, namespace: shop, labels: {app: own, istio.io/use-waypoint: pods}}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: shop}
+spec: {clusterIP: 198.19.0.10, selector: {app: app}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: missing, namespace: shop, labels: {istio.io/use-waypoint: nowhere}}
+spec: {clusterIP: 198.19.0.11, selector: {app: app}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: optout, namespace: shop, labels: {istio.io/use-waypoint: none}}
+spec: {clusterIP: 198.19.0.12, selector: {app: app}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bypod, namespace: shop, labels: {istio.io/use-waypoint: pods}}
+spec: {clusterIP: 198.19.0.13, selector: {app: app}, ports: [{port: 80}]}
+"#,
+    );
+    use workload::gateway_address::Destination;
+    let by_vip = |vip: [u8; 4]| {
+        Some(workload::GatewayAddress {
+            destination: Some(Destination::Address(workload::NetworkAddress {
+                network: String::new(),
+                address: vip.to_vec(),
+            })),
+            hbone_mtls_port: 15008,
+        })
+    };
+    let by_name = |ns: &str, name: &str| {
+        Some(workload::GatewayAddress {
+            destination: Some(Destination::Hostname(workload::NamespacedHostname {
+                namespace: ns.into(),
+                hostname: format!("{name}.{ns}.svc.cluster.local"),
+            })),
+            hbone_mtls_port: 15008,
+        })
+    };
+    let cases = [
+        // The namespace's waypoint, by its Service's VIP.
+        ("app", by_vip([198, 19, 0, 20])),
+        // Named but missing: by hostname, so it is refused, not bypassed.
+        ("missing", by_name("shop", "nowhere")),
+        ("optout", None),
+        // A workload-only waypoint takes no service traffic.
+        ("bypod", None),
+        // The waypoint's own Service never goes through a waypoint.
+        ("waypoint", None),
+    ];
+    for (name, expected) in cases {
+        assert_eq!(
+            service(&r, "shop", name).waypoint,
+            expected,
+            "service {name}"
+        );
+    }
+    // Pod-addressed traffic: only a waypoint for workloads takes it.
+    assert_eq!(workload(&r, "shop", "app").waypoint, None);
+    assert_eq!(
+        workload(&r, "shop", "own").waypoint,
+        by_name("shop", "pods"),
+        "a workload waypoint without a Service yet is published by hostname"
+    );
+    // The waypoint's own pod speaks HBONE and has no waypoint.
+    let wp = workload(&r, "shop", "waypoint-0");
+    assert_eq!(wp.waypoint, None);
+    assert_eq!(wp.tunnel_protocol, workload::TunnelProtocol::Hbone as i32);
+}

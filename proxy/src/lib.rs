@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod balance;
 pub mod control;
 pub mod copy;
 pub mod hbone;

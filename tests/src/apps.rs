@@ -89,3 +89,70 @@ impl ProbeReport {
         serde_json::from_slice(stdout)
     }
 }
+
+/// Serves `listener` forever as an HTTP server speaking HTTP/1.1 and
+/// HTTP/2 (prior knowledge), keep-alive: every request gets `200` with the
+/// body `"<name> saw <peer>: <method> <path>"`, except `/status/NNN`, which
+/// answers NNN, and `/headers`, whose body lists the request's headers
+/// (`name: value` lines, as received).
+pub fn spawn_web(listener: std::net::TcpListener, name: &str) -> std::io::Result<JoinHandle<()>> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let name = name.to_owned();
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let reply = web_reply(&name, peer, &req);
+                    async move { Ok::<_, std::convert::Infallible>(reply) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }))
+}
+
+fn web_reply<B>(
+    name: &str,
+    peer: SocketAddr,
+    req: &http::Request<B>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let (status, body) = if let Some(code) = req.uri().path().strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| http::StatusCode::from_u16(c).ok())
+            .unwrap_or(http::StatusCode::BAD_REQUEST);
+        (status, format!("{name} answered {}", status.as_u16()))
+    } else if req.uri().path() == "/headers" {
+        let lines: String = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        (http::StatusCode::OK, lines)
+    } else {
+        (
+            http::StatusCode::OK,
+            echo_reply(name, peer, &format!("{} {path}", req.method())),
+        )
+    };
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .header("x-served-by", name)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("a valid response")
+}

@@ -14,7 +14,7 @@ use ztunnel::nodeagent::client::{AgentClient, Pod as AgentPod};
 use ztunnel::capture::CaptureMode;
 
 use crate::{
-    processes::{eventually, CaptureSetup, ControlProcess, ZtunnelProcess},
+    processes::{eventually, CaptureSetup, ControlProcess, WaypointProcess, ZtunnelProcess},
     topology::{addressing::CONTROL_PLANE_IP, Topology},
 };
 
@@ -299,6 +299,24 @@ impl Mesh {
             ))
             .await?;
         Ok(())
+    }
+
+    /// Starts waypoint `name` as the process of pod `ns/pod` (which must
+    /// not be enrolled: a waypoint speaks HBONE itself) and waits until it
+    /// is ready.
+    pub async fn start_waypoint(
+        &self,
+        qualified: &str,
+        name: &str,
+        bin: &Path,
+    ) -> anyhow::Result<WaypointProcess> {
+        let pod = self.topology.pod(qualified);
+        let waypoint = WaypointProcess::start(bin, pod, name, &self.control).await?;
+        eventually("the waypoint ready", Duration::from_secs(20), || async {
+            (waypoint.readiness().await.ok()? == 200).then_some(())
+        })
+        .await?;
+        Ok(waypoint)
     }
 
     /// Restarts the control service on its address (after a kill).

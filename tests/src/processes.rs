@@ -445,3 +445,66 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A waypoint, run from the binary at `bin` as the process of a pod.
+pub struct WaypointProcess {
+    pub process: Process,
+    pub hbone: SocketAddr,
+    pub admin: SocketAddr,
+    pub readiness: SocketAddr,
+    /// The pod's network namespace, where its endpoints are.
+    pub netns: String,
+}
+
+impl WaypointProcess {
+    /// Starts waypoint `namespace/name` as a process of `pod` (its network
+    /// namespace and cgroup), on `node`'s credentials.
+    pub async fn start(
+        bin: &Path,
+        pod: &crate::topology::Pod,
+        name: &str,
+        control: &ControlProcess,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::from(pod.command(bin)?);
+        cmd.args(["--name", name, "--namespace", pod.namespace()])
+            .args(["--pod-name", pod.name(), "--node-name", pod.node()])
+            .arg("--control-address")
+            .arg(control.addr.to_string())
+            .arg("--root-cert")
+            .arg(control.root_cert())
+            .arg("--token-file")
+            .arg(control.token_file(pod.node()))
+            .args(["--admin-address", "127.0.0.1:0"]);
+        let label = format!("waypoint {}/{name}", pod.namespace());
+        let (process, line) = Process::start(&label, cmd, "hbone=").await?;
+        let field = |key: &str| -> anyhow::Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("no {key} in {line:?}"))
+        };
+        Ok(Self {
+            hbone: field("hbone=")?,
+            admin: field("admin=")?,
+            readiness: field("readiness=")?,
+            netns: pod.netns().name().to_owned(),
+            process,
+        })
+    }
+
+    /// `GET /config_dump`, parsed.
+    pub async fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = http_get(Some(&self.netns), self.admin, "/config_dump").await?;
+        anyhow::ensure!(status == 200, "config_dump answered {status}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The status code of `GET /healthz/ready`.
+    pub async fn readiness(&self) -> anyhow::Result<u16> {
+        Ok(
+            http_get(Some(&self.netns), self.readiness, "/healthz/ready")
+                .await?
+                .0,
+        )
+    }
+}

@@ -539,6 +539,12 @@ impl Topology {
                 node.netns
                     .ip(&["route", "add", &other.addresses.pod_cidr(), "via", &via])?;
             }
+            // Pods reach the control service too (a waypoint is a pod that
+            // talks to it), as in a cluster.
+            if let Some(control) = &self.control_plane {
+                let via = node.addresses.fabric.to_string();
+                control.ip(&["route", "add", &node.addresses.pod_cidr(), "via", &via])?;
+            }
         }
         Ok(())
     }

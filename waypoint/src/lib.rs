@@ -1,4 +1,20 @@
-//! The waypoint, Weft's optional per-namespace L7 proxy: terminates HBONE,
-//! speaks HTTP/1.1 and HTTP/2 to applications, applies L7 policy and routes
-//! (traffic splits, retries, timeouts, fault injection), and originates HBONE
-//! to the chosen endpoint using `weft-proxy`'s machinery.
+//! The waypoint, Weft's optional per-namespace L7 proxy.
+//!
+//! Data flows like this: a source ztunnel tunnels traffic addressed to a
+//! service (or pod) bound to this waypoint over HBONE to the waypoint's
+//! 15008, with the original destination as the CONNECT authority
+//! ([`inbound`]). The waypoint checks that the destination is bound to it,
+//! looks at the tunnel's first bytes and, for HTTP/1.1 or HTTP/2, proxies
+//! request by request ([`http`]): it chooses an endpoint of the destination
+//! and opens HBONE onward to it, presenting its own identity ([`upstream`]);
+//! anything else is carried at L4 ([`tcp`]). HBONE, identities, xDS state
+//! and endpoint choice are `weft-proxy`'s, the same code ztunnel runs.
+
+pub mod access_log;
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod inbound;
+pub mod proxy;
+pub mod tcp;
+pub mod upstream;

@@ -33,6 +33,9 @@ pub struct ConnectionLog {
     pub policy: Option<String>,
     /// AUDIT policies that matched.
     pub audited: Vec<String>,
+    /// Whether the connection went to a waypoint (then `dst.workload` is
+    /// the waypoint's).
+    pub waypoint: bool,
     started: Instant,
 }
 
@@ -55,6 +58,7 @@ impl ConnectionLog {
             bytes_spliced: 0,
             policy: None,
             audited: Vec::new(),
+            waypoint: false,
             started: Instant::now(),
         }
     }
@@ -88,6 +92,7 @@ impl ConnectionLog {
                 bytes_spliced = self.bytes_spliced,
                 duration_ms,
                 audit = %audit,
+                waypoint = self.waypoint,
                 "connection complete"
             ),
             Some(error) => tracing::warn!(
@@ -108,6 +113,7 @@ impl ConnectionLog {
                 bytes_spliced = self.bytes_spliced,
                 duration_ms,
                 audit = %audit,
+                waypoint = self.waypoint,
                 policy = %policy,
                 error = %error,
                 "connection failed"

@@ -43,10 +43,8 @@ pub enum OutboundError {
          service's config gives it to one (a stale pod, or an address reused too early?)"
     )]
     AddressConflict { addr: SocketAddr, workloads: String },
-    #[error("service {service} has no healthy endpoint")]
-    NoEndpoint { service: String },
-    #[error("endpoint {workload} of {service} has no address")]
-    NoAddress { workload: String, service: String },
+    #[error(transparent)]
+    Balance(#[from] weft_proxy::balance::BalanceError),
     #[error("no certificate for {0}")]
     Certificate(String),
     #[error(transparent)]
@@ -76,12 +74,16 @@ pub enum OutboundError {
 #[derive(Debug)]
 pub enum Route {
     Hbone {
+        /// The destination workload, or the waypoint's.
         workload: Arc<Workload>,
-        /// The destination's HBONE endpoint (its address, port 15008).
+        /// Its HBONE endpoint (its address, port 15008).
         hbone: SocketAddr,
-        /// The CONNECT authority: the endpoint's address and target port.
+        /// The CONNECT authority: the endpoint's address and target port,
+        /// or, through a waypoint, the original destination.
         authority: SocketAddr,
         service: Option<Arc<Service>>,
+        /// Whether `workload` is a waypoint in front of the destination.
+        waypoint: bool,
     },
     Direct {
         addr: SocketAddr,
@@ -90,41 +92,29 @@ pub enum Route {
     },
 }
 
-/// Decides where `dst` goes.
+/// Decides where `dst` goes. A service (by VIP) or a pod whose traffic
+/// goes through a waypoint is tunnelled to the waypoint, with `dst` as the
+/// CONNECT authority; the waypoint chooses the endpoint.
 pub fn resolve(proxy: &Proxy, dst: SocketAddr) -> Result<Route, OutboundError> {
-    if let Some((service, port)) = proxy.state.service_by_vip(dst) {
-        let key = service.key();
-        let endpoints: Vec<_> = proxy
-            .state
-            .endpoints(&key)
-            .into_iter()
-            .filter(|w| w.healthy && !w.ips.is_empty())
-            .collect();
+    if let Some((service, _)) = proxy.state.service_by_vip(dst) {
+        if let Some(waypoint) = &service.waypoint {
+            return via_waypoint(proxy, waypoint, dst, Some(service.clone()));
+        }
         let endpoint = proxy
-            .pick(&key, &endpoints)
-            .ok_or_else(|| OutboundError::NoEndpoint {
-                service: key.clone(),
-            })?;
-        let target = endpoint
-            .services
-            .get(&key)
-            .and_then(|ports| ports.iter().find(|p| p.service_port == dst.port()))
-            .map(|p| p.target_port)
-            .filter(|p| *p != 0)
-            .or(Some(port.target_port).filter(|p| *p != 0))
-            .unwrap_or(dst.port());
-        let ip = *endpoint
-            .ips
-            .first()
-            .ok_or_else(|| OutboundError::NoAddress {
-                workload: endpoint.uid.clone(),
-                service: key.clone(),
-            })?;
-        let authority = SocketAddr::new(ip, target);
-        return Ok(route_to(proxy, endpoint, authority, Some(service)));
+            .balancer
+            .service_endpoint(&proxy.state, &service, dst.port())?;
+        return Ok(route_to(
+            proxy,
+            endpoint.workload,
+            endpoint.addr,
+            Some(service),
+        ));
     }
     match proxy.state.workload_by_ip(dst.ip()) {
-        Some(workload) => Ok(route_to(proxy, workload, dst, None)),
+        Some(workload) => match &workload.waypoint {
+            Some(waypoint) => via_waypoint(proxy, waypoint, dst, None),
+            None => Ok(route_to(proxy, workload, dst, None)),
+        },
         None => {
             // An address two workloads claim is nobody's: sending it in
             // plaintext could expose what belongs in a tunnel.
@@ -144,6 +134,22 @@ pub fn resolve(proxy: &Proxy, dst: SocketAddr) -> Result<Route, OutboundError> {
     }
 }
 
+fn via_waypoint(
+    proxy: &Proxy,
+    waypoint: &weft_proxy::state::GatewayAddress,
+    dst: SocketAddr,
+    service: Option<Arc<Service>>,
+) -> Result<Route, OutboundError> {
+    let endpoint = proxy.balancer.waypoint(&proxy.state, waypoint)?;
+    Ok(Route::Hbone {
+        workload: endpoint.workload,
+        hbone: endpoint.addr,
+        authority: dst,
+        service,
+        waypoint: true,
+    })
+}
+
 fn route_to(
     proxy: &Proxy,
     workload: Arc<Workload>,
@@ -156,6 +162,7 @@ fn route_to(
             authority,
             workload,
             service,
+            waypoint: false,
         },
         TunnelProtocol::None => Route::Direct {
             addr: authority,
@@ -300,15 +307,17 @@ async fn forward(
             workload,
             hbone,
             authority,
+            waypoint,
             ..
         } => {
             log.dst_workload = Some(workload.name.clone());
             log.dst_namespace = Some(workload.namespace.clone());
             log.dst_identity = Some(workload.identity.to_string());
+            log.waypoint = waypoint;
             // A destination on this node is reached without a tunnel.
             if let Some(local) = proxy
                 .local_pod(authority.ip())
-                .filter(|local| local.identity == workload.identity)
+                .filter(|local| !waypoint && local.identity == workload.identity)
             {
                 return local::forward(
                     proxy,

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
 };
 
 use prometheus_client::metrics::counter::Counter;
@@ -93,8 +93,8 @@ pub struct Proxy {
     pub spliced_connections: Counter,
     /// The xDS stream's state: nothing is proxied before the first sync.
     xds: tokio::sync::watch::Receiver<weft_proxy::xds::XdsStatus>,
-    /// Round-robin position per service.
-    next_endpoint: Mutex<HashMap<String, usize>>,
+    /// Chooses services' endpoints (round robin) and waypoints' pods.
+    pub balancer: weft_proxy::balance::Balancer,
 }
 
 impl Proxy {
@@ -138,7 +138,7 @@ impl Proxy {
             spliced_bytes,
             spliced_connections,
             xds,
-            next_endpoint: Mutex::default(),
+            balancer: Default::default(),
         }
     }
 
@@ -235,18 +235,6 @@ impl Proxy {
                 }
             }
         }
-    }
-
-    /// The next of `endpoints` for `service`, in turn.
-    pub fn pick(&self, service: &str, endpoints: &[Arc<Workload>]) -> Option<Arc<Workload>> {
-        if endpoints.is_empty() {
-            return None;
-        }
-        let mut next = self.next_endpoint.lock().expect("lb lock");
-        let position = next.entry(service.to_owned()).or_insert(0);
-        let chosen = endpoints[*position % endpoints.len()].clone();
-        *position = position.wrapping_add(1);
-        Some(chosen)
     }
 }
 

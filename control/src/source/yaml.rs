@@ -6,6 +6,8 @@
 //! file, the document's position, the object (when its kind and name could be
 //! read) and what is wrong; the other documents are unaffected.
 
+mod gateway;
+
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::Path};
 
 use ipnet::IpNet;
@@ -87,18 +89,20 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         "Service" => Kind::Service,
         "AuthorizationPolicy" => Kind::AuthorizationPolicy,
         "PeerAuthentication" => Kind::PeerAuthentication,
+        "Gateway" => Kind::Gateway,
         other => {
             return Err((
                 None,
                 format!(
                     "kind {other:?} is not supported here (supported: Namespace, Pod, Service, \
-                     AuthorizationPolicy, PeerAuthentication)"
+                     AuthorizationPolicy, PeerAuthentication, Gateway)"
                 ),
             ))
         }
     };
     let expected_group = match kind {
         Kind::AuthorizationPolicy | Kind::PeerAuthentication => "security.istio.io/",
+        Kind::Gateway => "gateway.networking.k8s.io/",
         _ => "",
     };
     let group_ok = if expected_group.is_empty() {
@@ -158,6 +162,9 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         }
         Kind::PeerAuthentication => {
             Object::PeerAuthentication(peer_authentication(namespace, name, spec).map_err(&fail)?)
+        }
+        Kind::Gateway => {
+            Object::Gateway(gateway::gateway(namespace, name, labels, spec).map_err(&fail)?)
         }
     };
     Ok(object)

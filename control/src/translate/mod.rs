@@ -11,6 +11,7 @@
 mod authz;
 mod peer_authn;
 mod services;
+pub mod waypoints;
 mod workloads;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -60,7 +61,11 @@ pub struct Resources {
 /// Translates a snapshot.
 pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
     let mut out = Resources::default();
-    let services = services::translate(snapshot, mesh, &mut out.warnings);
+    let mut services = services::translate(snapshot, mesh, &mut out.warnings);
+    let waypoints = waypoints::Waypoints::translate(snapshot, mesh, &services);
+    for s in &mut services.services {
+        s.service.waypoint = waypoints.for_service(&s.source);
+    }
     let policies = authz::translate(snapshot, mesh, &mut out.warnings);
     let peer = peer_authn::translate(snapshot, mesh);
     for policy in policies.policies.into_iter().chain(peer.policies) {
@@ -73,6 +78,7 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
         &services,
         &policies.selectors,
         &peer.per_workload,
+        &waypoints,
         &mut out.warnings,
     ) {
         out.addresses.insert(
@@ -104,6 +110,14 @@ pub fn pod_uid(mesh: &MeshConfig, namespace: &str, name: &str) -> String {
 /// A service's FQDN.
 pub fn service_hostname(mesh: &MeshConfig, namespace: &str, name: &str) -> String {
     format!("{name}.{namespace}.svc.{}", mesh.cluster_domain)
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => Some(<[u8; 4]>::try_from(bytes).ok()?.into()),
+        16 => Some(<[u8; 16]>::try_from(bytes).ok()?.into()),
+        _ => None,
+    }
 }
 
 fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {

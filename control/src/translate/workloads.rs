@@ -61,6 +61,7 @@ pub fn translate(
     services: &Services,
     selector_policies: &[(String, String, Labels)],
     peer_policies: &BTreeMap<(String, String), Vec<String>>,
+    waypoints: &super::waypoints::Waypoints<'_>,
     warnings: &mut Vec<String>,
 ) -> Vec<workload::Workload> {
     let namespaces: BTreeMap<&str, &Namespace> = snapshot
@@ -79,7 +80,9 @@ pub fn translate(
     warnings.extend(address_conflicts(live()));
     live()
         .map(|pod| {
-            let enrolled = pod.is_enrolled(namespaces.get(pod.namespace.as_str()).copied());
+            // A waypoint's own pod terminates HBONE itself.
+            let enrolled = pod.is_enrolled(namespaces.get(pod.namespace.as_str()).copied())
+                || waypoints.is_waypoint_pod(&pod.namespace, &pod.labels);
             let (canonical_name, canonical_revision) = canonical(&pod.labels, &pod.name);
             let mut service_ports = BTreeMap::new();
             for s in services.selecting(&pod.namespace, &pod.labels) {
@@ -134,6 +137,7 @@ pub fn translate(
                 authorization_policies,
                 status: workload::WorkloadStatus::Healthy as i32,
                 cluster_id: mesh.cluster_id.clone(),
+                waypoint: waypoints.for_pod(pod),
                 ..Default::default()
             }
         })

@@ -7,6 +7,7 @@
 //! [`tls`] holds the identity rules both sides enforce.
 
 pub mod client;
+pub mod io;
 pub mod pool;
 pub mod server;
 pub mod tls;

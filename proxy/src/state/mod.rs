@@ -172,6 +172,13 @@ impl ProxyState {
         Some((service.clone(), port))
     }
 
+    /// The service with VIP `ip` (any port).
+    pub fn service_by_ip(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        let inner = self.read();
+        let key = inner.service_by_vip.get(&ip)?;
+        inner.services.get(key).cloned()
+    }
+
     /// A service by `namespace/hostname`.
     pub fn service(&self, key: &str) -> Option<Arc<Service>> {
         self.read().services.get(key).cloned()

@@ -35,7 +35,7 @@ use crate::control::ControlPlane;
 const INVALID_ARGUMENT: i32 = 3;
 
 /// What the client has achieved so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct XdsStatus {
     /// A stream is open right now.
     pub connected: bool,

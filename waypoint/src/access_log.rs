@@ -1,0 +1,152 @@
+//! One structured line per request, when its response has been sent.
+//!
+//! Field names follow Istio's access log: `method`, `path`, `protocol`,
+//! `response_code`, `response_flags` (Envoy's: `UH` no healthy upstream,
+//! `UF` upstream connection failure, `NR` no route, `DC` downstream
+//! closed), `bytes_received`, `bytes_sent`, `duration`, `upstream_host`,
+//! `route_name`, plus the source's identity and the destination's name. The
+//! target is `access`, as ztunnel's connection lines are.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+/// What is known about one request.
+#[derive(Debug)]
+pub struct RequestLog {
+    pub method: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub authority: String,
+    pub src_addr: String,
+    pub src_identity: String,
+    pub destination: String,
+    pub status: u16,
+    pub flags: &'static str,
+    pub upstream: Option<String>,
+    pub route: String,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub error: Option<String>,
+    started: Instant,
+    written: bool,
+}
+
+impl RequestLog {
+    pub fn new(
+        method: String,
+        path: String,
+        protocol: &'static str,
+        authority: String,
+        src_addr: String,
+        src_identity: String,
+        destination: String,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            protocol,
+            authority,
+            src_addr,
+            src_identity,
+            destination,
+            status: 0,
+            flags: "-",
+            upstream: None,
+            route: "default".into(),
+            bytes_received: 0,
+            bytes_sent: 0,
+            error: None,
+            started: Instant::now(),
+            written: false,
+        }
+    }
+
+    /// Writes the line (once).
+    pub fn write(&mut self) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            protocol = %self.protocol,
+            authority = %self.authority,
+            src.addr = %self.src_addr,
+            src.identity = %self.src_identity,
+            dst.service = %self.destination,
+            response_code = self.status,
+            response_flags = self.flags,
+            bytes_received = self.bytes_received,
+            bytes_sent = self.bytes_sent,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            upstream_host = %self.upstream.as_deref().unwrap_or("-"),
+            route_name = %self.route,
+            error = %self.error.as_deref().unwrap_or(""),
+            "request complete"
+        );
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        self.write();
+    }
+}
+
+/// A response body that counts what it carries and writes the request's
+/// line when it ends (or is dropped half-way, as when the client goes).
+pub struct LoggedBody<B> {
+    inner: B,
+    log: RequestLog,
+}
+
+impl<B> LoggedBody<B> {
+    pub fn new(inner: B, log: RequestLog) -> Self {
+        Self { inner, log }
+    }
+}
+
+impl<B> Body for LoggedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.log.bytes_sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.log.flags = "UPE";
+                this.log.write();
+            }
+            Poll::Ready(None) => this.log.write(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

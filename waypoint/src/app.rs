@@ -1,0 +1,226 @@
+//! Running the waypoint: connect to the control service, follow its
+//! config and keep its certificate, serve HBONE and the admin endpoints.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde::Serialize;
+use weft_proto::spiffe::Identity;
+use weft_proxy::{
+    admin::{Reply, Routes},
+    control::ControlPlane,
+    hbone::tls::TrustBundle,
+    identity::{ca_client::CaClient, CertificateManager},
+    state::ProxyState,
+    xds::{client::proxy_node, AddressHandler, AuthorizationHandler, XdsClient},
+};
+
+use crate::{config::Config, inbound, proxy::Waypoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    ControlPlane(#[from] weft_proxy::control::ControlPlaneError),
+    #[error("the mesh root certificate: {0}")]
+    Trust(#[from] weft_proxy::hbone::tls::TlsError),
+    #[error("namespace {namespace:?} or service account {service_account:?} does not make an identity: {reason}")]
+    Identity {
+        namespace: String,
+        service_account: String,
+        reason: String,
+    },
+    #[error("binding the {what} endpoint on {addr}: {source}; is another process using it?")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started waypoint.
+pub struct Started {
+    pub hbone_address: std::net::SocketAddr,
+    pub admin_address: std::net::SocketAddr,
+    pub readiness_address: std::net::SocketAddr,
+    pub waypoint: Arc<Waypoint>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ConfigDump<'a> {
+    waypoint: &'a str,
+    identity: String,
+    xds: weft_proxy::xds::XdsStatus,
+    #[serde(flatten)]
+    state: weft_proxy::state::StateDump,
+    certificates: Vec<weft_proxy::identity::CertificateInfo>,
+}
+
+pub async fn start(config: Config) -> Result<Started, StartError> {
+    let mut control = ControlPlane::from_files(
+        &config.control_address,
+        &config.root_cert,
+        &config.token_file,
+    )?;
+    control.server_name = config.control_server_name.clone();
+    let trust = TrustBundle::from_pem(&control.root_pem, &config.trust_domain)?;
+    let identity: Identity = format!(
+        "spiffe://{}/ns/{}/sa/{}",
+        config.trust_domain,
+        config.namespace,
+        config.service_account()
+    )
+    .parse()
+    .map_err(
+        |e: weft_proto::spiffe::IdentityError| StartError::Identity {
+            namespace: config.namespace.clone(),
+            service_account: config.service_account().to_owned(),
+            reason: e.to_string(),
+        },
+    )?;
+    let state = Arc::new(ProxyState::default());
+    let pod = config
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| config.name.clone());
+    let xds = XdsClient::new(
+        control.clone(),
+        proxy_node(
+            "waypoint",
+            &config.node_name,
+            &format!("waypoint~{}~{}", config.namespace, pod),
+        ),
+        vec![
+            Arc::new(AddressHandler::new(state.clone())),
+            Arc::new(AuthorizationHandler::new(state.clone())),
+        ],
+    );
+    let xds_status = xds.status();
+    let certs = CertificateManager::new(CaClient::new(control));
+    let mut tasks = vec![tokio::spawn(xds.run())];
+    let wp = Arc::new(Waypoint::new(
+        config.namespace.clone(),
+        config.name.clone(),
+        identity.clone(),
+        format!("waypoint~{}~{}", config.namespace, pod),
+        state,
+        certs.clone(),
+        trust,
+        xds_status,
+    ));
+    // The certificate is needed before the first tunnel; fetched now, and
+    // renewed in the background from then on.
+    let (c, id) = (certs.clone(), identity.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(err) = c.fetch(&id).await {
+            tracing::warn!(%err, "first certificate request failed; retrying in the background");
+        }
+    }));
+    let bind = |what, addr| async move {
+        weft_proxy::admin::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let (hbone, hbone_address) = bind("HBONE", config.hbone_address).await?;
+    let (admin, admin_address) = bind("admin", config.admin_address).await?;
+    let (ready, readiness_address) = bind("readiness", config.readiness_address).await?;
+    tasks.push(tokio::spawn(inbound::serve(wp.clone(), hbone)));
+    let dump = wp.clone();
+    tasks.push(tokio::spawn(weft_proxy::admin::serve(
+        admin,
+        Routes::default().route("/config_dump", move |_, _| {
+            Reply::json(&ConfigDump {
+                waypoint: &dump.name,
+                identity: dump.identity.to_string(),
+                xds: dump.xds(),
+                state: dump.state.dump(),
+                certificates: dump.certs.info(),
+            })
+        }),
+    )));
+    let readiness = wp.clone();
+    tasks.push(tokio::spawn(weft_proxy::admin::serve(
+        ready,
+        Routes::default().route("/healthz/ready", move |_, _| {
+            if !readiness.xds().synced {
+                return Reply::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: xDS has not synced\n",
+                );
+            }
+            match readiness.certs.current(&readiness.identity) {
+                Some(c) if c.is_valid_at(std::time::SystemTime::now()) => {
+                    Reply::text(StatusCode::OK, "ready\n")
+                }
+                _ => Reply::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "not ready: no valid certificate for {}\n",
+                        readiness.identity
+                    ),
+                ),
+            }
+        }),
+    )));
+    tracing::info!(waypoint = %wp.name, identity = %identity, %hbone_address, %admin_address, "waypoint started");
+    Ok(Started {
+        hbone_address,
+        admin_address,
+        readiness_address,
+        waypoint: wp,
+        tasks,
+    })
+}
+
+/// The binary's entry point.
+pub fn main() -> anyhow::Result<()> {
+    main_from(std::env::args_os())
+}
+
+/// Runs the waypoint with `args` (the first is the program name).
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
+    let config = <Config as clap::Parser>::parse_from(args);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let format = match config.log_format.as_str() {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
+        _ => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let started = start(config).await?;
+            // Machine-readable, for tools that start it on port 0.
+            println!(
+                "hbone={} admin={} readiness={}",
+                started.hbone_address, started.admin_address, started.readiness_address
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            drop(started);
+            Ok(())
+        })
+}

@@ -1,0 +1,250 @@
+//! HTTP through the waypoint: requests arriving in a tunnel (HTTP/1.1 or
+//! HTTP/2, as the client speaks) are each sent to an endpoint of the
+//! destination, over the same protocol, and the response comes back.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use weft_proto::spiffe::Identity;
+use weft_proxy::{balance::Endpoint, hbone::io::H2Io};
+
+use crate::{
+    access_log::{LoggedBody, RequestLog},
+    proxy::{Target, Waypoint},
+    upstream,
+};
+
+/// A response body: the upstream's, or one the waypoint made.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The HTTP version spoken on a tunnel (both ways).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+impl Version {
+    fn name(self) -> &'static str {
+        match self {
+            Version::Http1 => "HTTP/1.1",
+            Version::Http2 => "HTTP/2",
+        }
+    }
+}
+
+/// Who sent the requests of one tunnel, and where they are headed.
+pub struct Downstream {
+    pub peer: SocketAddr,
+    pub identity: Identity,
+    pub target: Target,
+    pub version: Version,
+}
+
+/// Serves the requests of one tunnel until the client is done.
+pub async fn serve(wp: Arc<Waypoint>, io: H2Io, down: Arc<Downstream>) -> Result<(), hyper::Error> {
+    let version = down.version;
+    let service = hyper::service::service_fn(move |req| {
+        let (wp, down) = (wp.clone(), down.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(&wp, &down, req).await) }
+    });
+    let io = TokioIo::new(io);
+    match version {
+        Version::Http1 => {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+        }
+        Version::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+        }
+    }
+}
+
+/// A response the waypoint makes itself, Envoy-style (`text/plain` reason).
+pub fn local_response(status: StatusCode, text: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(text.to_owned()))
+        .map_err(|never| match never {})
+        .boxed();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(body)
+        .expect("a status and a body make a response")
+}
+
+fn finish(mut log: RequestLog, response: Response<Body>) -> Response<Body> {
+    log.status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, LoggedBody::new(body, log).boxed())
+}
+
+async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Response<Body> {
+    let mut log = RequestLog::new(
+        req.method().to_string(),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into()),
+        down.version.name(),
+        authority_of(&req).unwrap_or_default(),
+        down.peer.to_string(),
+        down.identity.to_string(),
+        down.target.name(),
+    );
+    let endpoint = match &down.target {
+        Target::Service { service, port } => {
+            match wp.balancer.service_endpoint(&wp.state, service, *port) {
+                Ok(endpoint) => endpoint,
+                Err(err) => {
+                    log.flags = "UH";
+                    log.error = Some(err.to_string());
+                    return finish(
+                        log,
+                        local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                    );
+                }
+            }
+        }
+        Target::Workload { workload, addr } => Endpoint {
+            workload: workload.clone(),
+            addr: *addr,
+        },
+    };
+    log.upstream = Some(endpoint.addr.to_string());
+    match forward(wp, &endpoint, down.version, req).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            // The upstream's connection management is its own hop's
+            // (`connection: close` there does not close the client's).
+            strip_hop_by_hop(&mut parts.headers);
+            finish(log, Response::from_parts(parts, body.boxed()))
+        }
+        Err(err) => {
+            log.flags = "UF";
+            log.error = Some(err.to_string());
+            finish(
+                log,
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers",
+                ),
+            )
+        }
+    }
+}
+
+fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    req.uri().authority().map(|a| a.to_string()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error(transparent)]
+    Connect(#[from] upstream::UpstreamError),
+    #[error("HTTP with the upstream: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// Headers that belong to one HTTP/1.1 hop, never forwarded (RFC 9110
+/// 7.6.1), with any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+async fn forward(
+    wp: &Waypoint,
+    endpoint: &Endpoint,
+    version: Version,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, ForwardError> {
+    let io = TokioIo::new(upstream::connect(wp, endpoint).await?);
+    match version {
+        Version::Http1 => {
+            strip_hop_by_hop(req.headers_mut());
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%err, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(sender.send_request(req).await?)
+        }
+        Version::Http2 => {
+            // HTTP/2 carries `te: trailers` (gRPC needs it) and nothing
+            // hop-by-hop.
+            if req
+                .headers()
+                .get(header::TE)
+                .is_some_and(|te| te != HeaderValue::from_static("trailers"))
+            {
+                req.headers_mut().remove(header::TE);
+            }
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%err, "upstream HTTP/2 connection ended");
+                }
+            });
+            Ok(sender.send_request(req).await?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+            ("host", "shop"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept", "host"]);
+    }
+}

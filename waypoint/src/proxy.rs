@@ -1,0 +1,178 @@
+//! What every connection through the waypoint shares: who the waypoint is,
+//! the mesh's state from xDS, its certificate, the HBONE pool and the
+//! endpoint balancer.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use weft_proto::spiffe::Identity;
+use weft_proxy::{
+    balance::Balancer,
+    hbone::{pool::Pool, tls::TrustBundle},
+    identity::CertificateManager,
+    state::{GatewayAddress, ProxyState, Service, Workload},
+    xds::XdsStatus,
+};
+
+/// How long a request waits for the waypoint's first configuration.
+pub const CONFIG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The waypoint has no configuration from the control service yet.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no configuration from the control service yet (waited {}s); is it reachable?",
+    CONFIG_WAIT.as_secs()
+)]
+pub struct NoConfig;
+
+/// Shared by all of the waypoint's proxying.
+pub struct Waypoint {
+    /// `namespace/name` of the waypoint's Gateway.
+    pub name: String,
+    pub namespace: String,
+    pub gateway: String,
+    pub identity: Identity,
+    /// The workload uid this waypoint's tunnels leave from (pool key).
+    pub source_workload: String,
+    pub state: Arc<ProxyState>,
+    pub certs: CertificateManager,
+    pub trust: TrustBundle,
+    pub pool: Pool,
+    pub balancer: Balancer,
+    xds: tokio::sync::watch::Receiver<XdsStatus>,
+}
+
+/// Where a CONNECT through the waypoint is headed.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A service, by VIP and port: the waypoint chooses the endpoint.
+    Service { service: Arc<Service>, port: u16 },
+    /// A pod, by its address.
+    Workload {
+        workload: Arc<Workload>,
+        addr: SocketAddr,
+    },
+}
+
+impl Target {
+    /// The name to log (`namespace/hostname` or the workload's).
+    pub fn name(&self) -> String {
+        match self {
+            Target::Service { service, .. } => service.key(),
+            Target::Workload { workload, .. } => {
+                format!("{}/{}", workload.namespace, workload.name)
+            }
+        }
+    }
+}
+
+impl Waypoint {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        namespace: String,
+        gateway: String,
+        identity: Identity,
+        source_workload: String,
+        state: Arc<ProxyState>,
+        certs: CertificateManager,
+        trust: TrustBundle,
+        xds: tokio::sync::watch::Receiver<XdsStatus>,
+    ) -> Self {
+        Self {
+            name: format!("{namespace}/{gateway}"),
+            namespace,
+            gateway,
+            identity,
+            source_workload,
+            state,
+            certs,
+            trust,
+            pool: Pool::default(),
+            balancer: Balancer::default(),
+            xds,
+        }
+    }
+
+    /// Waits until the first full configuration has arrived.
+    pub async fn config_ready(&self) -> Result<(), NoConfig> {
+        if self.xds.borrow().synced {
+            return Ok(());
+        }
+        let mut xds = self.xds.clone();
+        let synced = tokio::time::timeout(CONFIG_WAIT, async {
+            xds.wait_for(|s| s.synced).await.is_ok()
+        })
+        .await;
+        match synced {
+            Ok(true) => Ok(()),
+            _ => Err(NoConfig),
+        }
+    }
+
+    pub fn xds(&self) -> XdsStatus {
+        self.xds.borrow().clone()
+    }
+
+    /// Whether `address` (a service's or a workload's waypoint) is this
+    /// waypoint: its Service, by VIP or hostname.
+    pub fn is_self(&self, address: &GatewayAddress) -> bool {
+        match address {
+            GatewayAddress::Ip { ip, .. } => self
+                .state
+                .service_by_ip(*ip)
+                .is_some_and(|s| s.namespace == self.namespace && s.name == self.gateway),
+            GatewayAddress::Hostname {
+                namespace,
+                hostname,
+                ..
+            } => {
+                *namespace == self.namespace
+                    && hostname
+                        .strip_prefix(&format!("{}.{}.svc", self.gateway, self.namespace))
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            }
+        }
+    }
+
+    /// What `authority` names, if it is a destination this waypoint
+    /// serves: a service or pod whose traffic is bound to it. Anything else
+    /// is refused, so that no client can use the waypoint to reach (with
+    /// the waypoint's identity) what it was not put in front of.
+    pub fn target(&self, authority: SocketAddr) -> Result<Target, TargetError> {
+        if let Some((service, _)) = self.state.service_by_vip(authority) {
+            return match &service.waypoint {
+                Some(w) if self.is_self(w) => Ok(Target::Service {
+                    service,
+                    port: authority.port(),
+                }),
+                _ => Err(TargetError::NotBound {
+                    destination: service.key(),
+                    waypoint: self.name.clone(),
+                }),
+            };
+        }
+        match self.state.workload_by_ip(authority.ip()) {
+            Some(workload) => match &workload.waypoint {
+                Some(w) if self.is_self(w) => Ok(Target::Workload {
+                    workload,
+                    addr: authority,
+                }),
+                _ => Err(TargetError::NotBound {
+                    destination: format!("{}/{}", workload.namespace, workload.name),
+                    waypoint: self.name.clone(),
+                }),
+            },
+            None => Err(TargetError::Unknown(authority)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0} is neither a service VIP nor a workload of the mesh")]
+    Unknown(SocketAddr),
+    #[error("{destination} does not use waypoint {waypoint}")]
+    NotBound {
+        destination: String,
+        waypoint: String,
+    },
+}
