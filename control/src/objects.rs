@@ -27,6 +27,8 @@ pub enum Kind {
     AuthorizationPolicy,
     PeerAuthentication,
     Gateway,
+    HttpRoute,
+    ReferenceGrant,
 }
 
 impl fmt::Display for Kind {
@@ -38,6 +40,8 @@ impl fmt::Display for Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         })
     }
 }
@@ -249,6 +253,171 @@ impl Gateway {
     }
 }
 
+/// What a route attaches to (`parentRefs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParentRef {
+    /// A Service (GAMMA): traffic addressed to it, on `port` if given.
+    Service {
+        namespace: String,
+        name: String,
+        port: Option<u16>,
+    },
+    /// A Gateway (a waypoint, or another gateway).
+    Gateway {
+        namespace: String,
+        name: String,
+        port: Option<u16>,
+    },
+}
+
+/// `HTTPPathMatch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    /// Matched by segment (`/a` matches `/a` and `/a/b`, not `/ab`).
+    Prefix(String),
+    RegularExpression(String),
+}
+
+/// A header or query-parameter match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueMatch {
+    pub name: String,
+    pub value: String,
+    pub regex: bool,
+}
+
+/// `HTTPRouteMatch`: every present field must match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpMatch {
+    pub path: PathMatch,
+    pub headers: Vec<ValueMatch>,
+    pub query_params: Vec<ValueMatch>,
+    pub method: Option<String>,
+}
+
+impl Default for HttpMatch {
+    /// The spec's default: every request (`PathPrefix /`).
+    fn default() -> Self {
+        Self {
+            path: PathMatch::Prefix("/".into()),
+            headers: Vec::new(),
+            query_params: Vec::new(),
+            method: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderModifier {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// A path change: `ReplaceFullPath` or `ReplacePrefixMatch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathModifier {
+    Full(String),
+    Prefix(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpFilter {
+    RequestHeaders(HeaderModifier),
+    ResponseHeaders(HeaderModifier),
+    Redirect {
+        scheme: Option<String>,
+        hostname: Option<String>,
+        port: Option<u16>,
+        path: Option<PathModifier>,
+        status: u16,
+    },
+    Rewrite {
+        hostname: Option<String>,
+        path: Option<PathModifier>,
+    },
+    Mirror {
+        backend: BackendRef,
+        percent: u32,
+    },
+}
+
+/// A `backendRef`: a Service and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendRef {
+    /// Kind of the referent; only `Service` (core group) is resolvable.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub filters: Vec<HttpFilter>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpRetry {
+    pub attempts: Option<u32>,
+    pub codes: Vec<u16>,
+    pub backoff_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpRule {
+    /// Empty: the default match (every request).
+    pub matches: Vec<HttpMatch>,
+    pub filters: Vec<HttpFilter>,
+    pub backends: Vec<BackendRef>,
+    pub request_timeout_ms: Option<u64>,
+    pub backend_timeout_ms: Option<u64>,
+    pub retry: Option<HttpRetry>,
+}
+
+/// A Gateway API HTTPRoute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRoute {
+    pub namespace: String,
+    pub name: String,
+    pub parents: Vec<ParentRef>,
+    pub rules: Vec<HttpRule>,
+    /// `metadata.creationTimestamp`, for precedence between routes (the
+    /// oldest first); files without one sort after those with one.
+    pub created: Option<String>,
+}
+
+/// A `ReferenceGrant`: objects of the `from` kinds in the `from`
+/// namespaces may refer to the `to` objects of the grant's own namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferenceGrant {
+    pub namespace: String,
+    pub name: String,
+    /// (group, kind, namespace).
+    pub from: Vec<(String, String, String)>,
+    /// (group, kind, name: `None` for any).
+    pub to: Vec<(String, String, Option<String>)>,
+}
+
+impl ReferenceGrant {
+    /// Whether an object of `group`/`kind` in `from_namespace` may refer to
+    /// `to_group`/`to_kind` `name` in the grant's namespace.
+    pub fn allows(
+        &self,
+        group: &str,
+        kind: &str,
+        from_namespace: &str,
+        to_group: &str,
+        to_kind: &str,
+        name: &str,
+    ) -> bool {
+        self.from
+            .iter()
+            .any(|(g, k, n)| g == group && k == kind && n == from_namespace)
+            && self.to.iter().any(|(g, k, n)| {
+                g == to_group && k == to_kind && n.as_deref().is_none_or(|n| n == name)
+            })
+    }
+}
+
 /// `AuthorizationPolicy.spec.action`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AuthzAction {
@@ -417,6 +586,8 @@ pub enum Object {
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
     Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    ReferenceGrant(ReferenceGrant),
 }
 
 impl Object {
@@ -432,6 +603,8 @@ impl Object {
                 (Kind::PeerAuthentication, o.namespace.as_str(), &o.name)
             }
             Object::Gateway(o) => (Kind::Gateway, o.namespace.as_str(), &o.name),
+            Object::HttpRoute(o) => (Kind::HttpRoute, o.namespace.as_str(), &o.name),
+            Object::ReferenceGrant(o) => (Kind::ReferenceGrant, o.namespace.as_str(), &o.name),
         };
         ObjectKey {
             kind,

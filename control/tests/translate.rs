@@ -584,3 +584,174 @@ spec: {clusterIP: 198.19.0.13, selector: {app: app}, ports: [{port: 80}]}
     assert_eq!(wp.waypoint, None);
     assert_eq!(wp.tunnel_protocol, workload::TunnelProtocol::Hbone as i32);
 }
+
+const ROUTED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec: {gatewayClassName: istio-waypoint}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: shop, labels: {istio.io/use-waypoint: none}}
+spec: {clusterIP: 198.19.0.11, selector: {app: web}, ports: [{port: 80}]}
+"#;
+
+fn route_names(r: &Resources, service: &str) -> Vec<String> {
+    r.routes[service]
+        .routes
+        .iter()
+        .map(|route| {
+            let m = route.r#match.as_ref().unwrap();
+            format!(
+                "{}#{} {}",
+                route.route,
+                route.rule,
+                m.path.as_ref().unwrap().value
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn route_rules_are_ordered_by_the_gateway_api_precedence() {
+    let r = resources(&format!(
+        "{ROUTED}{}",
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api/}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}, method: GET}]
+    backendRefs: [{name: web, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /api}
+      headers: [{name: X-One, value: "1"}, {name: x-two, value: "2"}]
+    - path: {type: PathPrefix, value: /api}
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: Exact, value: /api}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: RegularExpression, value: "/r.*"}}]
+    backendRefs: [{name: web, port: 80}]
+"#
+    ));
+    assert_eq!(
+        route_names(&r, "shop/web.shop.svc.cluster.local"),
+        [
+            "shop/a#1 /api",  // Exact
+            "shop/a#2 /r.*",  // a regular expression
+            "shop/b#2 /api",  // same prefix length: the method first
+            "shop/a#0 /api",  // then more headers
+            "shop/a#0 /api",  // then the route by name (a before b)…
+            "shop/b#1 /api/", // …and a trailing slash does not lengthen a prefix
+            "shop/b#0 /",
+        ]
+    );
+    let headers = &r.routes["shop/web.shop.svc.cluster.local"].routes[3]
+        .r#match
+        .as_ref()
+        .unwrap()
+        .headers;
+    assert_eq!(
+        headers[0].name, "x-one",
+        "header names are compared lower case"
+    );
+}
+
+#[test]
+fn route_status_says_why_a_route_or_backend_is_refused() {
+    let r = resources(&format!(
+        "{ROUTED}{}",
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mixed, namespace: shop}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: web}
+  - {group: "", kind: Service, name: plain}
+  - {group: "", kind: Service, name: ghost}
+  - {group: "", kind: Service, name: web, port: 81}
+  rules:
+  - backendRefs:
+    - {name: web, port: 80}
+    - {name: missing, port: 80}
+    - {name: web, port: 80, namespace: elsewhere}
+"#
+    ));
+    let status = &r.route_status["shop/mixed"];
+    type Conditions<'a> = Vec<(&'a str, bool, &'a str)>;
+    let summary: Vec<(String, Conditions<'_>)> = status
+        .iter()
+        .map(|p| {
+            (
+                p.parent.clone(),
+                p.conditions
+                    .iter()
+                    .map(|c| (c.kind, c.status, c.reason))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "Service shop/web".to_string(),
+                vec![
+                    ("Accepted", true, "Accepted"),
+                    ("ResolvedRefs", false, "BackendNotFound")
+                ]
+            ),
+            (
+                "Service shop/plain".to_string(),
+                vec![("Accepted", false, "NoMatchingParent")]
+            ),
+            (
+                "Service shop/ghost".to_string(),
+                vec![("Accepted", false, "NoMatchingParent")]
+            ),
+            (
+                "Service shop/web".to_string(),
+                vec![("Accepted", false, "NoMatchingParent")]
+            ),
+        ]
+    );
+    assert!(
+        status[1].conditions[0].message.contains("has no waypoint"),
+        "{status:?}"
+    );
+    // The invalid backends stay, marked, so their share answers 500.
+    let backends = &r.routes["shop/web.shop.svc.cluster.local"].routes[0].backends;
+    let errors: Vec<bool> = backends.iter().map(|b| !b.error.is_empty()).collect();
+    assert_eq!(errors, [false, true, true]);
+    assert!(
+        backends[2].error.contains("ReferenceGrant"),
+        "{}",
+        backends[2].error
+    );
+}

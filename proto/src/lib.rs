@@ -5,7 +5,8 @@
 //! - [`istio::workload`] and [`istio::security`]: the resources node proxies
 //!   receive (`Address` = workload or service, `Authorization`);
 //! - [`istio::v1::auth`]: the certificate-signing service;
-//! - [`weft::nodeagent::v1`]: how the CNI plugin hands pods to ztunnel.
+//! - [`weft::nodeagent::v1`]: how the CNI plugin hands pods to ztunnel;
+//! - [`weft::l7::v1`]: the waypoints' routes (Weft's own resource type).
 //!
 //! Generated types stay in this crate's API as they are; every other crate
 //! converts them once, at its edge, into its own domain types.
@@ -22,6 +23,8 @@ pub mod spiffe;
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of `istio.security.Authorization` resources.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+/// Type URL of Weft's L7 routes for waypoints (`weft.l7.v1.ServiceRoutes`).
+pub const ROUTES_TYPE_URL: &str = "type.googleapis.com/weft.l7.v1.ServiceRoutes";
 
 /// Packs a message into an `Any` with the given type URL.
 pub fn to_any<M: prost::Message>(type_url: &str, message: &M) -> prost_types::Any {

@@ -93,8 +93,9 @@ impl ProbeReport {
 /// Serves `listener` forever as an HTTP server speaking HTTP/1.1 and
 /// HTTP/2 (prior knowledge), keep-alive: every request gets `200` with the
 /// body `"<name> saw <peer>: <method> <path>"`, except `/status/NNN`, which
-/// answers NNN, and `/headers`, whose body lists the request's headers
-/// (`name: value` lines, as received).
+/// answers NNN, `/headers`, whose body lists the request's headers
+/// (`name: value` lines, as received), and `…/delay/MS`, answered after MS
+/// milliseconds.
 pub fn spawn_web(listener: std::net::TcpListener, name: &str) -> std::io::Result<JoinHandle<()>> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     listener.set_nonblocking(true)?;
@@ -107,10 +108,21 @@ pub fn spawn_web(listener: std::net::TcpListener, name: &str) -> std::io::Result
             };
             let name = name.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let reply = web_reply(&name, peer, &req);
-                    async move { Ok::<_, std::convert::Infallible>(reply) }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let reply = web_reply(&name, peer, &req);
+                        let delay = req
+                            .uri()
+                            .path()
+                            .rsplit_once("/delay/")
+                            .and_then(|(_, ms)| ms.parse::<u64>().ok());
+                        async move {
+                            if let Some(ms) = delay {
+                                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(reply)
+                        }
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;

@@ -62,6 +62,7 @@ struct ConfigDump<'a> {
     xds: weft_proxy::xds::XdsStatus,
     #[serde(flatten)]
     state: weft_proxy::state::StateDump,
+    routes: std::collections::BTreeMap<String, Arc<crate::routes::ServiceRoutes>>,
     certificates: Vec<weft_proxy::identity::CertificateInfo>,
 }
 
@@ -88,6 +89,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         },
     )?;
     let state = Arc::new(ProxyState::default());
+    let routes = Arc::new(crate::routes::RouteTable::default());
     let pod = config
         .pod_name
         .clone()
@@ -102,6 +104,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         vec![
             Arc::new(AddressHandler::new(state.clone())),
             Arc::new(AuthorizationHandler::new(state.clone())),
+            Arc::new(crate::routes::RoutesHandler::new(routes.clone())),
         ],
     );
     let xds_status = xds.status();
@@ -115,6 +118,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         state,
         certs.clone(),
         trust,
+        routes,
         xds_status,
     ));
     // The certificate is needed before the first tunnel; fetched now, and
@@ -143,6 +147,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
                 identity: dump.identity.to_string(),
                 xds: dump.xds(),
                 state: dump.state.dump(),
+                routes: dump.routes.dump(),
                 certificates: dump.certs.info(),
             })
         }),

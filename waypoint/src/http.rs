@@ -2,7 +2,7 @@
 //! HTTP/2, as the client speaks) are each sent to an endpoint of the
 //! destination, over the same protocol, and the response comes back.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -14,7 +14,10 @@ use weft_proxy::{balance::Endpoint, hbone::io::H2Io};
 
 use crate::{
     access_log::{LoggedBody, RequestLog},
+    filters,
+    matcher::{select, RequestInfo, Selection},
     proxy::{Target, Waypoint},
+    routes::{Backend, Filter, HeaderModifier, Route},
     upstream,
 };
 
@@ -98,32 +101,227 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
         down.identity.to_string(),
         down.target.name(),
     );
-    let endpoint = match &down.target {
-        Target::Service { service, port } => {
-            match wp.balancer.service_endpoint(&wp.state, service, *port) {
-                Ok(endpoint) => endpoint,
-                Err(err) => {
-                    log.flags = "UH";
-                    log.error = Some(err.to_string());
-                    return finish(
-                        log,
-                        local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                    );
+    let (service, port) = match &down.target {
+        // Pod-addressed traffic takes no service's routes.
+        Target::Workload { workload, addr } => {
+            let endpoint = Endpoint {
+                workload: workload.clone(),
+                addr: *addr,
+            };
+            return send(wp, down, &endpoint, req, Plan::default(), log).await;
+        }
+        Target::Service { service, port } => (service.clone(), *port),
+    };
+    let routes = wp.routes.get(&service.key());
+    let info = RequestInfo {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        port,
+        caller_namespace: &down.identity.namespace,
+    };
+    let selection = match &routes {
+        None => Selection::Default,
+        Some(routes) => select(routes, &info),
+    };
+    let route = match selection {
+        Selection::Default => {
+            return match wp.balancer.service_endpoint(&wp.state, &service, port) {
+                Ok(endpoint) => send(wp, down, &endpoint, req, Plan::default(), log).await,
+                Err(err) => no_upstream(log, err.to_string()),
+            };
+        }
+        Selection::NoRoute => {
+            log.flags = "NR";
+            return finish(
+                log,
+                local_response(StatusCode::NOT_FOUND, "route not found"),
+            );
+        }
+        Selection::Route(route) => route,
+    };
+    log.route = route.name.clone();
+    if let Some(status) = route.error_status {
+        log.flags = "NC";
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return finish(
+            log,
+            local_response(status, "the route's backends are all invalid"),
+        );
+    }
+    if let Some(Filter::Redirect {
+        scheme,
+        hostname,
+        port: redirect_port,
+        path,
+        status,
+    }) = filters::redirect(&route.filters)
+    {
+        let host = authority_of(&req).unwrap_or_else(|| service.hostname.clone());
+        let location = filters::redirect_location(
+            scheme.as_deref(),
+            hostname.as_deref(),
+            *redirect_port,
+            path.as_ref(),
+            &route.matcher.path,
+            &host,
+            port,
+            req.uri().path(),
+            req.uri().query(),
+        );
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::FOUND);
+        let mut response = local_response(status, "");
+        if let Ok(value) = HeaderValue::try_from(location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        return finish(log, response);
+    }
+    let Some(backend) =
+        filters::choose_backend(&route.backends, |total| rand::random_range(0..total))
+    else {
+        log.flags = "NC";
+        return finish(
+            log,
+            local_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the route has no backend",
+            ),
+        );
+    };
+    if let Some(error) = &backend.error {
+        log.flags = "NC";
+        log.error = Some(error.clone());
+        return finish(
+            log,
+            local_response(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend"),
+        );
+    }
+    let Some(backend_service) = wp.state.service(&backend.service) else {
+        return no_upstream(
+            log,
+            format!("backend service {} is not known yet", backend.service),
+        );
+    };
+    let endpoint = match wp
+        .balancer
+        .service_endpoint(&wp.state, &backend_service, backend.port)
+    {
+        Ok(endpoint) => endpoint,
+        Err(err) => return no_upstream(log, err.to_string()),
+    };
+    let req = apply_request_filters(req, route, backend, down.version);
+    let plan = Plan {
+        response_filters: route
+            .filters
+            .iter()
+            .chain(&backend.filters)
+            .filter_map(|f| match f {
+                Filter::ResponseHeaders(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect(),
+        timeout: [route.request_timeout_ms, route.backend_timeout_ms]
+            .into_iter()
+            .filter(|ms| *ms > 0)
+            .min()
+            .map(Duration::from_millis),
+    };
+    send(wp, down, &endpoint, req, plan, log).await
+}
+
+/// What happens around forwarding, once the route is chosen.
+#[derive(Default)]
+struct Plan {
+    response_filters: Vec<HeaderModifier>,
+    timeout: Option<Duration>,
+}
+
+fn no_upstream(mut log: RequestLog, error: String) -> Response<Body> {
+    log.flags = "UH";
+    log.error = Some(error);
+    finish(
+        log,
+        local_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+    )
+}
+
+/// The route's and the backend's request filters: header changes, then a
+/// rewrite of host and path.
+fn apply_request_filters(
+    req: Request<Incoming>,
+    route: &Route,
+    backend: &Backend,
+    version: Version,
+) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    for f in route.filters.iter().chain(&backend.filters) {
+        match f {
+            Filter::RequestHeaders(m) => filters::modify_headers(&mut parts.headers, m),
+            Filter::Rewrite { hostname, path } => {
+                let new_path = path.as_ref().map(|change| {
+                    filters::change_path(parts.uri.path(), change, &route.matcher.path)
+                });
+                let path_and_query = match (new_path, parts.uri.query()) {
+                    (Some(p), Some(q)) => Some(format!("{p}?{q}")),
+                    (Some(p), None) => Some(p),
+                    (None, _) => None,
+                };
+                let mut uri = http::uri::Parts::from(parts.uri.clone());
+                if let Some(pq) = path_and_query.and_then(|pq| pq.parse().ok()) {
+                    uri.path_and_query = Some(pq);
+                }
+                if let Some(host) = hostname {
+                    filters::set_host(&mut parts.headers, host);
+                    if version == Version::Http2 {
+                        if let Ok(authority) = host.parse() {
+                            uri.authority = Some(authority);
+                        }
+                    }
+                }
+                if let Ok(rebuilt) = http::Uri::from_parts(uri) {
+                    parts.uri = rebuilt;
                 }
             }
+            _ => {}
         }
-        Target::Workload { workload, addr } => Endpoint {
-            workload: workload.clone(),
-            addr: *addr,
-        },
-    };
+    }
+    Request::from_parts(parts, body)
+}
+
+/// Sends `req` to `endpoint` as `plan` says and answers with the response.
+async fn send(
+    wp: &Waypoint,
+    down: &Downstream,
+    endpoint: &Endpoint,
+    req: Request<Incoming>,
+    plan: Plan,
+    mut log: RequestLog,
+) -> Response<Body> {
     log.upstream = Some(endpoint.addr.to_string());
-    match forward(wp, &endpoint, down.version, req).await {
+    let forwarded = forward(wp, endpoint, down.version, req);
+    let result = match plan.timeout {
+        Some(limit) => match tokio::time::timeout(limit, forwarded).await {
+            Ok(result) => result,
+            Err(_) => {
+                log.flags = "UT";
+                return finish(
+                    log,
+                    local_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                );
+            }
+        },
+        None => forwarded.await,
+    };
+    match result {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             // The upstream's connection management is its own hop's
             // (`connection: close` there does not close the client's).
             strip_hop_by_hop(&mut parts.headers);
+            for m in &plan.response_filters {
+                filters::modify_headers(&mut parts.headers, m);
+            }
             finish(log, Response::from_parts(parts, body.boxed()))
         }
         Err(err) => {

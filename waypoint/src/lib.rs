@@ -5,7 +5,9 @@
 //! 15008, with the original destination as the CONNECT authority
 //! ([`inbound`]). The waypoint checks that the destination is bound to it,
 //! looks at the tunnel's first bytes and, for HTTP/1.1 or HTTP/2, proxies
-//! request by request ([`http`]): it chooses an endpoint of the destination
+//! request by request ([`http`]): it picks the route ([`matcher`], over the
+//! [`routes`] the control service compiled from HTTPRoutes), applies its
+//! [`filters`], chooses an endpoint of the backend
 //! and opens HBONE onward to it, presenting its own identity ([`upstream`]);
 //! anything else is carried at L4 ([`tcp`]). HBONE, identities, xDS state
 //! and endpoint choice are `weft-proxy`'s, the same code ztunnel runs.
@@ -13,8 +15,11 @@
 pub mod access_log;
 pub mod app;
 pub mod config;
+pub mod filters;
 pub mod http;
 pub mod inbound;
+pub mod matcher;
 pub mod proxy;
+pub mod routes;
 pub mod tcp;
 pub mod upstream;

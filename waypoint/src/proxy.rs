@@ -38,6 +38,8 @@ pub struct Waypoint {
     pub trust: TrustBundle,
     pub pool: Pool,
     pub balancer: Balancer,
+    /// The routes of the services behind the waypoint.
+    pub routes: Arc<crate::routes::RouteTable>,
     xds: tokio::sync::watch::Receiver<XdsStatus>,
 }
 
@@ -75,6 +77,7 @@ impl Waypoint {
         state: Arc<ProxyState>,
         certs: CertificateManager,
         trust: TrustBundle,
+        routes: Arc<crate::routes::RouteTable>,
         xds: tokio::sync::watch::Receiver<XdsStatus>,
     ) -> Self {
         Self {
@@ -88,6 +91,7 @@ impl Waypoint {
             trust,
             pool: Pool::default(),
             balancer: Balancer::default(),
+            routes,
             xds,
         }
     }

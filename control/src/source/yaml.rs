@@ -90,19 +90,21 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         "AuthorizationPolicy" => Kind::AuthorizationPolicy,
         "PeerAuthentication" => Kind::PeerAuthentication,
         "Gateway" => Kind::Gateway,
+        "HTTPRoute" => Kind::HttpRoute,
+        "ReferenceGrant" => Kind::ReferenceGrant,
         other => {
             return Err((
                 None,
                 format!(
                     "kind {other:?} is not supported here (supported: Namespace, Pod, Service, \
-                     AuthorizationPolicy, PeerAuthentication, Gateway)"
+                     AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, ReferenceGrant)"
                 ),
             ))
         }
     };
     let expected_group = match kind {
         Kind::AuthorizationPolicy | Kind::PeerAuthentication => "security.istio.io/",
-        Kind::Gateway => "gateway.networking.k8s.io/",
+        Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => "gateway.networking.k8s.io/",
         _ => "",
     };
     let group_ok = if expected_group.is_empty() {
@@ -143,6 +145,7 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         check_name(&namespace).map_err(|r| fail(format!("namespace: {r}")))?;
     }
     let labels = meta.labels;
+    let created = meta.creation_timestamp;
     let spec = value
         .get("spec")
         .cloned()
@@ -165,6 +168,12 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         }
         Kind::Gateway => {
             Object::Gateway(gateway::gateway(namespace, name, labels, spec).map_err(&fail)?)
+        }
+        Kind::HttpRoute => {
+            Object::HttpRoute(gateway::http_route(namespace, name, created, spec).map_err(&fail)?)
+        }
+        Kind::ReferenceGrant => {
+            Object::ReferenceGrant(gateway::reference_grant(namespace, name, spec).map_err(&fail)?)
         }
     };
     Ok(object)
@@ -221,6 +230,8 @@ struct Meta {
     namespace: Option<String>,
     #[serde(default)]
     labels: Labels,
+    #[serde(rename = "creationTimestamp")]
+    creation_timestamp: Option<String>,
 }
 
 // ---- Pod ----

@@ -10,6 +10,7 @@
 
 mod authz;
 mod peer_authn;
+pub mod routes;
 mod services;
 pub mod waypoints;
 mod workloads;
@@ -17,7 +18,10 @@ mod workloads;
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
-use weft_proto::istio::{security, workload};
+use weft_proto::{
+    istio::{security, workload},
+    weft::l7::v1 as l7,
+};
 
 use crate::source::ConfigSnapshot;
 
@@ -53,6 +57,10 @@ impl Default for MeshConfig {
 pub struct Resources {
     pub addresses: BTreeMap<String, workload::Address>,
     pub authorizations: BTreeMap<String, security::Authorization>,
+    /// L7 routes of services behind waypoints, by `namespace/hostname`.
+    pub routes: BTreeMap<String, l7::ServiceRoutes>,
+    /// Each HTTPRoute's status, per parent, by `namespace/name`.
+    pub route_status: BTreeMap<String, Vec<routes::ParentStatus>>,
     /// Things users should know about (policies that cannot be enforced as
     /// written, exhausted VIP ranges, …), one sentence each.
     pub warnings: Vec<String>,
@@ -66,6 +74,9 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
     for s in &mut services.services {
         s.service.waypoint = waypoints.for_service(&s.source);
     }
+    let compiled = routes::translate(snapshot, &services, &mut out.warnings);
+    out.routes = compiled.services;
+    out.route_status = compiled.status;
     let policies = authz::translate(snapshot, mesh, &mut out.warnings);
     let peer = peer_authn::translate(snapshot, mesh);
     for policy in policies.policies.into_iter().chain(peer.policies) {

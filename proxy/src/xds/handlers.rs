@@ -31,26 +31,28 @@ pub trait ResourceHandler: Send + Sync {
     fn versions(&self) -> BTreeMap<String, String>;
 }
 
-/// Versions by name, shared by the handlers' bookkeeping.
+/// Versions by name, every handler's bookkeeping (the waypoint's own
+/// handlers use it too).
 #[derive(Default)]
-struct Versions(std::sync::Mutex<BTreeMap<String, String>>);
+pub struct Versions(std::sync::Mutex<BTreeMap<String, String>>);
 
 impl Versions {
-    fn set(&self, name: &str, version: &str) {
+    pub fn set(&self, name: &str, version: &str) {
         self.0
             .lock()
             .expect("versions lock")
             .insert(name.to_owned(), version.to_owned());
     }
-    fn remove(&self, name: &str) {
+    pub fn remove(&self, name: &str) {
         self.0.lock().expect("versions lock").remove(name);
     }
-    fn all(&self) -> BTreeMap<String, String> {
+    pub fn all(&self) -> BTreeMap<String, String> {
         self.0.lock().expect("versions lock").clone()
     }
 }
 
-fn decode<M: Message + Default>(type_url: &str, r: &Received) -> Result<M, String> {
+/// Decodes a received resource of `type_url`.
+pub fn decode<M: Message + Default>(type_url: &str, r: &Received) -> Result<M, String> {
     let any = r.resource.as_ref().ok_or("the resource has no payload")?;
     if any.type_url != type_url {
         return Err(format!("payload type {} is not {type_url}", any.type_url));

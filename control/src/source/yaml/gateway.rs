@@ -58,3 +58,569 @@ pub(super) fn gateway(
             .collect(),
     })
 }
+
+// ---- ReferenceGrant ----
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ReferenceGrantSpecYaml {
+    #[serde(default)]
+    from: Vec<GrantFromYaml>,
+    #[serde(default)]
+    to: Vec<GrantToYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantFromYaml {
+    group: String,
+    kind: String,
+    namespace: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantToYaml {
+    group: String,
+    kind: String,
+    name: Option<String>,
+}
+
+pub(super) fn reference_grant(
+    namespace: String,
+    name: String,
+    spec: serde_yaml::Value,
+) -> Result<crate::objects::ReferenceGrant, String> {
+    let spec: ReferenceGrantSpecYaml = from_spec(spec, "spec")?;
+    if spec.from.is_empty() || spec.to.is_empty() {
+        return Err("spec.from and spec.to each need at least one entry".into());
+    }
+    Ok(crate::objects::ReferenceGrant {
+        namespace,
+        name,
+        from: spec
+            .from
+            .into_iter()
+            .map(|f| (f.group, f.kind, f.namespace))
+            .collect(),
+        to: spec
+            .to
+            .into_iter()
+            .map(|t| (t.group, t.kind, t.name))
+            .collect(),
+    })
+}
+
+// ---- HTTPRoute ----
+
+use crate::objects::{
+    BackendRef, HeaderModifier, HttpFilter, HttpMatch, HttpRetry, HttpRoute, HttpRule, ParentRef,
+    PathMatch, PathModifier, ValueMatch,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRouteSpecYaml {
+    #[serde(default)]
+    parent_refs: Vec<ParentRefYaml>,
+    /// Accepted; mesh routes match by the service they attach to.
+    #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
+    rules: Vec<RuleYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ParentRefYaml {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<u16>,
+    section_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RuleYaml {
+    name: Option<String>,
+    #[serde(default)]
+    matches: Vec<MatchYaml>,
+    #[serde(default)]
+    filters: Vec<FilterYaml>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRefYaml>,
+    timeouts: Option<TimeoutsYaml>,
+    retry: Option<RetryYaml>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MatchYaml {
+    path: Option<TypedValueYaml>,
+    #[serde(default)]
+    headers: Vec<NamedValueYaml>,
+    #[serde(default)]
+    query_params: Vec<NamedValueYaml>,
+    method: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TypedValueYaml {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NamedValueYaml {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FilterYaml {
+    #[serde(rename = "type")]
+    kind: String,
+    request_header_modifier: Option<HeaderModifierYaml>,
+    response_header_modifier: Option<HeaderModifierYaml>,
+    request_redirect: Option<RedirectYaml>,
+    #[serde(rename = "urlRewrite")]
+    url_rewrite: Option<RewriteYaml>,
+    request_mirror: Option<MirrorYaml>,
+    cors: Option<serde_yaml::Value>,
+    extension_ref: Option<serde_yaml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HeaderModifierYaml {
+    #[serde(default)]
+    set: Vec<HeaderYaml>,
+    #[serde(default)]
+    add: Vec<HeaderYaml>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderYaml {
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RedirectYaml {
+    scheme: Option<String>,
+    hostname: Option<String>,
+    path: Option<PathModifierYaml>,
+    port: Option<u16>,
+    status_code: Option<u16>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RewriteYaml {
+    hostname: Option<String>,
+    path: Option<PathModifierYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PathModifierYaml {
+    #[serde(rename = "type")]
+    kind: String,
+    replace_full_path: Option<String>,
+    replace_prefix_match: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MirrorYaml {
+    backend_ref: BackendRefYaml,
+    percent: Option<u32>,
+    fraction: Option<serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BackendRefYaml {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<u16>,
+    weight: Option<u32>,
+    #[serde(default)]
+    filters: Vec<FilterYaml>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TimeoutsYaml {
+    request: Option<String>,
+    backend_request: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RetryYaml {
+    #[serde(default)]
+    codes: Vec<u16>,
+    attempts: Option<u32>,
+    backoff: Option<String>,
+}
+
+/// A Gateway API duration (GEP-2257): one to four `<number><unit>` parts,
+/// units `h`, `m`, `s`, `ms`; `0s` is zero.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration such as 10s, 1m30s or 500ms");
+    let mut rest = text;
+    let mut total: u64 = 0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else {
+            return Err(bad());
+        };
+        rest = &rest[len..];
+        total += number * unit_ms;
+        parts += 1;
+    }
+    if parts == 0 || parts > 4 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+fn parent_ref(route_namespace: &str, p: ParentRefYaml) -> Result<ParentRef, String> {
+    let _ = p.section_name;
+    let namespace = p.namespace.unwrap_or_else(|| route_namespace.to_owned());
+    let group = p
+        .group
+        .unwrap_or_else(|| "gateway.networking.k8s.io".into());
+    let kind = p.kind.unwrap_or_else(|| "Gateway".into());
+    match (group.as_str(), kind.as_str()) {
+        ("" | "core", "Service") => Ok(ParentRef::Service {
+            namespace,
+            name: p.name,
+            port: p.port,
+        }),
+        ("gateway.networking.k8s.io", "Gateway") => Ok(ParentRef::Gateway {
+            namespace,
+            name: p.name,
+            port: p.port,
+        }),
+        _ => Err(format!(
+            "parentRef {group}/{kind} {:?} is neither a Service (group \"\") nor a Gateway",
+            p.name
+        )),
+    }
+}
+
+fn path_match(m: Option<TypedValueYaml>) -> Result<PathMatch, String> {
+    let Some(m) = m else {
+        return Ok(PathMatch::Prefix("/".into()));
+    };
+    let value = m.value.unwrap_or_else(|| "/".into());
+    match m.kind.as_deref().unwrap_or("PathPrefix") {
+        "Exact" | "PathPrefix" if !value.starts_with('/') => {
+            Err(format!("path value {value:?} must start with '/'"))
+        }
+        "Exact" => Ok(PathMatch::Exact(value)),
+        "PathPrefix" => Ok(PathMatch::Prefix(value)),
+        "RegularExpression" => {
+            regex_ok(&value)?;
+            Ok(PathMatch::RegularExpression(value))
+        }
+        other => Err(format!(
+            "path type {other:?} is not Exact, PathPrefix or RegularExpression"
+        )),
+    }
+}
+
+fn regex_ok(value: &str) -> Result<(), String> {
+    regex::Regex::new(value)
+        .map(drop)
+        .map_err(|e| format!("regular expression {value:?}: {e}"))
+}
+
+fn value_match(what: &str, m: NamedValueYaml) -> Result<ValueMatch, String> {
+    let regex = match m.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => false,
+        "RegularExpression" => {
+            regex_ok(&m.value)?;
+            true
+        }
+        other => {
+            return Err(format!(
+                "{what} match type {other:?} is not Exact or RegularExpression"
+            ))
+        }
+    };
+    if m.name.is_empty() {
+        return Err(format!("{what} match has an empty name"));
+    }
+    Ok(ValueMatch {
+        name: m.name,
+        value: m.value,
+        regex,
+    })
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn http_match(m: MatchYaml) -> Result<HttpMatch, String> {
+    if let Some(method) = &m.method {
+        if !METHODS.contains(&method.as_str()) {
+            return Err(format!(
+                "method {method:?} is not one of {}",
+                METHODS.join(", ")
+            ));
+        }
+    }
+    Ok(HttpMatch {
+        path: path_match(m.path)?,
+        headers: m
+            .headers
+            .into_iter()
+            .map(|h| value_match("header", h))
+            .collect::<Result<_, _>>()?,
+        query_params: m
+            .query_params
+            .into_iter()
+            .map(|q| value_match("query parameter", q))
+            .collect::<Result<_, _>>()?,
+        method: m.method,
+    })
+}
+
+fn header_modifier(m: HeaderModifierYaml) -> HeaderModifier {
+    HeaderModifier {
+        set: m.set.into_iter().map(|h| (h.name, h.value)).collect(),
+        add: m.add.into_iter().map(|h| (h.name, h.value)).collect(),
+        remove: m.remove,
+    }
+}
+
+fn path_modifier(m: PathModifierYaml) -> Result<PathModifier, String> {
+    match (m.kind.as_str(), m.replace_full_path, m.replace_prefix_match) {
+        ("ReplaceFullPath", Some(path), None) => Ok(PathModifier::Full(path)),
+        ("ReplacePrefixMatch", None, Some(prefix)) => Ok(PathModifier::Prefix(prefix)),
+        (kind, _, _) => Err(format!(
+            "path modifier {kind:?} needs exactly its own field (replaceFullPath for \
+             ReplaceFullPath, replacePrefixMatch for ReplacePrefixMatch)"
+        )),
+    }
+}
+
+fn filter(route_namespace: &str, f: FilterYaml) -> Result<HttpFilter, String> {
+    let missing = |field: &str| format!("filter {} needs its {field} field", f.kind);
+    match f.kind.as_str() {
+        "RequestHeaderModifier" => Ok(HttpFilter::RequestHeaders(header_modifier(
+            f.request_header_modifier
+                .ok_or_else(|| missing("requestHeaderModifier"))?,
+        ))),
+        "ResponseHeaderModifier" => Ok(HttpFilter::ResponseHeaders(header_modifier(
+            f.response_header_modifier
+                .ok_or_else(|| missing("responseHeaderModifier"))?,
+        ))),
+        "RequestRedirect" => {
+            let r = f
+                .request_redirect
+                .ok_or_else(|| missing("requestRedirect"))?;
+            let status = r.status_code.unwrap_or(302);
+            if ![301, 302, 303, 307, 308].contains(&status) {
+                return Err(format!(
+                    "redirect statusCode {status} is not 301, 302, 303, 307 or 308"
+                ));
+            }
+            if let Some(scheme) = &r.scheme {
+                if scheme != "http" && scheme != "https" {
+                    return Err(format!("redirect scheme {scheme:?} is not http or https"));
+                }
+            }
+            Ok(HttpFilter::Redirect {
+                scheme: r.scheme,
+                hostname: r.hostname,
+                port: r.port,
+                path: r.path.map(path_modifier).transpose()?,
+                status,
+            })
+        }
+        "URLRewrite" => {
+            let r = f.url_rewrite.ok_or_else(|| missing("urlRewrite"))?;
+            Ok(HttpFilter::Rewrite {
+                hostname: r.hostname,
+                path: r.path.map(path_modifier).transpose()?,
+            })
+        }
+        "RequestMirror" => {
+            let m = f.request_mirror.ok_or_else(|| missing("requestMirror"))?;
+            let _ = m.fraction;
+            Ok(HttpFilter::Mirror {
+                backend: backend_ref(route_namespace, m.backend_ref)?,
+                percent: m.percent.unwrap_or(100).min(100),
+            })
+        }
+        "CORS" | "ExtensionRef" => {
+            let _ = (f.cors, f.extension_ref);
+            Err(format!("filter {} is not supported yet", f.kind))
+        }
+        other => Err(format!(
+            "filter type {other:?} is not RequestHeaderModifier, ResponseHeaderModifier, \
+             RequestRedirect, URLRewrite or RequestMirror"
+        )),
+    }
+}
+
+fn backend_ref(route_namespace: &str, b: BackendRefYaml) -> Result<BackendRef, String> {
+    let kind = match (
+        b.group.as_deref().unwrap_or(""),
+        b.kind.as_deref().unwrap_or("Service"),
+    ) {
+        ("" | "core", kind) => kind.to_owned(),
+        (group, kind) => format!("{group}/{kind}"),
+    };
+    Ok(BackendRef {
+        kind,
+        namespace: b.namespace.unwrap_or_else(|| route_namespace.to_owned()),
+        name: b.name,
+        port: b.port,
+        weight: b.weight.unwrap_or(1),
+        filters: b
+            .filters
+            .into_iter()
+            .map(|f| filter(route_namespace, f))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn rule(route_namespace: &str, index: usize, r: RuleYaml) -> Result<HttpRule, String> {
+    let at = |field: &str, e: String| format!("rules[{index}].{field}: {e}");
+    let _ = r.name;
+    let timeouts = r.timeouts.unwrap_or_default();
+    let ms = |field: &str, v: Option<String>| {
+        v.map(|t| parse_duration_ms(&t).map_err(|e| at(field, e)))
+            .transpose()
+    };
+    let retry = r
+        .retry
+        .map(|retry| -> Result<HttpRetry, String> {
+            Ok(HttpRetry {
+                attempts: retry.attempts,
+                codes: retry.codes,
+                backoff_ms: ms("retry.backoff", retry.backoff)?,
+            })
+        })
+        .transpose()?;
+    Ok(HttpRule {
+        matches: r
+            .matches
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| http_match(m).map_err(|e| at(&format!("matches[{i}]"), e)))
+            .collect::<Result<_, _>>()?,
+        filters: r
+            .filters
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| filter(route_namespace, f).map_err(|e| at(&format!("filters[{i}]"), e)))
+            .collect::<Result<_, _>>()?,
+        backends: r
+            .backend_refs
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                backend_ref(route_namespace, b).map_err(|e| at(&format!("backendRefs[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?,
+        request_timeout_ms: ms("timeouts.request", timeouts.request)?,
+        backend_timeout_ms: ms("timeouts.backendRequest", timeouts.backend_request)?,
+        retry,
+    })
+}
+
+pub(super) fn http_route(
+    namespace: String,
+    name: String,
+    created: Option<String>,
+    spec: serde_yaml::Value,
+) -> Result<HttpRoute, String> {
+    let spec: HttpRouteSpecYaml = from_spec(spec, "spec")?;
+    let _ = spec.hostnames;
+    if spec.parent_refs.is_empty() {
+        return Err("spec.parentRefs is empty: attach the route to a Service or a waypoint".into());
+    }
+    let parents = spec
+        .parent_refs
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| parent_ref(&namespace, p).map_err(|e| format!("spec.parentRefs[{i}]: {e}")))
+        .collect::<Result<_, _>>()?;
+    let rules = if spec.rules.is_empty() {
+        vec![HttpRule::default()]
+    } else {
+        spec.rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| rule(&namespace, i, r).map_err(|e| format!("spec.{e}")))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(HttpRoute {
+        namespace,
+        name,
+        parents,
+        rules,
+        created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_follow_gep_2257() {
+        let cases = [
+            ("10s", Ok(10_000)),
+            ("500ms", Ok(500)),
+            ("1m30s", Ok(90_000)),
+            ("1h", Ok(3_600_000)),
+            ("0s", Ok(0)),
+            ("1h1m1s1ms", Ok(3_661_001)),
+            ("", Err(())),
+            ("10", Err(())),
+            ("1.5s", Err(())),
+            ("-1s", Err(())),
+            ("123456s", Err(())),
+            ("1h1m1s1ms1h", Err(())),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration_ms(text).map_err(drop), expected, "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! HTTPRoutes → `weft.l7.v1.ServiceRoutes`, one per service behind a
+//! waypoint, and each route's status.
+//!
+//! Attachment follows the Gateway API's mesh profile (GAMMA): a route whose
+//! parentRef is a Service applies to requests addressed to that Service (on
+//! the parentRef's `port` only, when given); a route in the Service's own
+//! namespace (a producer route) applies to every caller, one in another
+//! namespace (a consumer route) only to callers from that namespace, and
+//! for them replaces the producer routes. Only a service with a waypoint
+//! can have its HTTP routed, so a route on any other service is refused
+//! with a reason, as is a route on a Gateway (not supported yet).
+//!
+//! The rules of every route attached to a service are flattened — one
+//! entry per match — and ordered by the spec's precedence: an Exact path,
+//! then a RegularExpression (longest first; the spec leaves regular
+//! expressions' rank to implementations, and a catch-all prefix must not
+//! hide them), then the longest PathPrefix; then a method match; then more
+//! header matches; then more query matches; then the oldest route, the
+//! route first by `namespace/name`, and the rule and match first in order.
+
+use std::{cmp::Ordering, collections::BTreeMap};
+
+use weft_proto::weft::l7::v1 as l7;
+
+use super::services::Services;
+use crate::{
+    objects::{
+        BackendRef, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, Kind, Object, ParentRef,
+        PathMatch, PathModifier,
+    },
+    source::ConfigSnapshot,
+};
+
+/// One condition of a route's status for one parent (the Gateway API's
+/// `RouteParentStatus` conditions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    /// `Accepted` or `ResolvedRefs`.
+    pub kind: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A route's status for one of its parents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentStatus {
+    /// `Service ns/name` or `Gateway ns/name`.
+    pub parent: String,
+    pub conditions: Vec<Condition>,
+}
+
+pub struct Routes {
+    /// By service key (`namespace/hostname`).
+    pub services: BTreeMap<String, l7::ServiceRoutes>,
+    /// By route (`namespace/name`).
+    pub status: BTreeMap<String, Vec<ParentStatus>>,
+}
+
+/// An entry, with what orders it.
+struct Entry<'a> {
+    route: &'a HttpRoute,
+    rule: usize,
+    match_index: usize,
+    compiled: l7::Route,
+    matched: HttpMatch,
+}
+
+fn path_rank(m: &PathMatch) -> (u8, usize) {
+    match m {
+        PathMatch::Exact(v) => (3, v.len()),
+        PathMatch::RegularExpression(v) => (2, v.len()),
+        PathMatch::Prefix(v) => (1, v.trim_end_matches('/').len()),
+    }
+}
+
+fn precedence(a: &Entry<'_>, b: &Entry<'_>) -> Ordering {
+    let (ma, mb) = (&a.matched, &b.matched);
+    path_rank(&mb.path)
+        .cmp(&path_rank(&ma.path))
+        .then_with(|| mb.method.is_some().cmp(&ma.method.is_some()))
+        .then_with(|| mb.headers.len().cmp(&ma.headers.len()))
+        .then_with(|| mb.query_params.len().cmp(&ma.query_params.len()))
+        // The oldest route first; a route without a timestamp after those
+        // with one.
+        .then_with(|| match (&a.route.created, &b.route.created) {
+            (Some(x), Some(y)) => x.cmp(y),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        })
+        .then_with(|| (&a.route.namespace, &a.route.name).cmp(&(&b.route.namespace, &b.route.name)))
+        .then_with(|| a.rule.cmp(&b.rule))
+        .then_with(|| a.match_index.cmp(&b.match_index))
+}
+
+fn header_modifier(m: &HeaderModifier) -> l7::HeaderModifier {
+    let header = |(name, value): &(String, String)| l7::Header {
+        name: name.to_ascii_lowercase(),
+        value: value.clone(),
+    };
+    l7::HeaderModifier {
+        set: m.set.iter().map(header).collect(),
+        add: m.add.iter().map(header).collect(),
+        remove: m.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+    }
+}
+
+fn path_fields(path: &Option<PathModifier>) -> (String, String, bool, bool) {
+    match path {
+        Some(PathModifier::Full(p)) => (p.clone(), String::new(), true, false),
+        Some(PathModifier::Prefix(p)) => (String::new(), p.clone(), false, true),
+        None => (String::new(), String::new(), false, false),
+    }
+}
+
+/// Translation context: the services, and the grants that let a route
+/// refer to another namespace's.
+struct Resolver<'a> {
+    services: &'a Services,
+    grants: Vec<&'a crate::objects::ReferenceGrant>,
+}
+
+impl Resolver<'_> {
+    /// `namespace/hostname` of Service `namespace/name`, and its ports.
+    fn service(&self, namespace: &str, name: &str) -> Option<(String, Vec<u16>)> {
+        self.services
+            .services
+            .iter()
+            .find(|s| s.source.namespace == namespace && s.source.name == name)
+            .map(|s| {
+                (
+                    format!("{}/{}", s.service.namespace, s.service.hostname),
+                    s.source.ports.iter().map(|p| p.port).collect(),
+                )
+            })
+    }
+
+    /// A backend as served, or the reason it is invalid (its share of
+    /// requests is then answered 500).
+    fn backend(
+        &self,
+        route_namespace: &str,
+        b: &BackendRef,
+    ) -> (l7::Backend, Option<&'static str>) {
+        let mut out = l7::Backend {
+            port: u32::from(b.port.unwrap_or(0)),
+            weight: b.weight,
+            ..Default::default()
+        };
+        let refusal = if b.kind != "Service" {
+            out.error = format!("backend kind {} is not Service", b.kind);
+            Some("InvalidKind")
+        } else if b.namespace != route_namespace
+            && !self.grants.iter().any(|g| {
+                g.namespace == b.namespace
+                    && g.allows(
+                        "gateway.networking.k8s.io",
+                        "HTTPRoute",
+                        route_namespace,
+                        "",
+                        "Service",
+                        &b.name,
+                    )
+            })
+        {
+            out.error = format!(
+                "backend Service {}/{} is in another namespace and no ReferenceGrant there \
+                 lets HTTPRoutes of {route_namespace} refer to it",
+                b.namespace, b.name
+            );
+            Some("RefNotPermitted")
+        } else {
+            match (self.service(&b.namespace, &b.name), b.port) {
+                (None, _) => {
+                    out.error =
+                        format!("backend Service {}/{} does not exist", b.namespace, b.name);
+                    Some("BackendNotFound")
+                }
+                (Some(_), None) => {
+                    out.error = format!("backend Service {}/{} needs a port", b.namespace, b.name);
+                    Some("UnsupportedValue")
+                }
+                (Some((_, ports)), Some(port)) if !ports.contains(&port) => {
+                    out.error = format!(
+                        "backend Service {}/{} has no port {port}",
+                        b.namespace, b.name
+                    );
+                    Some("BackendNotFound")
+                }
+                (Some((key, _)), Some(_)) => {
+                    out.service = key;
+                    None
+                }
+            }
+        };
+        out.filters = b
+            .filters
+            .iter()
+            .filter_map(|f| self.filter(route_namespace, f))
+            .collect();
+        (out, refusal)
+    }
+
+    fn filter(&self, route_namespace: &str, f: &HttpFilter) -> Option<l7::Filter> {
+        use l7::filter::Kind as F;
+        let kind = match f {
+            HttpFilter::RequestHeaders(m) => F::RequestHeaders(header_modifier(m)),
+            HttpFilter::ResponseHeaders(m) => F::ResponseHeaders(header_modifier(m)),
+            HttpFilter::Redirect {
+                scheme,
+                hostname,
+                port,
+                path,
+                status,
+            } => {
+                let (full_path, prefix, has_full_path, has_prefix) = path_fields(path);
+                F::Redirect(l7::Redirect {
+                    scheme: scheme.clone().unwrap_or_default(),
+                    hostname: hostname.clone().unwrap_or_default(),
+                    port: port.map(u32::from).unwrap_or(0),
+                    full_path,
+                    prefix,
+                    has_full_path,
+                    has_prefix,
+                    status: u32::from(*status),
+                })
+            }
+            HttpFilter::Rewrite { hostname, path } => {
+                let (full_path, prefix, has_full_path, has_prefix) = path_fields(path);
+                F::Rewrite(l7::Rewrite {
+                    hostname: hostname.clone().unwrap_or_default(),
+                    full_path,
+                    prefix,
+                    has_full_path,
+                    has_prefix,
+                })
+            }
+            HttpFilter::Mirror { backend, percent } => {
+                let (b, refusal) = self.backend(route_namespace, backend);
+                if refusal.is_some() {
+                    return None;
+                }
+                F::Mirror(l7::Mirror {
+                    service: b.service,
+                    port: b.port,
+                    percent: *percent,
+                })
+            }
+        };
+        Some(l7::Filter { kind: Some(kind) })
+    }
+}
+
+fn path_match(m: &PathMatch) -> l7::PathMatch {
+    use l7::path_match::Kind;
+    let (kind, value) = match m {
+        PathMatch::Exact(v) => (Kind::Exact, v),
+        PathMatch::Prefix(v) => (Kind::Prefix, v),
+        PathMatch::RegularExpression(v) => (Kind::Regex, v),
+    };
+    l7::PathMatch {
+        kind: kind as i32,
+        value: value.clone(),
+    }
+}
+
+fn compile_match(m: &HttpMatch) -> l7::RouteMatch {
+    let value = |v: &crate::objects::ValueMatch, lower: bool| {
+        (
+            if lower {
+                v.name.to_ascii_lowercase()
+            } else {
+                v.name.clone()
+            },
+            v.value.clone(),
+            v.regex,
+        )
+    };
+    l7::RouteMatch {
+        path: Some(path_match(&m.path)),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| {
+                let (name, value, regex) = value(h, true);
+                l7::HeaderMatch { name, value, regex }
+            })
+            .collect(),
+        query_params: m
+            .query_params
+            .iter()
+            .map(|q| {
+                let (name, value, regex) = value(q, false);
+                l7::QueryMatch { name, value, regex }
+            })
+            .collect(),
+        method: m.method.clone().unwrap_or_default(),
+    }
+}
+
+fn condition(kind: &'static str, status: bool, reason: &'static str, message: String) -> Condition {
+    Condition {
+        kind,
+        status,
+        reason,
+        message,
+    }
+}
+
+pub fn translate(
+    snapshot: &ConfigSnapshot,
+    services: &Services,
+    warnings: &mut Vec<String>,
+) -> Routes {
+    let resolver = Resolver {
+        services,
+        grants: snapshot
+            .of_kind(Kind::ReferenceGrant)
+            .filter_map(|o| match o {
+                Object::ReferenceGrant(g) => Some(g),
+                _ => None,
+            })
+            .collect(),
+    };
+    let routes: Vec<&HttpRoute> = snapshot
+        .of_kind(Kind::HttpRoute)
+        .filter_map(|o| match o {
+            Object::HttpRoute(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let mut entries: BTreeMap<String, Vec<Entry<'_>>> = BTreeMap::new();
+    let mut status: BTreeMap<String, Vec<ParentStatus>> = BTreeMap::new();
+    for route in &routes {
+        let key = format!("{}/{}", route.namespace, route.name);
+        for parent in &route.parents {
+            let (parent_name, accepted) = match parent {
+                ParentRef::Gateway {
+                    namespace, name, ..
+                } => (
+                    format!("Gateway {namespace}/{name}"),
+                    Err((
+                        "UnsupportedValue",
+                        "routes attached to a Gateway are not supported yet; attach the route \
+                         to the Service (parentRefs: [{group: \"\", kind: Service, name: …}])"
+                            .to_string(),
+                    )),
+                ),
+                ParentRef::Service {
+                    namespace,
+                    name,
+                    port,
+                } => {
+                    let label = format!("Service {namespace}/{name}");
+                    let source = services
+                        .services
+                        .iter()
+                        .find(|s| s.source.namespace == *namespace && s.source.name == *name);
+                    let accepted = match source {
+                        None => Err(("NoMatchingParent", format!("{label} does not exist"))),
+                        Some(s) if s.service.waypoint.is_none() => Err((
+                            "NoMatchingParent",
+                            format!(
+                                "{label} has no waypoint, so nothing routes its HTTP; label it \
+                                 istio.io/use-waypoint"
+                            ),
+                        )),
+                        Some(s)
+                            if port
+                                .is_some_and(|p| !s.source.ports.iter().any(|sp| sp.port == p)) =>
+                        {
+                            Err((
+                                "NoMatchingParent",
+                                format!("{label} has no port {}", port.unwrap_or_default()),
+                            ))
+                        }
+                        Some(s) => Ok((s, *port)),
+                    };
+                    (label, accepted)
+                }
+            };
+            let mut conditions = Vec::new();
+            match accepted {
+                Err((reason, message)) => {
+                    warnings.push(format!(
+                        "HTTPRoute {key}: not accepted by {parent_name}: {message}"
+                    ));
+                    conditions.push(condition("Accepted", false, reason, message));
+                }
+                Ok((service, port)) => {
+                    conditions.push(condition(
+                        "Accepted",
+                        true,
+                        "Accepted",
+                        "Route was valid".into(),
+                    ));
+                    let service_key =
+                        format!("{}/{}", service.service.namespace, service.service.hostname);
+                    let consumer = route.namespace != service.source.namespace;
+                    let mut unresolved = Vec::new();
+                    for (rule_index, rule) in route.rules.iter().enumerate() {
+                        let mut backends = Vec::new();
+                        for b in &rule.backends {
+                            let (backend, refusal) = resolver.backend(&route.namespace, b);
+                            if let Some(reason) = refusal {
+                                unresolved.push((reason, backend.error.clone()));
+                            }
+                            if backend.weight > 0 {
+                                backends.push(backend);
+                            }
+                        }
+                        let filters: Vec<l7::Filter> = rule
+                            .filters
+                            .iter()
+                            .filter_map(|f| resolver.filter(&route.namespace, f))
+                            .collect();
+                        let redirects = filters
+                            .iter()
+                            .any(|f| matches!(f.kind, Some(l7::filter::Kind::Redirect(_))));
+                        // Nothing to forward to and nothing that answers:
+                        // the spec's 500.
+                        let error_status = if backends.is_empty() && !redirects {
+                            500
+                        } else {
+                            0
+                        };
+                        let matches: Vec<HttpMatch> = if rule.matches.is_empty() {
+                            vec![HttpMatch::default()]
+                        } else {
+                            rule.matches.clone()
+                        };
+                        for (match_index, m) in matches.into_iter().enumerate() {
+                            let compiled = l7::Route {
+                                route: key.clone(),
+                                rule: rule_index as u32,
+                                ports: port.map(|p| vec![u32::from(p)]).unwrap_or_default(),
+                                source_namespaces: if consumer {
+                                    vec![route.namespace.clone()]
+                                } else {
+                                    Vec::new()
+                                },
+                                r#match: Some(compile_match(&m)),
+                                filters: filters.clone(),
+                                backends: backends.clone(),
+                                request_timeout_ms: rule.request_timeout_ms.unwrap_or(0),
+                                backend_timeout_ms: rule.backend_timeout_ms.unwrap_or(0),
+                                retry: rule.retry.as_ref().map(|r| l7::Retry {
+                                    attempts: r.attempts.unwrap_or(2),
+                                    codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
+                                    backoff_ms: r.backoff_ms.unwrap_or(25),
+                                }),
+                                error_status,
+                            };
+                            entries.entry(service_key.clone()).or_default().push(Entry {
+                                route,
+                                rule: rule_index,
+                                match_index,
+                                compiled,
+                                matched: m,
+                            });
+                        }
+                    }
+                    match unresolved.first() {
+                        None => conditions.push(condition(
+                            "ResolvedRefs",
+                            true,
+                            "ResolvedRefs",
+                            "All references resolved".into(),
+                        )),
+                        Some((reason, message)) => {
+                            warnings.push(format!("HTTPRoute {key}: {message}"));
+                            conditions.push(condition(
+                                "ResolvedRefs",
+                                false,
+                                reason,
+                                message.clone(),
+                            ));
+                        }
+                    }
+                }
+            }
+            status.entry(key.clone()).or_default().push(ParentStatus {
+                parent: parent_name,
+                conditions,
+            });
+        }
+    }
+    let services = entries
+        .into_iter()
+        .map(|(service, mut list)| {
+            list.sort_by(precedence);
+            let routes = list.into_iter().map(|e| e.compiled).collect();
+            (
+                service.clone(),
+                l7::ServiceRoutes {
+                    service,
+                    routes,
+                    default_route: false,
+                },
+            )
+        })
+        .collect();
+    Routes { services, status }
+}

@@ -1,0 +1,485 @@
+//! Gateway API HTTPRoutes, as users write them, enforced by a real
+//! waypoint between real pods: matches and their precedence, weighted
+//! splits, filters, redirects, rewrites, 404 when nothing matches, invalid
+//! backends, consumer routes, port-scoped parents and timeouts.
+//!
+//! The client is an unmodified `curl` in an enrolled pod; its traffic goes
+//! through the waypoint because the namespace says so.
+
+#[macro_use]
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context;
+use support::binaries;
+use weft_tests::{
+    apps,
+    mesh::{Mesh, MeshOptions},
+    privilege::require_privileged,
+    processes::{eventually, WaypointProcess},
+    topology::{Pod, Topology},
+};
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-0
+  namespace: shop
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
+spec: {nodeName: n2, serviceAccountName: waypoint}
+status: {podIP: "${shop/waypoint-0}"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: shop}
+spec:
+  clusterIP: 198.19.0.20
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{name: mesh, port: 15008}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {nodeName: n1, serviceAccountName: client}
+status: {podIP: "${shop/client}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: visitor, namespace: other, labels: {app: visitor}}
+spec: {nodeName: n1, serviceAccountName: visitor}
+status: {podIP: "${other/visitor}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-v1, namespace: shop, labels: {app: web, version: v1}}
+spec: {nodeName: n2, serviceAccountName: web}
+status: {podIP: "${shop/web-v1}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-v2, namespace: shop, labels: {app: web, version: v2}}
+spec: {nodeName: n2, serviceAccountName: web}
+status: {podIP: "${shop/web-v2}"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 198.19.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: alt, port: 8081, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v1, namespace: shop}
+spec:
+  clusterIP: 198.19.0.11
+  selector: {app: web, version: v1}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v2, namespace: shop}
+spec:
+  clusterIP: 198.19.0.12
+  selector: {app: web, version: v2}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+const MATCHES: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: matches, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api/v2}}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: Exact, value: /api/exact}}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: RegularExpression, value: "/api/re/[0-9]+"}}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}, method: POST}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches:
+    - path: {type: PathPrefix, value: /api}
+      headers: [{name: x-canary, value: "yes"}]
+    - path: {type: PathPrefix, value: /api}
+      queryParams: [{name: version, value: "2"}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs: [{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}, {name: web-v2, port: 80, weight: 0}]
+  - matches: [{path: {type: PathPrefix, value: /broken}}]
+    backendRefs: [{name: nowhere, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /half-broken}}]
+    backendRefs: [{name: web-v1, port: 80}, {name: nowhere, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /slow}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: web-v1, port: 80}]
+"#;
+
+const FILTERS: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: filters, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /headers}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-set, value: set-by-route}]
+        add: [{name: x-added, value: added}]
+        remove: [x-drop-me]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        add: [{name: x-route, value: filters}]
+        remove: [x-served-by]
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+        statusCode: 301
+  - matches: [{path: {type: PathPrefix, value: /elsewhere}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, hostname: example.com}
+  - matches: [{path: {type: PathPrefix, value: /v1-api}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        hostname: rewritten.example
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /}
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: Exact, value: /replace-all}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        path: {type: ReplaceFullPath, replaceFullPath: /whole}
+    backendRefs: [{name: web-v2, port: 80}]
+"#;
+
+const CONSUMER: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: producer, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - backendRefs: [{name: web-v1, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: visitors-see-v2, namespace: other}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, namespace: shop}]
+  rules:
+  - backendRefs: [{name: web-v2, port: 80, namespace: shop}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: routes-of-other, namespace: shop}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: other}]
+  to: [{group: "", kind: Service}]
+"#;
+
+fn waypoint_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_wt-waypoint"))
+}
+
+async fn mesh(routes: &str) -> anyhow::Result<(Mesh, WaypointProcess)> {
+    let topology = Topology::builder()
+        .control_plane()
+        .node("n1")
+        .node("n2")
+        .pod("shop/client", "n1")
+        .pod("other/visitor", "n1")
+        .pod("shop/web-v1", "n2")
+        .pod("shop/web-v2", "n2")
+        .pod("shop/waypoint-0", "n2")
+        .build()?;
+    let mesh = Mesh::start_with(
+        topology,
+        &format!("{BASE}{routes}"),
+        binaries(),
+        MeshOptions::default(),
+    )
+    .await?;
+    for (pod, sa) in [
+        ("shop/client", "client"),
+        ("other/visitor", "visitor"),
+        ("shop/web-v1", "web"),
+        ("shop/web-v2", "web"),
+    ] {
+        mesh.enroll(pod, sa).await?;
+    }
+    for (qualified, name) in [("shop/web-v1", "v1"), ("shop/web-v2", "v2")] {
+        let pod = mesh.topology.pod(qualified);
+        let listener = pod.enter(|| std::net::TcpListener::bind((pod.ip(), 8080)))??;
+        apps::spawn_web(listener, name)?;
+    }
+    let waypoint = mesh
+        .start_waypoint("shop/waypoint-0", "waypoint", waypoint_bin())
+        .await?;
+    Ok((mesh, waypoint))
+}
+
+/// Runs `curl -sS ARGS…` as a process of `pod`: (status code, headers,
+/// body) of the last response.
+async fn curl(pod: &Pod, args: &[&str]) -> anyhow::Result<(u16, String, String)> {
+    let mut cmd = pod.command("curl")?;
+    cmd.args(["-sS", "--max-time", "10", "-D", "-"]).args(args);
+    let out = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running curl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text
+        .rsplit_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
+        .context("a response")?;
+    let last_head = head.rsplit("\r\n\r\n").next().unwrap_or(&head).to_owned();
+    let status = last_head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("a status")?;
+    Ok((status, last_head, body))
+}
+
+/// The name of the version that answered (`v1 saw …` → `v1`).
+fn served_by(body: &str) -> &str {
+    body.split_whitespace().next().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matches_follow_the_gateway_api_precedence() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, _waypoint) = mesh(MATCHES).await?;
+    let client = mesh.topology.pod("shop/client");
+    let cases: &[(&[&str], &str)] = &[
+        (&["http://198.19.0.10/api/x"], "v1"),
+        // The longest prefix wins, by segment.
+        (&["http://198.19.0.10/api/v2/x"], "v2"),
+        (&["http://198.19.0.10/api/v2x"], "v1"),
+        // Exact beats any prefix.
+        (&["http://198.19.0.10/api/exact"], "v2"),
+        (&["http://198.19.0.10/api/exact/more"], "v1"),
+        // A regular expression over the whole path.
+        (&["http://198.19.0.10/api/re/42"], "v2"),
+        (&["http://198.19.0.10/api/re/4x"], "v1"),
+        // A method match beats a bare prefix of the same length.
+        (&["-X", "POST", "http://198.19.0.10/api/x"], "v2"),
+        // Header and query matches.
+        (&["-H", "x-canary: yes", "http://198.19.0.10/api/x"], "v2"),
+        (&["-H", "x-canary: no", "http://198.19.0.10/api/x"], "v1"),
+        (&["http://198.19.0.10/api/x?version=2"], "v2"),
+        (&["http://198.19.0.10/api/x?version=3"], "v1"),
+    ];
+    for (args, expected) in cases {
+        let (status, _, body) = curl(client, args).await?;
+        assert_eq!(
+            (status, served_by(&body)),
+            (200, *expected),
+            "{args:?}: {body}"
+        );
+    }
+    // Routes attached to port 80 and nothing matches: 404.
+    let (status, _, _) = curl(client, &["http://198.19.0.10/nothing"]).await?;
+    assert_eq!(status, 404);
+    // Port 8081 has no route: the service itself answers.
+    let (status, _, body) = curl(client, &["http://198.19.0.10:8081/nothing"]).await?;
+    assert_eq!(status, 200, "{body}");
+    // An invalid backend answers 500 — for its share only.
+    let (status, _, _) = curl(client, &["http://198.19.0.10/broken"]).await?;
+    assert_eq!(status, 500);
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let (status, _, _) = curl(client, &["http://198.19.0.10/half-broken"]).await?;
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.get(&200).is_some_and(|n| *n > 5) && statuses.get(&500).is_some_and(|n| *n > 5),
+        "half the requests 500: {statuses:?}"
+    );
+    // A request timeout answers 504 in time.
+    let started = std::time::Instant::now();
+    let (status, _, body) = curl(client, &["http://198.19.0.10/slow/delay/3000"]).await?;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (status, _, _) = curl(client, &["http://198.19.0.10/slow/delay/10"]).await?;
+    assert_eq!(status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_holds_over_a_thousand_requests() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, _waypoint) = mesh(MATCHES).await?;
+    let client = mesh.topology.pod("shop/client");
+    // One curl, a thousand requests on keep-alive (URL globbing).
+    let mut cmd = client.command("curl")?;
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "http://198.19.0.10/split/[1-1000]",
+    ]);
+    let out = tokio::process::Command::from(cmd).output().await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v1 = text.matches("v1 saw").count();
+    let v2 = text.matches("v2 saw").count();
+    println!("split over 1000 requests: v1 {v1}, v2 {v2}");
+    assert_eq!(v1 + v2, 1000, "every request answered");
+    assert!(
+        (870..=930).contains(&v1),
+        "90/10 within ±3 points: v1 got {v1}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_change_requests_and_responses_as_written() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, _waypoint) = mesh(FILTERS).await?;
+    let client = mesh.topology.pod("shop/client");
+    // Header modifiers, both ways.
+    let (status, head, body) = curl(
+        client,
+        &[
+            "-H",
+            "x-drop-me: 1",
+            "-H",
+            "x-set: from-client",
+            "http://198.19.0.10/headers",
+        ],
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert!(body.contains("x-set: set-by-route\n"), "{body}");
+    assert!(!body.contains("from-client"), "{body}");
+    assert!(body.contains("x-added: added\n"), "{body}");
+    assert!(!body.contains("x-drop-me"), "{body}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-route: filters"), "{head}");
+    assert!(!head.contains("x-served-by"), "{head}");
+    // Redirects, with their Location.
+    let (status, head, _) = curl(client, &["http://198.19.0.10/old/page?q=1"]).await?;
+    assert_eq!(status, 301);
+    assert!(
+        head.contains("location: http://198.19.0.10/new/page?q=1"),
+        "{head}"
+    );
+    let (status, head, _) = curl(client, &["http://198.19.0.10/elsewhere"]).await?;
+    assert_eq!(status, 302);
+    assert!(
+        head.contains("location: https://example.com/elsewhere"),
+        "{head}"
+    );
+    // Rewrites, as the backend sees them.
+    let (_, _, body) = curl(client, &["http://198.19.0.10/v1-api/items?x=1"]).await?;
+    assert!(body.ends_with("GET /items?x=1"), "{body}");
+    let (_, _, body) = curl(client, &["http://198.19.0.10/v1-api/headers"]).await?;
+    assert!(body.contains("host: rewritten.example"), "{body}");
+    let (_, _, body) = curl(client, &["http://198.19.0.10/replace-all?k=v"]).await?;
+    assert!(
+        body.starts_with("v2 saw") && body.ends_with("GET /whole?k=v"),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_route_applies_to_its_own_namespace_only() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, _waypoint) = mesh(CONSUMER).await?;
+    let (client, visitor) = (
+        mesh.topology.pod("shop/client"),
+        mesh.topology.pod("other/visitor"),
+    );
+    for _ in 0..5 {
+        let (_, _, body) = curl(client, &["http://198.19.0.10/"]).await?;
+        assert_eq!(served_by(&body), "v1", "the producer route: {body}");
+        let (_, _, body) = curl(visitor, &["http://198.19.0.10/"]).await?;
+        assert_eq!(served_by(&body), "v2", "the visitors' own route: {body}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_route_is_refused_by_name_while_the_others_keep_serving() -> anyhow::Result<()>
+{
+    require_privileged();
+    let (mesh, _waypoint) = mesh(MATCHES).await?;
+    let client = mesh.topology.pod("shop/client");
+    let broken = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: typo, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: Prefix, value: /typo}}]
+    backendRefs: [{name: web-v2, port: 80}]
+"#;
+    mesh.update_config(&format!("{BASE}{MATCHES}{broken}"))?;
+    eventually(
+        "the control service to name the bad route",
+        Duration::from_secs(10),
+        || async {
+            mesh.control
+                .process
+                .lines_with(&["HTTPRoute shop/typo", "path type \"Prefix\""])
+                .into_iter()
+                .next()
+        },
+    )
+    .await?;
+    let (status, _, body) = curl(client, &["http://198.19.0.10/api/v2/x"]).await?;
+    assert_eq!((status, served_by(&body)), (200, "v2"));
+    Ok(())
+}
