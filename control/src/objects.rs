@@ -476,6 +476,12 @@ pub struct Source {
     pub not_namespaces: Vec<StringPattern>,
     pub ip_blocks: Vec<IpNet>,
     pub not_ip_blocks: Vec<IpNet>,
+    /// The original client's address (a waypoint knows it from the tunnel).
+    pub remote_ip_blocks: Vec<IpNet>,
+    pub not_remote_ip_blocks: Vec<IpNet>,
+    /// `requestPrincipals` / `notRequestPrincipals` (JWT), which no Weft
+    /// proxy validates: a rule using them fails closed.
+    pub request_principals: bool,
     /// L7-only attributes present (requestPrincipals, remoteIpBlocks, …),
     /// by field name: a node proxy cannot evaluate them.
     pub l7_fields: Vec<String>,
@@ -486,6 +492,12 @@ pub struct Source {
 pub struct Operation {
     pub ports: Vec<u16>,
     pub not_ports: Vec<u16>,
+    pub hosts: Vec<StringPattern>,
+    pub not_hosts: Vec<StringPattern>,
+    pub methods: Vec<StringPattern>,
+    pub not_methods: Vec<StringPattern>,
+    pub paths: Vec<StringPattern>,
+    pub not_paths: Vec<StringPattern>,
     /// L7-only attributes present (hosts, methods, paths), by field name.
     pub l7_fields: Vec<String>,
 }
@@ -514,7 +526,11 @@ pub enum Condition {
         not_values: Vec<u16>,
     },
     /// A key only an L7 proxy knows (request.headers[…], …).
-    L7 { key: String },
+    L7 {
+        key: String,
+        values: Vec<StringPattern>,
+        not_values: Vec<StringPattern>,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -538,7 +554,7 @@ impl AuthzRule {
             )
             .collect();
         found.extend(self.when.iter().filter_map(|c| match c {
-            Condition::L7 { key } => Some(format!("when.{key}")),
+            Condition::L7 { key, .. } => Some(format!("when.{key}")),
             _ => None,
         }));
         found
@@ -552,10 +568,23 @@ pub struct AuthorizationPolicy {
     /// `None`: every workload of the namespace (or mesh, in the root namespace).
     pub selector: Option<Labels>,
     /// Set when the policy targets a waypoint/gateway/service (`targetRef(s)`),
-    /// which node proxies do not enforce.
+    /// which node proxies do not enforce (`kind/name`, for logs).
     pub target_refs: Vec<String>,
+    /// The same, resolved: what a waypoint enforces.
+    pub targets: Vec<PolicyTarget>,
     pub action: AuthzAction,
     pub rules: Vec<AuthzRule>,
+}
+
+/// What a waypoint-enforced policy is attached to (`targetRefs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyTarget {
+    /// A Gateway (a waypoint): every request through it.
+    Gateway { name: String },
+    /// A Service: requests addressed to it.
+    Service { name: String },
+    /// Any other kind (`group/kind name`): nothing Weft enforces.
+    Other(String),
 }
 
 /// `PeerAuthentication` mTLS mode.

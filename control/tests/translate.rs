@@ -755,3 +755,70 @@ spec:
         backends[2].error
     );
 }
+
+#[test]
+fn policies_with_target_refs_go_to_waypoints_and_say_where_they_cannot() {
+    let r = resources(&format!(
+        "{ROUTED}{}",
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-web, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}, {kind: Service, group: "", name: plain}]
+  rules:
+  - from: [{source: {principals: ["spiffe://cluster.local/ns/shop/sa/client"]}}]
+    to: [{operation: {methods: [GET], paths: ["/api/*"]}}]
+    when: [{key: "request.headers[x-env]", values: [prod]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: nowhere, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: ingress}]
+"#
+    ));
+    use weft_proto::weft::l7::v1::{policy::Action, string_match::Kind};
+    let on_web = &r.l7_policies["shop/on-web"];
+    assert_eq!(on_web.services, ["shop/web.shop.svc.cluster.local"]);
+    assert!(on_web.waypoints.is_empty());
+    let rule = &on_web.rules[0];
+    assert_eq!(
+        rule.from[0].principals[0].kind,
+        Some(Kind::Exact("cluster.local/ns/shop/sa/client".into())),
+        "principals lose their scheme, as at L4"
+    );
+    assert_eq!(rule.to[0].paths[0].kind, Some(Kind::Prefix("/api/".into())));
+    assert_eq!(rule.when[0].key, "request.headers[x-env]");
+    let on_waypoint = &r.l7_policies["shop/on-waypoint"];
+    assert_eq!(on_waypoint.waypoints, ["shop/waypoint"]);
+    assert_eq!(
+        on_waypoint.action,
+        Action::Deny as i32,
+        "CUSTOM fails closed"
+    );
+    assert!(!r.l7_policies.contains_key("shop/nowhere"));
+    for expected in [
+        "targets Service shop/plain, which has no waypoint",
+        "targets Gateway shop/ingress, which is not a waypoint",
+        "CUSTOM needs an external authorizer",
+    ] {
+        assert!(
+            r.warnings.iter().any(|w| w.contains(expected)),
+            "{expected}: {:?}",
+            r.warnings
+        );
+    }
+    // Node proxies never receive them.
+    assert!(!r.authorizations.contains_key("shop/on-web"));
+}

@@ -25,6 +25,8 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 /// Type URL of Weft's L7 routes for waypoints (`weft.l7.v1.ServiceRoutes`).
 pub const ROUTES_TYPE_URL: &str = "type.googleapis.com/weft.l7.v1.ServiceRoutes";
+/// Type URL of Weft's L7 authorization for waypoints (`weft.l7.v1.Policy`).
+pub const L7_POLICY_TYPE_URL: &str = "type.googleapis.com/weft.l7.v1.Policy";
 
 /// Packs a message into an `Any` with the given type URL.
 pub fn to_any<M: prost::Message>(type_url: &str, message: &M) -> prost_types::Any {

@@ -33,6 +33,10 @@ pub struct RequestLog {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub error: Option<String>,
+    /// The policy (or ALLOW policies) that denied the request.
+    pub policy: Option<String>,
+    /// AUDIT policies that matched.
+    pub audited: Vec<String>,
     started: Instant,
     written: bool,
 }
@@ -62,6 +66,8 @@ impl RequestLog {
             bytes_received: 0,
             bytes_sent: 0,
             error: None,
+            policy: None,
+            audited: Vec::new(),
             started: Instant::now(),
             written: false,
         }
@@ -82,12 +88,14 @@ impl RequestLog {
             src.identity = %self.src_identity,
             dst.service = %self.destination,
             response_code = self.status,
-            response_flags = self.flags,
+            response_flags = %self.flags,
             bytes_received = self.bytes_received,
             bytes_sent = self.bytes_sent,
             duration_ms = self.started.elapsed().as_millis() as u64,
             upstream_host = %self.upstream.as_deref().unwrap_or("-"),
             route_name = %self.route,
+            policy = %self.policy.as_deref().unwrap_or(""),
+            audit = %self.audited.join(","),
             error = %self.error.as_deref().unwrap_or(""),
             "request complete"
         );

@@ -63,6 +63,7 @@ struct ConfigDump<'a> {
     #[serde(flatten)]
     state: weft_proxy::state::StateDump,
     routes: std::collections::BTreeMap<String, Arc<crate::routes::ServiceRoutes>>,
+    policies: Vec<Arc<crate::policy::Policy>>,
     certificates: Vec<weft_proxy::identity::CertificateInfo>,
 }
 
@@ -90,6 +91,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
     )?;
     let state = Arc::new(ProxyState::default());
     let routes = Arc::new(crate::routes::RouteTable::default());
+    let policies = Arc::new(crate::policy::PolicyTable::default());
     let pod = config
         .pod_name
         .clone()
@@ -105,12 +107,13 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
             Arc::new(AddressHandler::new(state.clone())),
             Arc::new(AuthorizationHandler::new(state.clone())),
             Arc::new(crate::routes::RoutesHandler::new(routes.clone())),
+            Arc::new(crate::policy::PolicyHandler::new(policies.clone())),
         ],
     );
     let xds_status = xds.status();
     let certs = CertificateManager::new(CaClient::new(control));
     let mut tasks = vec![tokio::spawn(xds.run())];
-    let wp = Arc::new(Waypoint::new(
+    let mut wp = Waypoint::new(
         config.namespace.clone(),
         config.name.clone(),
         identity.clone(),
@@ -119,8 +122,11 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         certs.clone(),
         trust,
         routes,
+        policies,
         xds_status,
-    ));
+    );
+    wp.path_normalization = config.path_normalization;
+    let wp = Arc::new(wp);
     // The certificate is needed before the first tunnel; fetched now, and
     // renewed in the background from then on.
     let (c, id) = (certs.clone(), identity.clone());
@@ -148,6 +154,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
                 xds: dump.xds(),
                 state: dump.state.dump(),
                 routes: dump.routes.dump(),
+                policies: dump.policies.dump(),
                 certificates: dump.certs.info(),
             })
         }),

@@ -60,6 +60,15 @@ pub struct Config {
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, env = "WEFT_READINESS_ADDRESS", default_value = "0.0.0.0:15021")]
     pub readiness_address: SocketAddr,
+    /// How request paths are made canonical before routing, authorization
+    /// and forwarding (Istio's mesh option `pathNormalization`).
+    #[arg(
+        long,
+        env = "WEFT_PATH_NORMALIZATION",
+        value_enum,
+        default_value = "BASE"
+    )]
+    pub path_normalization: crate::normalize::PathNormalization,
     /// Log format: `text` or `json`.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

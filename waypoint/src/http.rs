@@ -16,6 +16,8 @@ use crate::{
     access_log::{LoggedBody, RequestLog},
     filters,
     matcher::{select, RequestInfo, Selection},
+    normalize::{normalize, PathNormalization},
+    policy::{self, RequestAttrs, Verdict},
     proxy::{Target, Waypoint},
     routes::{Backend, Filter, HeaderModifier, Route},
     upstream,
@@ -44,6 +46,8 @@ impl Version {
 pub struct Downstream {
     pub peer: SocketAddr,
     pub identity: Identity,
+    /// The tunnel's authority: the original destination.
+    pub authority: SocketAddr,
     pub target: Target,
     pub version: Version,
 }
@@ -59,6 +63,9 @@ pub async fn serve(wp: Arc<Waypoint>, io: H2Io, down: Arc<Downstream>) -> Result
     match version {
         Version::Http1 => {
             hyper::server::conn::http1::Builder::new()
+                // A client may end its side once it has sent the request
+                // and still wait for the answer.
+                .half_close(true)
                 .serve_connection(io, service)
                 .await
         }
@@ -101,6 +108,59 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
         down.identity.to_string(),
         down.target.name(),
     );
+    // Paths are made canonical before routes and policies see them, and
+    // forwarded as such.
+    if req
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        log.flags = "DPE";
+        log.error = Some(format!("method {} is not upper case", req.method()));
+        return finish(log, local_response(StatusCode::BAD_REQUEST, "Bad Request"));
+    }
+    let req = match canonical_path(req, wp.path_normalization) {
+        Ok(req) => req,
+        Err(err) => {
+            log.flags = "DPE";
+            log.error = Some(err.to_string());
+            return finish(log, local_response(StatusCode::BAD_REQUEST, "Bad Request"));
+        }
+    };
+    let service_key = match &down.target {
+        Target::Service { service, .. } => Some(service.key()),
+        Target::Workload { .. } => None,
+    };
+    let policies = wp.policies.applying(&wp.name, service_key.as_deref());
+    if !policies.is_empty() {
+        let principal = down.identity.principal();
+        let host = authority_of(&req).unwrap_or_default();
+        let attrs = RequestAttrs {
+            principal: &principal,
+            namespace: &down.identity.namespace,
+            source_ip: down.peer.ip(),
+            destination_ip: down.authority.ip(),
+            destination_port: down.authority.port(),
+            host: &host,
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            opaque: false,
+        };
+        match policy::evaluate(&policies, &attrs) {
+            Verdict::Allow { audited } => log.audited = audited,
+            Verdict::Deny { policy, audited } => {
+                log.audited = audited;
+                log.flags = "RBAC";
+                log.policy = Some(policy);
+                return finish(
+                    log,
+                    local_response(StatusCode::FORBIDDEN, "RBAC: access denied"),
+                );
+            }
+        }
+    }
     let (service, port) = match &down.target {
         // Pod-addressed traffic takes no service's routes.
         Target::Workload { workload, addr } => {
@@ -228,6 +288,30 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
             .map(Duration::from_millis),
     };
     send(wp, down, &endpoint, req, plan, log).await
+}
+
+/// The request with its path made canonical (the query kept as sent).
+fn canonical_path(
+    req: Request<Incoming>,
+    mode: PathNormalization,
+) -> Result<Request<Incoming>, crate::normalize::BadPath> {
+    let normalized = normalize(req.uri().path(), mode)?;
+    if normalized == req.uri().path() {
+        return Ok(req);
+    }
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut uri = http::uri::Parts::from(parts.uri.clone());
+    if let Ok(pq) = path_and_query.parse() {
+        uri.path_and_query = Some(pq);
+    }
+    if let Ok(rebuilt) = http::Uri::from_parts(uri) {
+        parts.uri = rebuilt;
+    }
+    Ok(Request::from_parts(parts, body))
 }
 
 /// What happens around forwarding, once the route is chosen.

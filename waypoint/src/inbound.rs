@@ -49,7 +49,12 @@ pub fn sniff(bytes: &[u8]) -> Sniffed {
     }
     let line_end = bytes.iter().position(|b| *b == b'\n');
     let line = &bytes[..line_end.unwrap_or(bytes.len())];
-    let method_len = line.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    // Any token is taken as a method (a lower-case one is then refused with
+    // 400): what looks like HTTP is never carried at L4 past L7 policy.
+    let method_len = line
+        .iter()
+        .take_while(|b| b.is_ascii_alphabetic() || **b == b'-')
+        .count();
     if method_len == 0 || method_len > 16 {
         return Sniffed::Opaque;
     }
@@ -154,6 +159,7 @@ async fn tunnel(wp: Arc<Waypoint>, connect: InboundConnect) {
             let down = Arc::new(Downstream {
                 peer,
                 identity,
+                authority,
                 target,
                 version,
             });
@@ -162,7 +168,7 @@ async fn tunnel(wp: Arc<Waypoint>, connect: InboundConnect) {
             }
         }
         Sniffed::Opaque | Sniffed::NeedMore => {
-            tcp::forward(&wp, io, peer, &identity, &target).await
+            tcp::forward(&wp, io, peer, &identity, authority, &target).await
         }
     }
 }
@@ -206,7 +212,7 @@ mod tests {
             (b"GET /long", Sniffed::NeedMore),
             (b"\x16\x03\x01\x02\x00", Sniffed::Opaque),
             (b"SSH-2.0-OpenSSH\r\n", Sniffed::Opaque),
-            (b"get / HTTP/1.1\r\n", Sniffed::Opaque),
+            (b"get / HTTP/1.1\r\n", Sniffed::Http(Version::Http1)),
             (b"GET / HTTP/2.0\r\n", Sniffed::Opaque),
             (b"HELLO\r\n", Sniffed::Opaque),
         ];

@@ -5,7 +5,8 @@
 //! 15008, with the original destination as the CONNECT authority
 //! ([`inbound`]). The waypoint checks that the destination is bound to it,
 //! looks at the tunnel's first bytes and, for HTTP/1.1 or HTTP/2, proxies
-//! request by request ([`http`]): it picks the route ([`matcher`], over the
+//! request by request ([`http`]): it makes the path canonical
+//! ([`normalize`]), authorizes the request ([`policy`]), picks the route ([`matcher`], over the
 //! [`routes`] the control service compiled from HTTPRoutes), applies its
 //! [`filters`], chooses an endpoint of the backend
 //! and opens HBONE onward to it, presenting its own identity ([`upstream`]);
@@ -19,6 +20,8 @@ pub mod filters;
 pub mod http;
 pub mod inbound;
 pub mod matcher;
+pub mod normalize;
+pub mod policy;
 pub mod proxy;
 pub mod routes;
 pub mod tcp;

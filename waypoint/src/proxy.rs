@@ -40,6 +40,10 @@ pub struct Waypoint {
     pub balancer: Balancer,
     /// The routes of the services behind the waypoint.
     pub routes: Arc<crate::routes::RouteTable>,
+    /// The L7 policies waypoints enforce.
+    pub policies: Arc<crate::policy::PolicyTable>,
+    /// How request paths are made canonical.
+    pub path_normalization: crate::normalize::PathNormalization,
     xds: tokio::sync::watch::Receiver<XdsStatus>,
 }
 
@@ -78,6 +82,7 @@ impl Waypoint {
         certs: CertificateManager,
         trust: TrustBundle,
         routes: Arc<crate::routes::RouteTable>,
+        policies: Arc<crate::policy::PolicyTable>,
         xds: tokio::sync::watch::Receiver<XdsStatus>,
     ) -> Self {
         Self {
@@ -92,6 +97,8 @@ impl Waypoint {
             pool: Pool::default(),
             balancer: Balancer::default(),
             routes,
+            policies,
+            path_normalization: Default::default(),
             xds,
         }
     }

@@ -7,6 +7,7 @@ use weft_proto::spiffe::Identity;
 use weft_proxy::{balance::Endpoint, hbone::io::H2Io};
 
 use crate::{
+    policy::{RequestAttrs, Verdict},
     proxy::{Target, Waypoint},
     upstream,
 };
@@ -16,9 +17,40 @@ pub async fn forward(
     mut io: H2Io,
     peer: SocketAddr,
     identity: &Identity,
+    authority: SocketAddr,
     target: &Target,
 ) {
     let started = std::time::Instant::now();
+    // L7 policies still apply: what they say about requests cannot be
+    // checked on a connection, so it fails closed.
+    let service = match target {
+        Target::Service { service, .. } => Some(service.key()),
+        Target::Workload { .. } => None,
+    };
+    let policies = wp.policies.applying(&wp.name, service.as_deref());
+    if !policies.is_empty() {
+        let (principal, headers) = (identity.principal(), http::HeaderMap::new());
+        let attrs = RequestAttrs::connection(
+            &principal,
+            &identity.namespace,
+            peer.ip(),
+            authority,
+            &headers,
+        );
+        if let Verdict::Deny { policy, .. } = crate::policy::evaluate(&policies, &attrs) {
+            tracing::warn!(
+                target: "access",
+                protocol = %"tcp",
+                src.addr = %peer,
+                src.identity = %identity,
+                dst.service = %target.name(),
+                %policy,
+                error = "denied by policy (the connection is not HTTP, so rules on requests fail closed)",
+                "connection failed"
+            );
+            return;
+        }
+    }
     let endpoint = match target {
         Target::Service { service, port } => {
             wp.balancer.service_endpoint(&wp.state, service, *port)

@@ -7,7 +7,13 @@ use std::path::Path;
 use crate::run_cmd;
 
 /// Every target in `fuzz/fuzz_targets`.
-pub const TARGETS: &[&str] = &["yaml_translate", "xds_decode", "authz_eval", "route_match"];
+pub const TARGETS: &[&str] = &[
+    "yaml_translate",
+    "xds_decode",
+    "authz_eval",
+    "route_match",
+    "l7_policy",
+];
 
 pub fn run(root: &Path, seconds: u64) -> anyhow::Result<()> {
     let fuzz_dir = root.join("fuzz");

@@ -531,6 +531,13 @@ fn authorization_policy(
     if let Some(target) = &spec.target_ref {
         target_refs.push(describe_ref(target));
     }
+    let targets = spec
+        .target_refs
+        .iter()
+        .chain(spec.target_ref.as_ref())
+        .enumerate()
+        .map(|(i, t)| policy_target(t).map_err(|r| format!("spec.targetRefs[{i}]: {r}")))
+        .collect::<Result<Vec<_>, _>>()?;
     if spec.selector.is_some() && !target_refs.is_empty() {
         return Err("spec.selector and spec.targetRef(s) cannot both be set".into());
     }
@@ -545,8 +552,31 @@ fn authorization_policy(
         name,
         selector: spec.selector.map(|s| s.match_labels),
         target_refs,
+        targets,
         action,
         rules,
+    })
+}
+
+/// A `targetRef`: `{group, kind, name}` (a namespace other than the
+/// policy's is not allowed, as in Istio).
+fn policy_target(value: &serde_yaml::Value) -> Result<crate::objects::PolicyTarget, String> {
+    use crate::objects::PolicyTarget;
+    let field = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let name = field("name")
+        .filter(|n| !n.is_empty())
+        .ok_or("name is required")?;
+    let kind = field("kind").ok_or("kind is required")?;
+    let group = field("group").unwrap_or_default();
+    if field("namespace").is_some() {
+        return Err(
+            "namespace is not allowed: a policy targets objects of its own namespace".into(),
+        );
+    }
+    Ok(match (group.as_str(), kind.as_str()) {
+        ("gateway.networking.k8s.io", "Gateway") => PolicyTarget::Gateway { name },
+        ("" | "core", "Service") => PolicyTarget::Service { name },
+        _ => PolicyTarget::Other(format!("{group}/{kind} {name}")),
     })
 }
 
@@ -635,6 +665,9 @@ fn source(s: SourceYaml) -> Result<Source, String> {
         not_namespaces: patterns("notNamespaces", s.not_namespaces)?,
         ip_blocks: ip_blocks("ipBlocks", s.ip_blocks)?,
         not_ip_blocks: ip_blocks("notIpBlocks", s.not_ip_blocks)?,
+        request_principals: s.request_principals.is_some() || s.not_request_principals.is_some(),
+        remote_ip_blocks: ip_blocks("remoteIpBlocks", s.remote_ip_blocks)?,
+        not_remote_ip_blocks: ip_blocks("notRemoteIpBlocks", s.not_remote_ip_blocks)?,
         l7_fields,
     })
 }
@@ -651,9 +684,24 @@ fn operation(o: OperationYaml) -> Result<Operation, String> {
     .into_iter()
     .flatten()
     .collect();
+    // Methods are HTTP tokens, compared as written.
+    if let Some(bad) = o.methods.iter().chain(&o.not_methods).flatten().find(|m| {
+        m.is_empty()
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'-')
+    }) {
+        return Err(format!("methods: {bad:?} is not an HTTP method"));
+    }
     Ok(Operation {
         ports: ports("ports", o.ports)?,
         not_ports: ports("notPorts", o.not_ports)?,
+        hosts: patterns("hosts", o.hosts)?,
+        not_hosts: patterns("notHosts", o.not_hosts)?,
+        methods: patterns("methods", o.methods)?,
+        not_methods: patterns("notMethods", o.not_methods)?,
+        paths: patterns("paths", o.paths)?,
+        not_paths: patterns("notPaths", o.not_paths)?,
         l7_fields,
     })
 }
@@ -691,6 +739,8 @@ fn condition(c: ConditionYaml) -> Result<Condition, String> {
         },
         key if is_known_l7_key(key) => Condition::L7 {
             key: key.to_owned(),
+            values: strings(&c.values)?,
+            not_values: strings(&c.not_values)?,
         },
         key => return Err(format!("unknown condition key {key:?}")),
     })

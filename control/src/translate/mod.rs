@@ -9,6 +9,7 @@
 //! a policy.
 
 mod authz;
+mod l7_policy;
 mod peer_authn;
 pub mod routes;
 mod services;
@@ -59,6 +60,8 @@ pub struct Resources {
     pub authorizations: BTreeMap<String, security::Authorization>,
     /// L7 routes of services behind waypoints, by `namespace/hostname`.
     pub routes: BTreeMap<String, l7::ServiceRoutes>,
+    /// Waypoint-enforced AuthorizationPolicies, by `namespace/name`.
+    pub l7_policies: BTreeMap<String, l7::Policy>,
     /// Each HTTPRoute's status, per parent, by `namespace/name`.
     pub route_status: BTreeMap<String, Vec<routes::ParentStatus>>,
     /// Things users should know about (policies that cannot be enforced as
@@ -73,6 +76,10 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
     let waypoints = waypoints::Waypoints::translate(snapshot, mesh, &services);
     for s in &mut services.services {
         s.service.waypoint = waypoints.for_service(&s.source);
+    }
+    for policy in l7_policy::translate(snapshot, &services, &waypoints, &mut out.warnings) {
+        out.l7_policies
+            .insert(format!("{}/{}", policy.namespace, policy.name), policy);
     }
     let compiled = routes::translate(snapshot, &services, &mut out.warnings);
     out.routes = compiled.services;

@@ -10,7 +10,9 @@ use std::{collections::BTreeMap, sync::Arc};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use weft_proto::{to_any, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ROUTES_TYPE_URL};
+use weft_proto::{
+    to_any, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTES_TYPE_URL,
+};
 
 use crate::translate::Resources;
 
@@ -47,7 +49,12 @@ pub struct XdsStore {
 impl Default for XdsStore {
     fn default() -> Self {
         let mut empty = XdsSnapshot::default();
-        for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ROUTES_TYPE_URL] {
+        for type_url in [
+            ADDRESS_TYPE_URL,
+            AUTHORIZATION_TYPE_URL,
+            ROUTES_TYPE_URL,
+            L7_POLICY_TYPE_URL,
+        ] {
             empty.types.insert(type_url.to_owned(), BTreeMap::new());
         }
         Self {
@@ -92,6 +99,14 @@ impl XdsStore {
                 .routes
                 .iter()
                 .map(|(name, r)| (name.clone(), versioned(ROUTES_TYPE_URL, r)))
+                .collect(),
+        );
+        types.insert(
+            L7_POLICY_TYPE_URL.to_owned(),
+            resources
+                .l7_policies
+                .iter()
+                .map(|(name, r)| (name.clone(), versioned(L7_POLICY_TYPE_URL, r)))
                 .collect(),
         );
         let resources = Arc::new(resources);
