@@ -55,7 +55,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -401,6 +401,75 @@ pub async fn status(paths: &Paths) -> anyhow::Result<()> {
             enrolled.join(", ")
         }
     );
-    println!("waypoints: none");
+    let waypoints = crate::waypoint::observe(paths, None).await?;
+    if waypoints.is_empty() {
+        println!("waypoints: none");
+    }
+    let rows: Vec<Vec<String>> = waypoints
+        .iter()
+        .map(|w| {
+            vec![
+                format!("{}/{}", w.namespace, w.name),
+                w.traffic.clone(),
+                if w.programmed { "True" } else { "False" }.into(),
+                w.message.clone(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        print!(
+            "\n{}",
+            table(&["WAYPOINT", "TRAFFIC TYPE", "PROGRAMMED", "MESSAGE"], rows)
+        );
+    }
+    // Each service behind a waypoint, and whether that waypoint is there
+    // to take its traffic (Istio's istio.io/WaypointBound condition).
+    let (_, resources) = crate::local::served(paths)?;
+    let mut rows = Vec::new();
+    for address in resources.addresses.values() {
+        let Some(weft_proto::istio::workload::address::Type::Service(s)) = &address.r#type else {
+            continue;
+        };
+        let Some(gateway) = &s.waypoint else { continue };
+        use weft_proto::istio::workload::gateway_address::Destination;
+        let bound = match &gateway.destination {
+            Some(Destination::Address(a)) => waypoints.iter().find(|w| {
+                resources.addresses.values().any(|other| {
+                    matches!(&other.r#type, Some(weft_proto::istio::workload::address::Type::Service(ws))
+                        if ws.name == w.name && ws.namespace == w.namespace
+                            && ws.addresses.iter().any(|wa| wa.address == a.address))
+                })
+            }),
+            Some(Destination::Hostname(h)) => waypoints.iter().find(|w| {
+                h.hostname == format!("{}.{}.svc.cluster.local", w.name, w.namespace)
+            }),
+            None => None,
+        };
+        let (status, reason) = match bound {
+            Some(w) if w.programmed => (
+                "True",
+                format!("bound to waypoint {}/{}", w.namespace, w.name),
+            ),
+            Some(w) => (
+                "False",
+                format!(
+                    "waypoint {}/{} is not programmed: {}",
+                    w.namespace, w.name, w.message
+                ),
+            ),
+            None => (
+                "False",
+                "its waypoint does not exist; its traffic is refused".into(),
+            ),
+        };
+        rows.push(vec![
+            format!("{}/{}", s.namespace, s.name),
+            status.into(),
+            reason,
+        ]);
+    }
+    if !rows.is_empty() {
+        print!("\n{}", table(&["SERVICE", "WAYPOINTBOUND", "REASON"], rows));
+    }
     Ok(())
 }

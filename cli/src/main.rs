@@ -5,6 +5,7 @@
 
 mod inspect;
 mod local;
+mod waypoint;
 
 use std::{ffi::OsString, path::PathBuf};
 
@@ -51,6 +52,24 @@ enum Command {
         #[arg(long, env = "WEFT_LOCAL_DIR", default_value = "/run/weft-local")]
         dir: PathBuf,
     },
+    /// Deploy and inspect waypoints (of the local mesh).
+    Waypoint {
+        #[command(subcommand)]
+        command: waypoint::WaypointCommand,
+        #[arg(
+            long,
+            env = "WEFT_LOCAL_DIR",
+            default_value = "/run/weft-local",
+            global = true
+        )]
+        dir: PathBuf,
+    },
+    /// Run a waypoint (as the `waypoint` binary).
+    #[command(hide = true, disable_help_flag = true)]
+    WaypointProxy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Run the control service (as `weft-control`).
     #[command(hide = true, disable_help_flag = true)]
     Control {
@@ -90,6 +109,14 @@ fn main() -> anyhow::Result<()> {
         Command::Control { args } => weft_control::app::main_from(
             std::iter::once(OsString::from("weft-control")).chain(args),
         ),
+        Command::Waypoint { command, dir } => {
+            let paths = local::Paths::new(dir);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(waypoint::run(&paths, command))
+        }
+        Command::WaypointProxy { args } => waypoint::proxy_main(args),
         Command::Ztunnel { args } => {
             ztunnel::app::main_from(std::iter::once(OsString::from("ztunnel")).chain(args))
         }

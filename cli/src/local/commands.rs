@@ -1,6 +1,6 @@
 //! The `weft local` commands.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{bail, Context};
 use weft_control::auth::issue_node_token;
@@ -12,6 +12,7 @@ use super::{
     paths::Paths,
     runtime,
     state::{Lock, PodState, State},
+    waypoints,
 };
 
 /// A topology reattached for one command: dropping it detaches again (the
@@ -51,8 +52,16 @@ fn pod_ips(topology: &Topology) -> BTreeMap<String, Ipv4Addr> {
         .collect()
 }
 
-/// Records the served pods and enrolls the ones in the mesh.
-async fn reconcile(paths: &Paths, topology: &Topology, state: &mut State) -> anyhow::Result<()> {
+/// Runs the waypoints the config asks for, records the served pods and
+/// enrolls the ones in the mesh.
+async fn reconcile(
+    paths: &Paths,
+    topology: &mut Topology,
+    state: &mut State,
+) -> anyhow::Result<()> {
+    let (snapshot, _) = config::served(paths)?;
+    let new_waypoints = waypoints::reconcile(paths, topology, &snapshot)?;
+    let topology = &*topology;
     let (snapshot, resources) = config::served(paths)?;
     for error in &snapshot.errors {
         eprintln!("weft local: the control service rejects {error}");
@@ -71,7 +80,12 @@ async fn reconcile(paths: &Paths, topology: &Topology, state: &mut State) -> any
         }
         state.pods.insert(name, pod_state);
     }
-    runtime::enroll(paths, topology, &enrolled).await
+    runtime::enroll(paths, topology, &enrolled).await?;
+    for gateway in &new_waypoints {
+        waypoints::start(paths, topology, gateway)?;
+    }
+    waypoints::wait_ready(paths, topology, &new_waypoints, Duration::from_secs(30)).await;
+    Ok(())
 }
 
 pub async fn up(paths: &Paths, source: &Path) -> anyhow::Result<()> {
@@ -101,10 +115,10 @@ pub async fn up(paths: &Paths, source: &Path) -> anyhow::Result<()> {
         nodes.len(),
         pods.len()
     );
-    let topology = builder.build()?;
+    let mut topology = builder.build()?;
     // From here on a failure tears everything down again (dropping the
     // topology kills its processes and removes its namespaces).
-    let result = start(paths, &topology, &files, &pods).await;
+    let result = start(paths, &mut topology, &files, &pods).await;
     match result {
         Ok(state) => {
             state.save(paths)?;
@@ -121,7 +135,7 @@ pub async fn up(paths: &Paths, source: &Path) -> anyhow::Result<()> {
 
 async fn start(
     paths: &Paths,
-    topology: &Topology,
+    topology: &mut Topology,
     files: &[UserFile],
     pods: &[&weft_control::objects::Pod],
 ) -> anyhow::Result<State> {
@@ -144,6 +158,7 @@ async fn start(
         pods: BTreeMap::new(),
     };
     reconcile(paths, topology, &mut state).await?;
+    state.topology = topology.record();
     for spec in pods {
         let pod = topology.pod(&format!("{}/{}", spec.namespace, spec.name));
         runtime::start_containers(paths, pod, spec)?;
@@ -157,11 +172,26 @@ async fn start(
 
 pub async fn apply(paths: &Paths, source: &Path) -> anyhow::Result<()> {
     let _lock = Lock::take(paths)?;
-    let mut state = State::load(paths)?;
     let files = config::read(source)?;
+    apply_files(paths, &files).await
+}
+
+/// Runs what the served config now asks for, after a change made to it
+/// directly (the caller holds the lock).
+pub async fn resync(paths: &Paths) -> anyhow::Result<()> {
+    let mut state = State::load(paths)?;
+    let mut attached = Attached::new(&state)?;
+    reconcile(paths, attached.get_mut(), &mut state).await?;
+    state.topology = attached.get().record();
+    state.save(paths)
+}
+
+/// `apply` of files already read (the caller holds the lock).
+pub async fn apply_files(paths: &Paths, files: &[UserFile]) -> anyhow::Result<()> {
+    let mut state = State::load(paths)?;
     let mut attached = Attached::new(&state)?;
     let mut created = Vec::new();
-    for spec in config::pods(&files) {
+    for spec in config::pods(files) {
         let name = format!("{}/{}", spec.namespace, spec.name);
         if attached
             .get()
@@ -189,11 +219,11 @@ pub async fn apply(paths: &Paths, source: &Path) -> anyhow::Result<()> {
         created.push(spec.clone());
     }
     let ips = pod_ips(attached.get());
-    for file in &files {
+    for file in files {
         config::write_rendered(paths, file, &ips)?;
     }
+    reconcile(paths, attached.get_mut(), &mut state).await?;
     state.topology = attached.get().record();
-    reconcile(paths, attached.get(), &mut state).await?;
     for spec in &created {
         let pod = attached
             .get()
@@ -203,7 +233,7 @@ pub async fn apply(paths: &Paths, source: &Path) -> anyhow::Result<()> {
         println!("pod/{}/{} created", spec.namespace, spec.name);
     }
     state.save(paths)?;
-    for file in &files {
+    for file in files {
         println!("{} applied ({} objects)", file.name, file.objects.len());
     }
     Ok(())
@@ -232,8 +262,8 @@ pub async fn delete(paths: &Paths, source: &Path) -> anyhow::Result<()> {
             println!("pod/{name} deleted");
         }
     }
+    reconcile(paths, attached.get_mut(), &mut state).await?;
     state.topology = attached.get().record();
-    reconcile(paths, attached.get(), &mut state).await?;
     state.save(paths)?;
     for file in &files {
         println!("{} deleted ({} objects)", file.name, file.objects.len());

@@ -25,6 +25,96 @@ pub struct UserFile {
     pub objects: Vec<Object>,
 }
 
+/// A file of YAML text that is not on disk (what `weft waypoint apply`
+/// makes), as if it had been read.
+pub fn from_text(name: &str, text: &str) -> UserFile {
+    let objects = parse_file(Path::new(name), text)
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let docs = serde_yaml::Deserializer::from_str(text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &Value| !v.is_null())
+        .collect();
+    UserFile {
+        name: name.to_owned(),
+        docs,
+        objects,
+    }
+}
+
+/// Edits every document of the served files with `edit` (which returns
+/// `false` to drop a document); a file left empty is removed. Returns how
+/// many documents `edit` changed or dropped (it says so through `changed`).
+pub fn edit_served(
+    paths: &Paths,
+    mut edit: impl FnMut(&mut Value, &mut bool) -> bool,
+) -> anyhow::Result<usize> {
+    let mut count = 0;
+    let Ok(entries) = std::fs::read_dir(paths.config()) else {
+        return Ok(0);
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+            .filter(|v: &Value| !v.is_null())
+            .collect();
+        let mut kept = Vec::new();
+        let mut touched = false;
+        for mut doc in docs {
+            let mut changed = false;
+            let keep = edit(&mut doc, &mut changed);
+            if changed || !keep {
+                touched = true;
+                count += 1;
+            }
+            if keep {
+                kept.push(doc);
+            }
+        }
+        if !touched {
+            continue;
+        }
+        if kept.is_empty() {
+            std::fs::remove_file(&file)?;
+            continue;
+        }
+        let mut out = String::new();
+        for doc in &kept {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(doc)?);
+        }
+        let tmp = file.with_extension("yaml.tmp");
+        std::fs::write(&tmp, out)?;
+        std::fs::rename(&tmp, &file)?;
+    }
+    Ok(count)
+}
+
+/// The `kind`, `metadata.namespace` (`default` if unset, empty for a
+/// Namespace) and `metadata.name` of a document.
+pub fn identify(doc: &Value) -> (String, String, String) {
+    let kind = str_at(doc, &["kind"]).unwrap_or_default().to_owned();
+    let name = str_at(doc, &["metadata", "name"])
+        .unwrap_or_default()
+        .to_owned();
+    let namespace = if kind == "Namespace" {
+        String::new()
+    } else {
+        str_at(doc, &["metadata", "namespace"])
+            .unwrap_or("default")
+            .to_owned()
+    };
+    (kind, namespace, name)
+}
+
 /// Reads a YAML file, or every `*.yaml`/`*.yml` of a directory. Rejected
 /// documents are printed with their reason; the rest is used.
 pub fn read(path: &Path) -> anyhow::Result<Vec<UserFile>> {

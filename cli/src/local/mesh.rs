@@ -61,6 +61,24 @@ impl LocalMesh {
             .is_some_and(|r| r.is_ok())
     }
 
+    /// Whether pod `namespace/name` answers 200 on `GET /healthz/ready` at
+    /// its own `127.0.0.1:port`; why not, if it does not.
+    pub async fn pod_ready(&self, qualified: &str, port: u16) -> Result<(), String> {
+        let (ns, name) = qualified.split_once('/').ok_or("not namespace/name")?;
+        let netns = self.id().child(&format!("pod-{ns}-{name}"));
+        match weft_tests::processes::http_get(
+            Some(&netns),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "/healthz/ready",
+        )
+        .await
+        {
+            Ok((200, _)) => Ok(()),
+            Ok((status, body)) => Err(format!("{status} {}", body.trim())),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
     /// Namespaces with at least one pod in the mesh.
     pub fn enrolled_namespaces(&self) -> anyhow::Result<Vec<String>> {
         let (snapshot, _) = config::served(&self.paths)?;

@@ -16,13 +16,17 @@ mod mesh;
 mod paths;
 mod runtime;
 mod state;
+pub mod waypoints;
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
+pub use commands::{apply_files, resync};
+pub use config::{edit_served, from_text, identify, served};
 pub use mesh::LocalMesh;
 pub use paths::{Paths, CONTROL_ADDRESS};
+pub use state::Lock;
 
 #[derive(Subcommand)]
 pub enum LocalCommand {

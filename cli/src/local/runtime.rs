@@ -26,7 +26,7 @@ use super::{
 };
 
 /// Makes `cmd` a daemon: its own session, no terminal, output to `log`.
-fn daemonize(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
+pub(super) fn daemonize(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(log.parent().expect("logs have a directory"))?;
     let out = std::fs::OpenOptions::new()
         .create(true)

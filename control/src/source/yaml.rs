@@ -8,6 +8,8 @@
 
 mod gateway;
 
+pub use gateway::parse_duration_ms;
+
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::Path};
 
 use ipnet::IpNet;
