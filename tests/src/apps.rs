@@ -94,23 +94,41 @@ impl ProbeReport {
 /// HTTP/2 (prior knowledge), keep-alive: every request gets `200` with the
 /// body `"<name> saw <peer>: <method> <path>"`, except `/status/NNN`, which
 /// answers NNN, `/headers`, whose body lists the request's headers
-/// (`name: value` lines, as received), and `…/delay/MS`, answered after MS
+/// (`name: value` lines, as received), `…/flaky/KEY/…`, answered 503 the
+/// first two times for each KEY, and `…/delay/MS`, answered after MS
 /// milliseconds.
 pub fn spawn_web(listener: std::net::TcpListener, name: &str) -> std::io::Result<JoinHandle<()>> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let name = name.to_owned();
+    // Requests seen per `/flaky/KEY/…` key.
+    let flaky: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> =
+        Default::default();
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
-            let name = name.clone();
+            let (name, flaky) = (name.clone(), flaky.clone());
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let reply = web_reply(&name, peer, &req);
+                        let mut reply = web_reply(&name, peer, &req);
+                        if let Some(key) = req
+                            .uri()
+                            .path()
+                            .split("/flaky/")
+                            .nth(1)
+                            .and_then(|rest| rest.split('/').next())
+                        {
+                            let mut seen = flaky.lock().expect("flaky lock");
+                            let n = seen.entry(key.to_owned()).or_insert(0);
+                            *n += 1;
+                            if *n <= 2 {
+                                *reply.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                        }
                         let delay = req
                             .uri()
                             .path()

@@ -211,6 +211,32 @@ spec:
   to: [{group: "", kind: Service}]
 "#;
 
+const RETRIES: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: retries, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /retried}}]
+    retry: {codes: [503], attempts: 3, backoff: 10ms}
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /not-retried}}]
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /per-try}}]
+    timeouts: {request: 2s, backendRequest: 200ms}
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /anywhere}}]
+    backendRefs: [{name: web, port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-dead, namespace: shop, labels: {app: web, version: dead}}
+spec: {nodeName: n2, serviceAccountName: web}
+status: {podIP: "${shop/web-dead}"}
+"#;
+
 fn waypoint_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_wt-waypoint"))
 }
@@ -225,6 +251,7 @@ async fn mesh(routes: &str) -> anyhow::Result<(Mesh, WaypointProcess)> {
         .pod("shop/web-v1", "n2")
         .pod("shop/web-v2", "n2")
         .pod("shop/waypoint-0", "n2")
+        .pod("shop/web-dead", "n2")
         .build()?;
     let mesh = Mesh::start_with(
         topology,
@@ -481,5 +508,61 @@ spec:
     .await?;
     let (status, _, body) = curl(client, &["http://198.19.0.10/api/v2/x"]).await?;
     assert_eq!((status, served_by(&body)), (200, "v2"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_turn_failures_into_answers_and_timeouts_bound_each_attempt() -> anyhow::Result<()>
+{
+    require_privileged();
+    let (mesh, waypoint) = mesh(RETRIES).await?;
+    mesh.enroll("shop/web-dead", "web").await?;
+    let client = mesh.topology.pod("shop/client");
+    // A flaky upstream answers 503 twice, then 200: retried, the client
+    // sees the 200.
+    let (status, _, body) = curl(client, &["http://198.19.0.10/retried/flaky/a"]).await?;
+    assert_eq!((status, served_by(&body)), (200, "v1"), "{body}");
+    let line = eventually(
+        "the retried request's log line",
+        Duration::from_secs(5),
+        || async {
+            waypoint
+                .process
+                .lines_with(&["request complete", "path=/retried/flaky/a"])
+                .into_iter()
+                .next()
+        },
+    )
+    .await?;
+    assert!(line.contains("attempts=3"), "{line}");
+    // Without a retry policy a 503 answer is the answer.
+    let (status, _, _) = curl(client, &["http://198.19.0.10/not-retried/flaky/b"]).await?;
+    assert_eq!(status, 503);
+    // A per-attempt timeout answers 504 long before the overall one.
+    let started = std::time::Instant::now();
+    let (status, _, _) = curl(client, &["http://198.19.0.10/per-try/delay/1500"]).await?;
+    assert_eq!(status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    // An endpoint whose application is gone fails at connect: Istio's
+    // default retries another endpoint, so no request fails.
+    for i in 0..30 {
+        let (status, _, body) =
+            curl(client, &[&format!("http://198.19.0.10/anywhere/{i}")]).await?;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let retried = waypoint
+        .process
+        .lines_with(&["request complete", "path=/anywhere/"])
+        .iter()
+        .filter(|l| l.contains("attempts=2"))
+        .count();
+    assert!(
+        retried > 0,
+        "some requests met the dead endpoint and were retried"
+    );
     Ok(())
 }

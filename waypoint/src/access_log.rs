@@ -37,6 +37,8 @@ pub struct RequestLog {
     pub policy: Option<String>,
     /// AUDIT policies that matched.
     pub audited: Vec<String>,
+    /// Upstream attempts made (retries + 1).
+    pub attempts: u32,
     started: Instant,
     written: bool,
 }
@@ -68,6 +70,7 @@ impl RequestLog {
             error: None,
             policy: None,
             audited: Vec::new(),
+            attempts: 0,
             started: Instant::now(),
             written: false,
         }
@@ -93,6 +96,7 @@ impl RequestLog {
             bytes_sent = self.bytes_sent,
             duration_ms = self.started.elapsed().as_millis() as u64,
             upstream_host = %self.upstream.as_deref().unwrap_or("-"),
+            attempts = self.attempts,
             route_name = %self.route,
             policy = %self.policy.as_deref().unwrap_or(""),
             audit = %self.audited.join(","),

@@ -15,12 +15,12 @@ use weft_proxy::{balance::Endpoint, hbone::io::H2Io};
 use crate::{
     access_log::{LoggedBody, RequestLog},
     filters,
+    forward::{self, RetryPolicy},
     matcher::{select, RequestInfo, Selection},
     normalize::{normalize, PathNormalization},
     policy::{self, RequestAttrs, Verdict},
     proxy::{Target, Waypoint},
     routes::{Backend, Filter, HeaderModifier, Route},
-    upstream,
 };
 
 /// A response body: the upstream's, or one the waypoint made.
@@ -168,7 +168,8 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
                 workload: workload.clone(),
                 addr: *addr,
             };
-            return send(wp, down, &endpoint, req, Plan::default(), log).await;
+            let pick = || Ok(endpoint.clone());
+            return send(wp, down, pick, req, Plan::default(), log).await;
         }
         Target::Service { service, port } => (service.clone(), *port),
     };
@@ -187,10 +188,12 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
     };
     let route = match selection {
         Selection::Default => {
-            return match wp.balancer.service_endpoint(&wp.state, &service, port) {
-                Ok(endpoint) => send(wp, down, &endpoint, req, Plan::default(), log).await,
-                Err(err) => no_upstream(log, err.to_string()),
+            let pick = || {
+                wp.balancer
+                    .service_endpoint(&wp.state, &service, port)
+                    .map_err(|e| e.to_string())
             };
+            return send(wp, down, pick, req, Plan::default(), log).await;
         }
         Selection::NoRoute => {
             log.flags = "NR";
@@ -263,12 +266,10 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
             format!("backend service {} is not known yet", backend.service),
         );
     };
-    let endpoint = match wp
-        .balancer
-        .service_endpoint(&wp.state, &backend_service, backend.port)
-    {
-        Ok(endpoint) => endpoint,
-        Err(err) => return no_upstream(log, err.to_string()),
+    let pick = || {
+        wp.balancer
+            .service_endpoint(&wp.state, &backend_service, backend.port)
+            .map_err(|e| e.to_string())
     };
     let req = apply_request_filters(req, route, backend, down.version);
     let plan = Plan {
@@ -281,13 +282,21 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
                 _ => None,
             })
             .collect(),
-        timeout: [route.request_timeout_ms, route.backend_timeout_ms]
-            .into_iter()
-            .filter(|ms| *ms > 0)
-            .min()
-            .map(Duration::from_millis),
+        retry: route
+            .retry
+            .as_ref()
+            .map(|r| RetryPolicy {
+                attempts: r.attempts,
+                codes: r.codes.clone(),
+                backoff: Duration::from_millis(r.backoff_ms),
+            })
+            .unwrap_or_default(),
+        per_try: (route.backend_timeout_ms > 0)
+            .then(|| Duration::from_millis(route.backend_timeout_ms)),
+        overall: (route.request_timeout_ms > 0)
+            .then(|| Duration::from_millis(route.request_timeout_ms)),
     };
-    send(wp, down, &endpoint, req, plan, log).await
+    send(wp, down, pick, req, plan, log).await
 }
 
 /// The request with its path made canonical (the query kept as sent).
@@ -318,7 +327,11 @@ fn canonical_path(
 #[derive(Default)]
 struct Plan {
     response_filters: Vec<HeaderModifier>,
-    timeout: Option<Duration>,
+    retry: RetryPolicy,
+    /// Per attempt (`timeouts.backendRequest`).
+    per_try: Option<Duration>,
+    /// For all attempts (`timeouts.request`).
+    overall: Option<Duration>,
 }
 
 fn no_upstream(mut log: RequestLog, error: String) -> Response<Body> {
@@ -373,32 +386,34 @@ fn apply_request_filters(
     Request::from_parts(parts, body)
 }
 
-/// Sends `req` to `endpoint` as `plan` says and answers with the response.
+/// Sends `req` as `plan` says, to endpoints `pick` chooses, and answers
+/// with the response.
 async fn send(
     wp: &Waypoint,
     down: &Downstream,
-    endpoint: &Endpoint,
+    pick: impl Fn() -> Result<Endpoint, String>,
     req: Request<Incoming>,
     plan: Plan,
     mut log: RequestLog,
 ) -> Response<Body> {
-    log.upstream = Some(endpoint.addr.to_string());
-    let forwarded = forward(wp, endpoint, down.version, req);
-    let result = match plan.timeout {
-        Some(limit) => match tokio::time::timeout(limit, forwarded).await {
-            Ok(result) => result,
-            Err(_) => {
-                log.flags = "UT";
-                return finish(
-                    log,
-                    local_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                );
-            }
-        },
-        None => forwarded.await,
-    };
-    match result {
-        Ok(response) => {
+    let sent = forward::send(
+        wp,
+        down.version,
+        req,
+        pick,
+        &plan.retry,
+        plan.per_try,
+        plan.overall,
+    )
+    .await;
+    match sent {
+        forward::Sent::Response {
+            response,
+            upstream,
+            attempts,
+        } => {
+            log.upstream = Some(upstream.addr.to_string());
+            log.attempts = attempts;
             let (mut parts, body) = response.into_parts();
             // The upstream's connection management is its own hop's
             // (`connection: close` there does not close the client's).
@@ -408,9 +423,27 @@ async fn send(
             }
             finish(log, Response::from_parts(parts, body.boxed()))
         }
-        Err(err) => {
+        forward::Sent::TimedOut { upstream, attempts } => {
+            log.upstream = upstream.map(|u| u.addr.to_string());
+            log.attempts = attempts;
+            log.flags = "UT";
+            finish(
+                log,
+                local_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            )
+        }
+        forward::Sent::Failed {
+            error,
+            upstream,
+            attempts,
+        } => {
+            log.upstream = upstream.map(|u| u.addr.to_string());
+            log.attempts = attempts;
+            if matches!(error, forward::ForwardError::NoEndpoint(_)) {
+                return no_upstream(log, error.to_string());
+            }
             log.flags = "UF";
-            log.error = Some(err.to_string());
+            log.error = Some(error.to_string());
             finish(
                 log,
                 local_response(
@@ -431,17 +464,9 @@ fn authority_of<B>(req: &Request<B>) -> Option<String> {
     })
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ForwardError {
-    #[error(transparent)]
-    Connect(#[from] upstream::UpstreamError),
-    #[error("HTTP with the upstream: {0}")]
-    Http(#[from] hyper::Error),
-}
-
 /// Headers that belong to one HTTP/1.1 hop, never forwarded (RFC 9110
 /// 7.6.1), with any the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -464,46 +489,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         "upgrade",
     ] {
         headers.remove(name);
-    }
-}
-
-async fn forward(
-    wp: &Waypoint,
-    endpoint: &Endpoint,
-    version: Version,
-    mut req: Request<Incoming>,
-) -> Result<Response<Incoming>, ForwardError> {
-    let io = TokioIo::new(upstream::connect(wp, endpoint).await?);
-    match version {
-        Version::Http1 => {
-            strip_hop_by_hop(req.headers_mut());
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(%err, "upstream HTTP/1.1 connection ended");
-                }
-            });
-            Ok(sender.send_request(req).await?)
-        }
-        Version::Http2 => {
-            // HTTP/2 carries `te: trailers` (gRPC needs it) and nothing
-            // hop-by-hop.
-            if req
-                .headers()
-                .get(header::TE)
-                .is_some_and(|te| te != HeaderValue::from_static("trailers"))
-            {
-                req.headers_mut().remove(header::TE);
-            }
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(%err, "upstream HTTP/2 connection ended");
-                }
-            });
-            Ok(sender.send_request(req).await?)
-        }
     }
 }
 

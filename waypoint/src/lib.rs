@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod app;
 pub mod config;
 pub mod filters;
+pub mod forward;
 pub mod http;
 pub mod inbound;
 pub mod matcher;

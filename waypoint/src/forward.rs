@@ -1,0 +1,298 @@
+//! Sending a request upstream, with retries and timeouts.
+//!
+//! Each attempt chooses an endpoint afresh, connects (HBONE or plain TCP,
+//! [`crate::upstream`]) and speaks the client's HTTP version over the new
+//! stream. A connection that fails before the request is sent is always
+//! retried (Istio's default: twice), since the request is still whole;
+//! a response whose status the route's `retry.codes` names is retried too,
+//! when the request body was small enough to keep (64 KiB). Attempts wait
+//! an exponential backoff from the route's `retry.backoff`. A per-attempt
+//! timeout (`timeouts.backendRequest`) bounds each attempt, an overall one
+//! (`timeouts.request`) all of them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use weft_proxy::balance::Endpoint;
+
+use crate::{http::Version, proxy::Waypoint, upstream};
+
+/// The largest request body kept for replaying on a status retry.
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// A request body as sent upstream.
+pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts after the first.
+    pub attempts: u32,
+    /// Statuses that are retried (connection failures always are).
+    pub codes: Vec<u16>,
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Istio's default: connection failures, twice.
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            codes: Vec::new(),
+            backoff: Duration::from_millis(25),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Connect(#[from] upstream::UpstreamError),
+    #[error("HTTP with the upstream: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("{0}")]
+    NoEndpoint(String),
+}
+
+/// How a request fared.
+pub enum Sent {
+    Response {
+        response: Response<Incoming>,
+        upstream: Endpoint,
+        attempts: u32,
+    },
+    Failed {
+        error: ForwardError,
+        upstream: Option<Endpoint>,
+        attempts: u32,
+    },
+    /// The per-attempt or overall timeout ran out.
+    TimedOut {
+        upstream: Option<Endpoint>,
+        attempts: u32,
+    },
+}
+
+/// Sends `req`, choosing endpoints with `pick`.
+pub async fn send(
+    wp: &Waypoint,
+    version: Version,
+    req: Request<Incoming>,
+    pick: impl Fn() -> Result<Endpoint, String>,
+    retry: &RetryPolicy,
+    per_try: Option<Duration>,
+    overall: Option<Duration>,
+) -> Sent {
+    let attempts_made = std::sync::atomic::AtomicU32::new(0);
+    let last = std::sync::Mutex::new(None::<Endpoint>);
+    let all = attempt_all(
+        wp,
+        version,
+        req,
+        &pick,
+        retry,
+        per_try,
+        &attempts_made,
+        &last,
+    );
+    let outcome = match overall {
+        Some(limit) => tokio::time::timeout(limit, all).await.ok(),
+        None => Some(all.await),
+    };
+    outcome.unwrap_or_else(|| Sent::TimedOut {
+        upstream: last.lock().expect("last lock").clone(),
+        attempts: attempts_made.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt_all(
+    wp: &Waypoint,
+    version: Version,
+    req: Request<Incoming>,
+    pick: &impl Fn() -> Result<Endpoint, String>,
+    retry: &RetryPolicy,
+    per_try: Option<Duration>,
+    attempts_made: &std::sync::atomic::AtomicU32,
+    last: &std::sync::Mutex<Option<Endpoint>>,
+) -> Sent {
+    let (mut parts, body) = req.into_parts();
+    prepare_headers(&mut parts.headers, version);
+    // Keep a small body so a retried status can be sent again; a large
+    // one streams through once.
+    let mut streaming = None;
+    let mut kept = None;
+    if retry.codes.is_empty() || too_large(&parts.headers) {
+        streaming = Some(body);
+    } else {
+        match Limited::new(body, REPLAY_LIMIT).collect().await {
+            Ok(collected) => kept = Some(collected.to_bytes()),
+            Err(err) => {
+                return Sent::Failed {
+                    error: ForwardError::NoEndpoint(format!("reading the request body: {err}")),
+                    upstream: None,
+                    attempts: 0,
+                }
+            }
+        }
+    }
+    let mut attempt = 0u32;
+    loop {
+        attempts_made.store(attempt + 1, std::sync::atomic::Ordering::Relaxed);
+        let endpoint = match pick() {
+            Ok(endpoint) => endpoint,
+            Err(reason) => {
+                return Sent::Failed {
+                    error: ForwardError::NoEndpoint(reason),
+                    upstream: None,
+                    attempts: attempt + 1,
+                }
+            }
+        };
+        *last.lock().expect("last lock") = Some(endpoint.clone());
+        let retries_left = attempt < retry.attempts;
+        let backoff = retry.backoff * 2u32.saturating_pow(attempt.min(4));
+        let connect = upstream::connect(wp, &endpoint);
+        let connected = match per_try {
+            Some(limit) => match tokio::time::timeout(limit, connect).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Sent::TimedOut {
+                        upstream: Some(endpoint),
+                        attempts: attempt + 1,
+                    }
+                }
+            },
+            None => connect.await,
+        };
+        let io = match connected {
+            Ok(io) => io,
+            // Nothing was sent: the request is still whole.
+            Err(err) if retries_left => {
+                tracing::debug!(upstream = %endpoint.addr, %err, "retrying a connection failure");
+                tokio::time::sleep(backoff).await;
+                attempt += 1;
+                continue;
+            }
+            Err(err) => {
+                return Sent::Failed {
+                    error: err.into(),
+                    upstream: Some(endpoint),
+                    attempts: attempt + 1,
+                }
+            }
+        };
+        let body: RequestBody = match (&kept, streaming.take()) {
+            (Some(bytes), _) => Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed(),
+            (None, Some(body)) => body.boxed(),
+            (None, None) => {
+                return Sent::Failed {
+                    error: ForwardError::NoEndpoint("the request body was already sent".into()),
+                    upstream: Some(endpoint),
+                    attempts: attempt + 1,
+                }
+            }
+        };
+        let request = Request::from_parts(parts.clone(), body);
+        let exchange = exchange(io, version, request);
+        let result = match per_try {
+            Some(limit) => match tokio::time::timeout(limit, exchange).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Sent::TimedOut {
+                        upstream: Some(endpoint),
+                        attempts: attempt + 1,
+                    }
+                }
+            },
+            None => exchange.await,
+        };
+        match result {
+            Ok(response)
+                if retries_left
+                    && kept.is_some()
+                    && retry.codes.contains(&response.status().as_u16()) =>
+            {
+                tracing::debug!(upstream = %endpoint.addr, status = %response.status(), "retrying a response");
+                drop(response);
+                tokio::time::sleep(backoff).await;
+                attempt += 1;
+            }
+            Ok(response) => {
+                return Sent::Response {
+                    response,
+                    upstream: endpoint,
+                    attempts: attempt + 1,
+                }
+            }
+            Err(error) => {
+                return Sent::Failed {
+                    error,
+                    upstream: Some(endpoint),
+                    attempts: attempt + 1,
+                }
+            }
+        }
+    }
+}
+
+/// A body declared larger than what is kept for replay.
+fn too_large(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > REPLAY_LIMIT)
+}
+
+/// Headers as the upstream hop gets them.
+fn prepare_headers(headers: &mut http::HeaderMap, version: Version) {
+    match version {
+        Version::Http1 => crate::http::strip_hop_by_hop(headers),
+        // HTTP/2 carries `te: trailers` (gRPC needs it) and nothing
+        // hop-by-hop.
+        Version::Http2 => {
+            if headers
+                .get(header::TE)
+                .is_some_and(|te| te != HeaderValue::from_static("trailers"))
+            {
+                headers.remove(header::TE);
+            }
+        }
+    }
+}
+
+/// One request over a fresh connection to the upstream.
+async fn exchange(
+    io: upstream::UpstreamIo,
+    version: Version,
+    req: Request<RequestBody>,
+) -> Result<Response<Incoming>, ForwardError> {
+    let io = TokioIo::new(io);
+    match version {
+        Version::Http1 => {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%err, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(sender.send_request(req).await?)
+        }
+        Version::Http2 => {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%err, "upstream HTTP/2 connection ended");
+                }
+            });
+            Ok(sender.send_request(req).await?)
+        }
+    }
+}
