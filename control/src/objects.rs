@@ -29,6 +29,8 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     ReferenceGrant,
+    VirtualService,
+    DestinationRule,
 }
 
 impl fmt::Display for Kind {
@@ -42,6 +44,8 @@ impl fmt::Display for Kind {
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
         })
     }
 }
@@ -418,6 +422,81 @@ impl ReferenceGrant {
     }
 }
 
+/// Istio's string match (`exact`, `prefix`, `regex`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IstioMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+/// An Istio `HTTPMatchRequest`, the parts a fault's match uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IstioHttpMatch {
+    pub uri: Option<IstioMatch>,
+    /// (lower-case name, match).
+    pub headers: Vec<(String, IstioMatch)>,
+    pub method: Option<IstioMatch>,
+}
+
+/// Istio's `HTTPFaultInjection`; shares of requests in thousandths of a
+/// percent (`percentage.value` 12.5 is 12_500).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fault {
+    /// (delay in milliseconds, share).
+    pub delay: Option<(u64, u32)>,
+    /// (HTTP status, share).
+    pub abort: Option<(u16, u32)>,
+}
+
+/// One `http[]` entry of a VirtualService.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IstioHttpRoute {
+    /// Empty: every request.
+    pub matches: Vec<IstioHttpMatch>,
+    pub fault: Option<Fault>,
+    /// Fields Weft does not apply (route, timeout, retries…): a
+    /// VirtualService is honoured for its faults; routing is HTTPRoute's.
+    pub ignored: Vec<String>,
+}
+
+/// An Istio VirtualService (`networking.istio.io`), for its faults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualService {
+    pub namespace: String,
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub http: Vec<IstioHttpRoute>,
+    /// Top-level fields Weft does not apply (`tcp`, `tls`, `gateways`, …).
+    pub ignored: Vec<String>,
+}
+
+/// DestinationRule `trafficPolicy.loadBalancer.simple`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoadBalancer {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+/// An Istio DestinationRule's traffic policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestinationRule {
+    pub namespace: String,
+    pub name: String,
+    pub host: String,
+    pub load_balancer: LoadBalancer,
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub consecutive_errors: Option<u32>,
+    pub base_ejection_ms: Option<u64>,
+    pub max_ejection_percent: Option<u32>,
+    /// Fields Weft does not apply (subsets, tls, …).
+    pub ignored: Vec<String>,
+}
+
 /// `AuthorizationPolicy.spec.action`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AuthzAction {
@@ -617,6 +696,8 @@ pub enum Object {
     Gateway(Gateway),
     HttpRoute(HttpRoute),
     ReferenceGrant(ReferenceGrant),
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
 }
 
 impl Object {
@@ -634,6 +715,8 @@ impl Object {
             Object::Gateway(o) => (Kind::Gateway, o.namespace.as_str(), &o.name),
             Object::HttpRoute(o) => (Kind::HttpRoute, o.namespace.as_str(), &o.name),
             Object::ReferenceGrant(o) => (Kind::ReferenceGrant, o.namespace.as_str(), &o.name),
+            Object::VirtualService(o) => (Kind::VirtualService, o.namespace.as_str(), &o.name),
+            Object::DestinationRule(o) => (Kind::DestinationRule, o.namespace.as_str(), &o.name),
         };
         ObjectKey {
             kind,

@@ -25,6 +25,9 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 /// Type URL of Weft's L7 routes for waypoints (`weft.l7.v1.ServiceRoutes`).
 pub const ROUTES_TYPE_URL: &str = "type.googleapis.com/weft.l7.v1.ServiceRoutes";
+/// Type URL of Weft's backend policies for waypoints
+/// (`weft.l7.v1.BackendPolicy`, from DestinationRules).
+pub const BACKEND_POLICY_TYPE_URL: &str = "type.googleapis.com/weft.l7.v1.BackendPolicy";
 /// Type URL of Weft's L7 authorization for waypoints (`weft.l7.v1.Policy`).
 pub const L7_POLICY_TYPE_URL: &str = "type.googleapis.com/weft.l7.v1.Policy";
 

@@ -17,8 +17,6 @@ use crate::state::{GatewayAddress, ProxyState, Service, Workload};
 pub enum BalanceError {
     #[error("service {service} has no healthy endpoint")]
     NoEndpoint { service: String },
-    #[error("endpoint {workload} of {service} has no address")]
-    NoAddress { workload: String, service: String },
     #[error(
         "waypoint {waypoint} is not ready (no such service, or no endpoint of it); traffic \
          that must go through it is refused, not sent around it"
@@ -53,7 +51,43 @@ impl Balancer {
         Some(chosen)
     }
 
-    /// A healthy endpoint of `service` for `service_port`.
+    /// Every healthy endpoint of `service`, each with the address and port
+    /// `service_port` maps to on it.
+    pub fn service_endpoints(
+        &self,
+        state: &ProxyState,
+        service: &Service,
+        service_port: u16,
+    ) -> Result<Vec<Endpoint>, BalanceError> {
+        let key = service.key();
+        let mapped = service.port(service_port).map(|p| p.target_port);
+        let endpoints: Vec<Endpoint> = state
+            .endpoints(&key)
+            .into_iter()
+            .filter(|w| w.healthy)
+            .filter_map(|workload| {
+                let ip = *workload.ips.first()?;
+                let target = workload
+                    .services
+                    .get(&key)
+                    .and_then(|ports| ports.iter().find(|p| p.service_port == service_port))
+                    .map(|p| p.target_port)
+                    .filter(|p| *p != 0)
+                    .or(mapped.filter(|p| *p != 0))
+                    .unwrap_or(service_port);
+                Some(Endpoint {
+                    addr: SocketAddr::new(ip, target),
+                    workload,
+                })
+            })
+            .collect();
+        if endpoints.is_empty() {
+            return Err(BalanceError::NoEndpoint { service: key });
+        }
+        Ok(endpoints)
+    }
+
+    /// A healthy endpoint of `service` for `service_port`, in turn.
     pub fn service_endpoint(
         &self,
         state: &ProxyState,
@@ -61,36 +95,15 @@ impl Balancer {
         service_port: u16,
     ) -> Result<Endpoint, BalanceError> {
         let key = service.key();
-        let endpoints: Vec<_> = state
-            .endpoints(&key)
+        let endpoints = self.service_endpoints(state, service, service_port)?;
+        let workloads: Vec<Arc<Workload>> = endpoints.iter().map(|e| e.workload.clone()).collect();
+        let chosen = self
+            .pick(&key, &workloads)
+            .ok_or(BalanceError::NoEndpoint { service: key })?;
+        Ok(endpoints
             .into_iter()
-            .filter(|w| w.healthy && !w.ips.is_empty())
-            .collect();
-        let workload = self
-            .pick(&key, &endpoints)
-            .ok_or_else(|| BalanceError::NoEndpoint {
-                service: key.clone(),
-            })?;
-        let mapped = service.port(service_port).map(|p| p.target_port);
-        let target = workload
-            .services
-            .get(&key)
-            .and_then(|ports| ports.iter().find(|p| p.service_port == service_port))
-            .map(|p| p.target_port)
-            .filter(|p| *p != 0)
-            .or(mapped.filter(|p| *p != 0))
-            .unwrap_or(service_port);
-        let ip = *workload
-            .ips
-            .first()
-            .ok_or_else(|| BalanceError::NoAddress {
-                workload: workload.uid.clone(),
-                service: key.clone(),
-            })?;
-        Ok(Endpoint {
-            addr: SocketAddr::new(ip, target),
-            workload,
-        })
+            .find(|e| Arc::ptr_eq(&e.workload, &chosen))
+            .expect("chosen among the endpoints"))
     }
 
     /// The workload serving a waypoint's address, and the HBONE address to

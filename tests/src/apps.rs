@@ -95,8 +95,9 @@ impl ProbeReport {
 /// body `"<name> saw <peer>: <method> <path>"`, except `/status/NNN`, which
 /// answers NNN, `/headers`, whose body lists the request's headers
 /// (`name: value` lines, as received), `…/flaky/KEY/…`, answered 503 the
-/// first two times for each KEY, and `…/delay/MS`, answered after MS
-/// milliseconds.
+/// first two times for each KEY, `…/fail-on/NAME…`, answered 500 by the
+/// server called NAME (200 by the others), and `…/delay/MS`, answered after
+/// MS milliseconds.
 pub fn spawn_web(listener: std::net::TcpListener, name: &str) -> std::io::Result<JoinHandle<()>> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     listener.set_nonblocking(true)?;
@@ -128,6 +129,15 @@ pub fn spawn_web(listener: std::net::TcpListener, name: &str) -> std::io::Result
                             if *n <= 2 {
                                 *reply.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                             }
+                        }
+                        if req
+                            .uri()
+                            .path()
+                            .split("/fail-on/")
+                            .nth(1)
+                            .is_some_and(|rest| rest.split('/').next() == Some(name.as_str()))
+                        {
+                            *reply.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
                         }
                         let delay = req
                             .uri()

@@ -64,6 +64,7 @@ struct ConfigDump<'a> {
     state: weft_proxy::state::StateDump,
     routes: std::collections::BTreeMap<String, Arc<crate::routes::ServiceRoutes>>,
     policies: Vec<Arc<crate::policy::Policy>>,
+    backends: std::collections::BTreeMap<String, Arc<crate::backends::BackendPolicy>>,
     certificates: Vec<weft_proxy::identity::CertificateInfo>,
 }
 
@@ -92,6 +93,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
     let state = Arc::new(ProxyState::default());
     let routes = Arc::new(crate::routes::RouteTable::default());
     let policies = Arc::new(crate::policy::PolicyTable::default());
+    let backends = Arc::new(crate::backends::Backends::default());
     let pod = config
         .pod_name
         .clone()
@@ -108,6 +110,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
             Arc::new(AuthorizationHandler::new(state.clone())),
             Arc::new(crate::routes::RoutesHandler::new(routes.clone())),
             Arc::new(crate::policy::PolicyHandler::new(policies.clone())),
+            Arc::new(crate::backends::BackendsHandler::new(backends.clone())),
         ],
     );
     let xds_status = xds.status();
@@ -123,6 +126,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         trust,
         routes,
         policies,
+        backends,
         xds_status,
     );
     wp.path_normalization = config.path_normalization;
@@ -155,6 +159,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
                 state: dump.state.dump(),
                 routes: dump.routes.dump(),
                 policies: dump.policies.dump(),
+                backends: dump.backends.dump(),
                 certificates: dump.certs.info(),
             })
         }),

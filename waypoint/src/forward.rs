@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_proxy::balance::Endpoint;
 
-use crate::{http::Version, proxy::Waypoint, upstream};
+use crate::{backends::InFlight, http::Version, proxy::Waypoint, upstream};
 
 /// The largest request body kept for replaying on a status retry.
 const REPLAY_LIMIT: usize = 64 * 1024;
@@ -47,6 +47,16 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How hard a request is tried.
+#[derive(Clone, Debug, Default)]
+pub struct Budget {
+    pub retry: RetryPolicy,
+    /// Per attempt (`timeouts.backendRequest`).
+    pub per_try: Option<Duration>,
+    /// For all attempts (`timeouts.request`).
+    pub overall: Option<Duration>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error(transparent)]
@@ -63,6 +73,8 @@ pub enum Sent {
         response: Response<Incoming>,
         upstream: Endpoint,
         attempts: u32,
+        /// Counts the request on its endpoint while the body streams.
+        held: Option<InFlight>,
     },
     Failed {
         error: ForwardError,
@@ -76,15 +88,20 @@ pub enum Sent {
     },
 }
 
-/// Sends `req`, choosing endpoints with `pick`.
+/// Chooses the endpoint for one attempt; the guard (if any) counts the
+/// attempt on it until the attempt is over.
+pub trait Pick: Fn() -> Result<(Endpoint, Option<InFlight>), String> {}
+impl<F: Fn() -> Result<(Endpoint, Option<InFlight>), String>> Pick for F {}
+
+/// Sends `req`, choosing endpoints with `pick` and telling `record` how
+/// each attempt went (an answer below 500, or not).
 pub async fn send(
     wp: &Waypoint,
     version: Version,
     req: Request<Incoming>,
-    pick: impl Fn() -> Result<Endpoint, String>,
-    retry: &RetryPolicy,
-    per_try: Option<Duration>,
-    overall: Option<Duration>,
+    pick: impl Pick,
+    record: impl Fn(&Endpoint, bool),
+    budget: &Budget,
 ) -> Sent {
     let attempts_made = std::sync::atomic::AtomicU32::new(0);
     let last = std::sync::Mutex::new(None::<Endpoint>);
@@ -93,12 +110,12 @@ pub async fn send(
         version,
         req,
         &pick,
-        retry,
-        per_try,
+        &record,
+        budget,
         &attempts_made,
         &last,
     );
-    let outcome = match overall {
+    let outcome = match budget.overall {
         Some(limit) => tokio::time::timeout(limit, all).await.ok(),
         None => Some(all.await),
     };
@@ -113,12 +130,13 @@ async fn attempt_all(
     wp: &Waypoint,
     version: Version,
     req: Request<Incoming>,
-    pick: &impl Fn() -> Result<Endpoint, String>,
-    retry: &RetryPolicy,
-    per_try: Option<Duration>,
+    pick: &impl Pick,
+    record: &impl Fn(&Endpoint, bool),
+    budget: &Budget,
     attempts_made: &std::sync::atomic::AtomicU32,
     last: &std::sync::Mutex<Option<Endpoint>>,
 ) -> Sent {
+    let (retry, per_try) = (&budget.retry, budget.per_try);
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, version);
     // Keep a small body so a retried status can be sent again; a large
@@ -142,8 +160,8 @@ async fn attempt_all(
     let mut attempt = 0u32;
     loop {
         attempts_made.store(attempt + 1, std::sync::atomic::Ordering::Relaxed);
-        let endpoint = match pick() {
-            Ok(endpoint) => endpoint,
+        let (endpoint, load) = match pick() {
+            Ok(picked) => picked,
             Err(reason) => {
                 return Sent::Failed {
                     error: ForwardError::NoEndpoint(reason),
@@ -168,6 +186,9 @@ async fn attempt_all(
             },
             None => connect.await,
         };
+        if connected.is_err() {
+            record(&endpoint, false);
+        }
         let io = match connected {
             Ok(io) => io,
             // Nothing was sent: the request is still whole.
@@ -212,6 +233,10 @@ async fn attempt_all(
             },
             None => exchange.await,
         };
+        record(
+            &endpoint,
+            result.as_ref().is_ok_and(|r| r.status().as_u16() < 500),
+        );
         match result {
             Ok(response)
                 if retries_left
@@ -220,6 +245,7 @@ async fn attempt_all(
             {
                 tracing::debug!(upstream = %endpoint.addr, status = %response.status(), "retrying a response");
                 drop(response);
+                drop(load);
                 tokio::time::sleep(backoff).await;
                 attempt += 1;
             }
@@ -228,6 +254,7 @@ async fn attempt_all(
                     response,
                     upstream: endpoint,
                     attempts: attempt + 1,
+                    held: load,
                 }
             }
             Err(error) => {

@@ -10,13 +10,14 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_proto::spiffe::Identity;
-use weft_proxy::{balance::Endpoint, hbone::io::H2Io};
+use weft_proxy::{balance::Endpoint, hbone::io::H2Io, state::Service};
 
 use crate::{
     access_log::{LoggedBody, RequestLog},
+    backends::{Held, InFlight},
     filters,
-    forward::{self, RetryPolicy},
-    matcher::{select, RequestInfo, Selection},
+    forward::{self, Budget, RetryPolicy},
+    matcher::{matches, select, RequestInfo, Selection},
     normalize::{normalize, PathNormalization},
     policy::{self, RequestAttrs, Verdict},
     proxy::{Target, Waypoint},
@@ -168,8 +169,18 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
                 workload: workload.clone(),
                 addr: *addr,
             };
-            let pick = || Ok(endpoint.clone());
-            return send(wp, down, pick, req, Plan::default(), log).await;
+            let pick = || Ok((endpoint.clone(), None));
+            return send(
+                wp,
+                down,
+                pick,
+                |_, _| {},
+                req,
+                Plan::default(),
+                Vec::new(),
+                log,
+            )
+            .await;
         }
         Target::Service { service, port } => (service.clone(), *port),
     };
@@ -182,18 +193,39 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
         port,
         caller_namespace: &down.identity.namespace,
     };
+    let fault = routes.as_ref().and_then(|r| {
+        r.faults
+            .iter()
+            .find(|f| matches(&f.matcher, &info))
+            .cloned()
+    });
     let selection = match &routes {
         None => Selection::Default,
         Some(routes) => select(routes, &info),
     };
+    if let Some(fault) = fault {
+        if let Some((delay, percent)) = fault.delay {
+            if chance(percent) {
+                log.flags = "DI";
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if let Some((status, percent)) = fault.abort {
+            if chance(percent) {
+                log.flags = "FI";
+                log.error = Some(format!(
+                    "aborted by VirtualService {}'s fault",
+                    fault.source
+                ));
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return finish(log, local_response(status, "fault filter abort"));
+            }
+        }
+    }
     let route = match selection {
         Selection::Default => {
-            let pick = || {
-                wp.balancer
-                    .service_endpoint(&wp.state, &service, port)
-                    .map_err(|e| e.to_string())
-            };
-            return send(wp, down, pick, req, Plan::default(), log).await;
+            return to_service(wp, down, &service, port, req, Plan::default(), log).await;
         }
         Selection::NoRoute => {
             log.flags = "NR";
@@ -266,11 +298,6 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
             format!("backend service {} is not known yet", backend.service),
         );
     };
-    let pick = || {
-        wp.balancer
-            .service_endpoint(&wp.state, &backend_service, backend.port)
-            .map_err(|e| e.to_string())
-    };
     let req = apply_request_filters(req, route, backend, down.version);
     let plan = Plan {
         response_filters: route
@@ -282,21 +309,70 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
                 _ => None,
             })
             .collect(),
-        retry: route
-            .retry
-            .as_ref()
-            .map(|r| RetryPolicy {
-                attempts: r.attempts,
-                codes: r.codes.clone(),
-                backoff: Duration::from_millis(r.backoff_ms),
-            })
-            .unwrap_or_default(),
-        per_try: (route.backend_timeout_ms > 0)
-            .then(|| Duration::from_millis(route.backend_timeout_ms)),
-        overall: (route.request_timeout_ms > 0)
-            .then(|| Duration::from_millis(route.request_timeout_ms)),
+        budget: Budget {
+            retry: route
+                .retry
+                .as_ref()
+                .map(|r| RetryPolicy {
+                    attempts: r.attempts,
+                    codes: r.codes.clone(),
+                    backoff: Duration::from_millis(r.backoff_ms),
+                })
+                .unwrap_or_default(),
+            per_try: (route.backend_timeout_ms > 0)
+                .then(|| Duration::from_millis(route.backend_timeout_ms)),
+            overall: (route.request_timeout_ms > 0)
+                .then(|| Duration::from_millis(route.request_timeout_ms)),
+        },
     };
-    send(wp, down, pick, req, plan, log).await
+    to_service(wp, down, &backend_service, backend.port, req, plan, log).await
+}
+
+/// True for `percent` of calls.
+fn chance(percent: f64) -> bool {
+    percent >= 100.0 || rand::random::<f64>() * 100.0 < percent
+}
+
+/// Sends `req` to an endpoint of `service`, within the service's cap on
+/// requests in flight, balanced and watched as its DestinationRule says.
+async fn to_service(
+    wp: &Waypoint,
+    down: &Downstream,
+    service: &Service,
+    port: u16,
+    req: Request<Incoming>,
+    plan: Plan,
+    mut log: RequestLog,
+) -> Response<Body> {
+    let key = service.key();
+    let admitted = match wp.backends.admit(&key) {
+        Ok(admitted) => admitted,
+        Err(err) => {
+            log.flags = "UO";
+            log.error = Some(err.to_string());
+            return finish(
+                log,
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                ),
+            );
+        }
+    };
+    let endpoints = wp
+        .balancer
+        .service_endpoints(&wp.state, service, port)
+        .map(|e| e.len())
+        .unwrap_or(0);
+    let pick = || {
+        wp.backends
+            .pick(&wp.balancer, &wp.state, service, port)
+            .map(|(endpoint, load)| (endpoint, Some(load)))
+            .map_err(|e| e.to_string())
+    };
+    let record =
+        |endpoint: &Endpoint, ok: bool| wp.backends.record(&key, endpoint.addr, ok, endpoints);
+    send(wp, down, pick, record, req, plan, vec![admitted], log).await
 }
 
 /// The request with its path made canonical (the query kept as sent).
@@ -327,11 +403,7 @@ fn canonical_path(
 #[derive(Default)]
 struct Plan {
     response_filters: Vec<HeaderModifier>,
-    retry: RetryPolicy,
-    /// Per attempt (`timeouts.backendRequest`).
-    per_try: Option<Duration>,
-    /// For all attempts (`timeouts.request`).
-    overall: Option<Duration>,
+    budget: Budget,
 }
 
 fn no_upstream(mut log: RequestLog, error: String) -> Response<Body> {
@@ -388,30 +460,26 @@ fn apply_request_filters(
 
 /// Sends `req` as `plan` says, to endpoints `pick` chooses, and answers
 /// with the response.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     wp: &Waypoint,
     down: &Downstream,
-    pick: impl Fn() -> Result<Endpoint, String>,
+    pick: impl forward::Pick,
+    record: impl Fn(&Endpoint, bool),
     req: Request<Incoming>,
     plan: Plan,
+    mut held: Vec<InFlight>,
     mut log: RequestLog,
 ) -> Response<Body> {
-    let sent = forward::send(
-        wp,
-        down.version,
-        req,
-        pick,
-        &plan.retry,
-        plan.per_try,
-        plan.overall,
-    )
-    .await;
+    let sent = forward::send(wp, down.version, req, pick, record, &plan.budget).await;
     match sent {
         forward::Sent::Response {
             response,
             upstream,
             attempts,
+            held: load,
         } => {
+            held.extend(load);
             log.upstream = Some(upstream.addr.to_string());
             log.attempts = attempts;
             let (mut parts, body) = response.into_parts();
@@ -421,7 +489,10 @@ async fn send(
             for m in &plan.response_filters {
                 filters::modify_headers(&mut parts.headers, m);
             }
-            finish(log, Response::from_parts(parts, body.boxed()))
+            finish(
+                log,
+                Response::from_parts(parts, Held::new(body, held).boxed()),
+            )
         }
         forward::Sent::TimedOut { upstream, attempts } => {
             log.upstream = upstream.map(|u| u.addr.to_string());

@@ -15,6 +15,7 @@
 
 pub mod access_log;
 pub mod app;
+pub mod backends;
 pub mod config;
 pub mod filters;
 pub mod forward;

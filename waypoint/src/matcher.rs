@@ -87,6 +87,7 @@ fn path_matches(m: &PathMatch, path: &str) -> bool {
         PathMatch::Exact(v) => path == v,
         PathMatch::Prefix(v) => under_prefix(path, v),
         PathMatch::Regex(re) => re.is_match(path),
+        PathMatch::StringPrefix(p) => path.starts_with(p.as_str()),
     }
 }
 
@@ -168,6 +169,10 @@ mod tests {
             (PathMatch::Regex(re("/v[0-9]+/.*")), "/v2/x", true),
             (PathMatch::Regex(re("/v[0-9]+/.*")), "/x/v2/x", false),
             (PathMatch::Regex(re("/v[0-9]")), "/v2/x", false),
+            // Istio's uri.prefix is a plain string prefix.
+            (PathMatch::StringPrefix("/foo".into()), "/foobar", true),
+            (PathMatch::StringPrefix("/foo".into()), "/fo", false),
+            (PathMatch::StringPrefix("/foo/".into()), "/foo", false),
         ];
         for (path, target, expected) in cases {
             let r = req("GET", target, &none);
@@ -246,6 +251,7 @@ mod tests {
                     vec!["other"],
                 ),
             ],
+            faults: vec![],
         };
         let none = HeaderMap::new();
         let name = |s: Selection<'_>| match s {

@@ -42,6 +42,8 @@ pub struct Waypoint {
     pub routes: Arc<crate::routes::RouteTable>,
     /// The L7 policies waypoints enforce.
     pub policies: Arc<crate::policy::PolicyTable>,
+    /// Backend services' policies and what is seen of their endpoints.
+    pub backends: Arc<crate::backends::Backends>,
     /// How request paths are made canonical.
     pub path_normalization: crate::normalize::PathNormalization,
     xds: tokio::sync::watch::Receiver<XdsStatus>,
@@ -83,6 +85,7 @@ impl Waypoint {
         trust: TrustBundle,
         routes: Arc<crate::routes::RouteTable>,
         policies: Arc<crate::policy::PolicyTable>,
+        backends: Arc<crate::backends::Backends>,
         xds: tokio::sync::watch::Receiver<XdsStatus>,
     ) -> Self {
         Self {
@@ -98,6 +101,7 @@ impl Waypoint {
             balancer: Balancer::default(),
             routes,
             policies,
+            backends,
             path_normalization: Default::default(),
             xds,
         }

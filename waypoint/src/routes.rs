@@ -18,6 +18,8 @@ pub enum PathMatch {
     /// Without its trailing `/`; matched by segment.
     Prefix(String),
     Regex(#[serde(with = "regex_text")] Regex),
+    /// A plain string prefix (Istio's `uri.prefix`).
+    StringPrefix(String),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -109,10 +111,22 @@ pub struct Route {
     pub error_status: Option<u16>,
 }
 
+/// A fault injected into matching requests (Istio's VirtualService).
+#[derive(Clone, Debug, Serialize)]
+pub struct Fault {
+    pub matcher: Match,
+    /// (delay, percent of requests).
+    pub delay: Option<(std::time::Duration, f64)>,
+    /// (status, percent of requests).
+    pub abort: Option<(u16, f64)>,
+    pub source: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ServiceRoutes {
     pub service: String,
     pub routes: Vec<Route>,
+    pub faults: Vec<Fault>,
 }
 
 fn regex(value: &str) -> Result<Regex, String> {
@@ -186,34 +200,83 @@ impl TryFrom<pb::Filter> for Filter {
     }
 }
 
+fn route_match(m: pb::RouteMatch) -> Result<Match, String> {
+    let path = m.path.unwrap_or_default();
+    let path = match pb::path_match::Kind::try_from(path.kind) {
+        Ok(pb::path_match::Kind::Exact) => PathMatch::Exact(path.value),
+        Ok(pb::path_match::Kind::Prefix) => {
+            let trimmed = path.value.trim_end_matches('/');
+            PathMatch::Prefix(trimmed.to_owned())
+        }
+        Ok(pb::path_match::Kind::Regex) => PathMatch::Regex(regex(&path.value)?),
+        Ok(pb::path_match::Kind::StringPrefix) => PathMatch::StringPrefix(path.value),
+        Err(_) => return Err(format!("unknown path match kind {}", path.kind)),
+    };
+    Ok(Match {
+        path,
+        headers: m
+            .headers
+            .into_iter()
+            .map(|h| Ok((h.name.to_ascii_lowercase(), value_match(h.value, h.regex)?)))
+            .collect::<Result<_, String>>()?,
+        query: m
+            .query_params
+            .into_iter()
+            .map(|q| Ok((q.name, value_match(q.value, q.regex)?)))
+            .collect::<Result<_, String>>()?,
+        method: non_empty(m.method),
+    })
+}
+
+fn percent(value: f64, what: &str) -> Result<f64, String> {
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{what} percentage {value} is not 0-100"))
+    }
+}
+
+impl TryFrom<pb::Fault> for Fault {
+    type Error = String;
+    fn try_from(f: pb::Fault) -> Result<Self, String> {
+        Ok(Fault {
+            matcher: route_match(f.r#match.unwrap_or_else(|| pb::RouteMatch {
+                path: Some(pb::PathMatch {
+                    kind: pb::path_match::Kind::Prefix as i32,
+                    value: "/".into(),
+                }),
+                ..Default::default()
+            }))?,
+            delay: (f.delay_ms > 0)
+                .then(|| -> Result<_, String> {
+                    Ok((
+                        std::time::Duration::from_millis(f.delay_ms),
+                        percent(f.delay_percent, "delay")?,
+                    ))
+                })
+                .transpose()?,
+            abort: (f.abort_status != 0)
+                .then(|| -> Result<_, String> {
+                    Ok((
+                        u16::try_from(f.abort_status)
+                            .ok()
+                            .filter(|s| (200..=599).contains(s))
+                            .ok_or_else(|| {
+                                format!("abort status {} is not 200-599", f.abort_status)
+                            })?,
+                        percent(f.abort_percent, "abort")?,
+                    ))
+                })
+                .transpose()?,
+            source: f.source,
+        })
+    }
+}
+
 impl TryFrom<pb::Route> for Route {
     type Error = String;
     fn try_from(r: pb::Route) -> Result<Self, String> {
-        let m = r.r#match.unwrap_or_default();
-        let path = m.path.unwrap_or_default();
-        let path = match pb::path_match::Kind::try_from(path.kind) {
-            Ok(pb::path_match::Kind::Exact) => PathMatch::Exact(path.value),
-            Ok(pb::path_match::Kind::Prefix) => {
-                let trimmed = path.value.trim_end_matches('/');
-                PathMatch::Prefix(trimmed.to_owned())
-            }
-            Ok(pb::path_match::Kind::Regex) => PathMatch::Regex(regex(&path.value)?),
-            Err(_) => return Err(format!("unknown path match kind {}", path.kind)),
-        };
-        let matcher = Match {
-            path,
-            headers: m
-                .headers
-                .into_iter()
-                .map(|h| Ok((h.name.to_ascii_lowercase(), value_match(h.value, h.regex)?)))
-                .collect::<Result<_, String>>()?,
-            query: m
-                .query_params
-                .into_iter()
-                .map(|q| Ok((q.name, value_match(q.value, q.regex)?)))
-                .collect::<Result<_, String>>()?,
-            method: non_empty(m.method),
-        };
+        let matcher = route_match(r.r#match.unwrap_or_default())?;
         Ok(Route {
             name: format!("{}#{}", r.route, r.rule),
             ports: r
@@ -277,6 +340,12 @@ impl TryFrom<pb::ServiceRoutes> for ServiceRoutes {
                 .into_iter()
                 .enumerate()
                 .map(|(i, r)| Route::try_from(r).map_err(|e| format!("routes[{i}]: {e}")))
+                .collect::<Result<_, _>>()?,
+            faults: s
+                .faults
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| Fault::try_from(f).map_err(|e| format!("faults[{i}]: {e}")))
                 .collect::<Result<_, _>>()?,
             service: s.service,
         })

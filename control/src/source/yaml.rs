@@ -7,6 +7,7 @@
 //! read) and what is wrong; the other documents are unaffected.
 
 mod gateway;
+mod istio_networking;
 
 pub use gateway::parse_duration_ms;
 
@@ -94,12 +95,15 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         "Gateway" => Kind::Gateway,
         "HTTPRoute" => Kind::HttpRoute,
         "ReferenceGrant" => Kind::ReferenceGrant,
+        "VirtualService" => Kind::VirtualService,
+        "DestinationRule" => Kind::DestinationRule,
         other => {
             return Err((
                 None,
                 format!(
                     "kind {other:?} is not supported here (supported: Namespace, Pod, Service, \
-                     AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, ReferenceGrant)"
+                     AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, ReferenceGrant, \
+                     VirtualService, DestinationRule)"
                 ),
             ))
         }
@@ -107,6 +111,7 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
     let expected_group = match kind {
         Kind::AuthorizationPolicy | Kind::PeerAuthentication => "security.istio.io/",
         Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => "gateway.networking.k8s.io/",
+        Kind::VirtualService | Kind::DestinationRule => "networking.istio.io/",
         _ => "",
     };
     let group_ok = if expected_group.is_empty() {
@@ -177,6 +182,12 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         Kind::ReferenceGrant => {
             Object::ReferenceGrant(gateway::reference_grant(namespace, name, spec).map_err(&fail)?)
         }
+        Kind::VirtualService => Object::VirtualService(
+            istio_networking::virtual_service(namespace, name, spec).map_err(&fail)?,
+        ),
+        Kind::DestinationRule => Object::DestinationRule(
+            istio_networking::destination_rule(namespace, name, spec).map_err(&fail)?,
+        ),
     };
     Ok(object)
 }

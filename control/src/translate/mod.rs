@@ -13,6 +13,7 @@ mod l7_policy;
 mod peer_authn;
 pub mod routes;
 mod services;
+mod traffic;
 pub mod waypoints;
 mod workloads;
 
@@ -60,6 +61,8 @@ pub struct Resources {
     pub authorizations: BTreeMap<String, security::Authorization>,
     /// L7 routes of services behind waypoints, by `namespace/hostname`.
     pub routes: BTreeMap<String, l7::ServiceRoutes>,
+    /// DestinationRule traffic policies, by service `namespace/hostname`.
+    pub backend_policies: BTreeMap<String, l7::BackendPolicy>,
     /// Waypoint-enforced AuthorizationPolicies, by `namespace/name`.
     pub l7_policies: BTreeMap<String, l7::Policy>,
     /// Each HTTPRoute's status, per parent, by `namespace/name`.
@@ -84,6 +87,19 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
     let compiled = routes::translate(snapshot, &services, &mut out.warnings);
     out.routes = compiled.services;
     out.route_status = compiled.status;
+    for (service, faults) in traffic::faults(snapshot, &services, &mut out.warnings) {
+        out.routes
+            .entry(service.clone())
+            .or_insert_with(|| l7::ServiceRoutes {
+                service,
+                ..Default::default()
+            })
+            .faults = faults;
+    }
+    for routes in out.routes.values_mut() {
+        routes.default_route = routes.routes.is_empty();
+    }
+    out.backend_policies = traffic::backend_policies(snapshot, &services, &mut out.warnings);
     let policies = authz::translate(snapshot, mesh, &mut out.warnings);
     let peer = peer_authn::translate(snapshot, mesh);
     for policy in policies.policies.into_iter().chain(peer.policies) {

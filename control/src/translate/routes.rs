@@ -497,6 +497,7 @@ pub fn translate(
                     service,
                     routes,
                     default_route: false,
+                    faults: Vec::new(),
                 },
             )
         })

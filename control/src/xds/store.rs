@@ -11,7 +11,8 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use weft_proto::{
-    to_any, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTES_TYPE_URL,
+    to_any, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, BACKEND_POLICY_TYPE_URL, L7_POLICY_TYPE_URL,
+    ROUTES_TYPE_URL,
 };
 
 use crate::translate::Resources;
@@ -54,6 +55,7 @@ impl Default for XdsStore {
             AUTHORIZATION_TYPE_URL,
             ROUTES_TYPE_URL,
             L7_POLICY_TYPE_URL,
+            BACKEND_POLICY_TYPE_URL,
         ] {
             empty.types.insert(type_url.to_owned(), BTreeMap::new());
         }
@@ -107,6 +109,14 @@ impl XdsStore {
                 .l7_policies
                 .iter()
                 .map(|(name, r)| (name.clone(), versioned(L7_POLICY_TYPE_URL, r)))
+                .collect(),
+        );
+        types.insert(
+            BACKEND_POLICY_TYPE_URL.to_owned(),
+            resources
+                .backend_policies
+                .iter()
+                .map(|(name, r)| (name.clone(), versioned(BACKEND_POLICY_TYPE_URL, r)))
                 .collect(),
         );
         let resources = Arc::new(resources);

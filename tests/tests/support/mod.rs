@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::{bail, Context};
 use weft_tests::{apps::ProbeReport, mesh::Binaries, topology::Pod};
 
+pub mod shop;
+
 /// The control service and ztunnel built from this checkout.
 pub fn binaries() -> Binaries<'static> {
     Binaries {
