@@ -143,6 +143,45 @@ pub struct ServicePort {
     pub name: String,
     pub port: u16,
     pub target_port: TargetPort,
+    /// `appProtocol`, as written.
+    pub app_protocol: Option<String>,
+}
+
+/// What a Service port carries, as Istio reads it: `appProtocol` first,
+/// else the port name's prefix (`http-web`, `grpc`, `tcp-db`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortProtocol {
+    /// Not declared: the waypoint looks at the first bytes.
+    Detect,
+    /// HTTP/1.1 (or HTTP/2 with prior knowledge).
+    Http,
+    Http2,
+    /// Not HTTP: carried at L4 at once.
+    Tcp,
+}
+
+impl ServicePort {
+    pub fn protocol(&self) -> PortProtocol {
+        // appProtocol replaces the name entirely; either is read up to its
+        // first '-' (`http-web`), except the names that contain one.
+        let declared = self
+            .app_protocol
+            .as_deref()
+            .unwrap_or(&self.name)
+            .to_ascii_lowercase();
+        let prefix = match declared.as_str() {
+            "grpc-web" | "kubernetes.io/ws" => return PortProtocol::Http,
+            "kubernetes.io/h2c" => return PortProtocol::Http2,
+            "kubernetes.io/wss" => return PortProtocol::Tcp,
+            other => other.split('-').next().unwrap_or_default(),
+        };
+        match prefix {
+            "http" => PortProtocol::Http,
+            "http2" | "grpc" => PortProtocol::Http2,
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => PortProtocol::Tcp,
+            _ => PortProtocol::Detect,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -754,6 +793,43 @@ mod tests {
         }
         for bad in ["a*b", "*a*", "**", "a**", ""] {
             assert!(StringPattern::parse(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn port_protocols_come_from_app_protocol_then_the_name() {
+        let port = |name: &str, app: Option<&str>| ServicePort {
+            name: name.into(),
+            port: 80,
+            target_port: TargetPort::Number(80),
+            app_protocol: app.map(Into::into),
+        };
+        let cases = [
+            ("http", None, PortProtocol::Http),
+            ("http-web", None, PortProtocol::Http),
+            ("HTTP-web", None, PortProtocol::Http),
+            ("http2-api", None, PortProtocol::Http2),
+            ("grpc", None, PortProtocol::Http2),
+            ("grpc-web", None, PortProtocol::Http),
+            ("tcp-db", None, PortProtocol::Tcp),
+            ("tls", None, PortProtocol::Tcp),
+            ("https-admin", None, PortProtocol::Tcp),
+            ("mysql", None, PortProtocol::Tcp),
+            ("web", None, PortProtocol::Detect),
+            ("", None, PortProtocol::Detect),
+            ("httpx", None, PortProtocol::Detect),
+            // appProtocol wins over the name.
+            ("tcp-db", Some("http"), PortProtocol::Http),
+            ("http", Some("tcp"), PortProtocol::Tcp),
+            ("web", Some("kubernetes.io/h2c"), PortProtocol::Http2),
+            ("web", Some("kubernetes.io/ws"), PortProtocol::Http),
+            ("web", Some("kubernetes.io/wss"), PortProtocol::Tcp),
+            ("web", Some("grpc-web"), PortProtocol::Http),
+            ("web", Some("http-legacy"), PortProtocol::Http),
+            ("http", Some("example.com/custom"), PortProtocol::Detect),
+        ];
+        for (name, app, expected) in cases {
+            assert_eq!(port(name, app).protocol(), expected, "{name} / {app:?}");
         }
     }
 

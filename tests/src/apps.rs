@@ -95,7 +95,8 @@ impl ProbeReport {
 /// body `"<name> saw <peer>: <method> <path>"`, except `/status/NNN`, which
 /// answers NNN, `/headers`, whose body lists the request's headers
 /// (`name: value` lines, as received), `…/flaky/KEY/…`, answered 503 the
-/// first two times for each KEY, `…/fail-on/NAME…`, answered 500 by the
+/// first two times for each KEY, a WebSocket upgrade (101, then an echo:
+/// see [`websocket_echo`]), `…/fail-on/NAME…`, answered 500 by the
 /// server called NAME (200 by the others), and `…/delay/MS`, answered after
 /// MS milliseconds.
 pub fn spawn_web(listener: std::net::TcpListener, name: &str) -> std::io::Result<JoinHandle<()>> {
@@ -113,50 +114,118 @@ pub fn spawn_web(listener: std::net::TcpListener, name: &str) -> std::io::Result
             };
             let (name, flaky) = (name.clone(), flaky.clone());
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let mut reply = web_reply(&name, peer, &req);
-                        if let Some(key) = req
-                            .uri()
-                            .path()
-                            .split("/flaky/")
-                            .nth(1)
-                            .and_then(|rest| rest.split('/').next())
-                        {
-                            let mut seen = flaky.lock().expect("flaky lock");
-                            let n = seen.entry(key.to_owned()).or_insert(0);
-                            *n += 1;
-                            if *n <= 2 {
-                                *reply.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                            }
-                        }
-                        if req
-                            .uri()
-                            .path()
-                            .split("/fail-on/")
-                            .nth(1)
-                            .is_some_and(|rest| rest.split('/').next() == Some(name.as_str()))
-                        {
-                            *reply.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                        }
-                        let delay = req
-                            .uri()
-                            .path()
-                            .rsplit_once("/delay/")
-                            .and_then(|(_, ms)| ms.parse::<u64>().ok());
-                        async move {
-                            if let Some(ms) = delay {
-                                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                            }
-                            Ok::<_, std::convert::Infallible>(reply)
-                        }
-                    });
+                let service = hyper::service::service_fn(move |req| {
+                    let (name, flaky) = (name.clone(), flaky.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            web_answer(&name, peer, &flaky, req).await,
+                        )
+                    }
+                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;
             });
         }
     }))
+}
+
+/// One answer of [`spawn_web`]'s server.
+async fn web_answer(
+    name: &str,
+    peer: SocketAddr,
+    flaky: &std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    mut req: http::Request<hyper::body::Incoming>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    use http_body_util::BodyExt;
+    let path = req.uri().path().to_owned();
+    let segment_after = |marker: &str| {
+        path.split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned)
+    };
+    if req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        return websocket_echo(name, &mut req);
+    }
+    let mut reply = web_reply(name, peer, &req);
+    if let Some(key) = segment_after("/flaky/") {
+        let mut seen = flaky.lock().expect("flaky lock");
+        let n = seen.entry(key).or_insert(0);
+        *n += 1;
+        if *n <= 2 {
+            *reply.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
+    if segment_after("/fail-on/").as_deref() == Some(name) {
+        *reply.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    // The body is read whole, as a real application would.
+    let received = match req.into_body().collect().await {
+        Ok(body) => body.to_bytes().len(),
+        Err(_) => {
+            return http::Response::builder()
+                .status(http::StatusCode::BAD_REQUEST)
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"bad body",
+                )))
+                .expect("a response")
+        }
+    };
+    if received > 0 {
+        let (parts, body) = reply.into_parts();
+        let text = format!(
+            "{} ({received} bytes)",
+            String::from_utf8_lossy(
+                &body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default()
+            )
+        );
+        reply = http::Response::from_parts(parts, http_body_util::Full::new(text.into()));
+    }
+    if let Some(ms) = path
+        .rsplit_once("/delay/")
+        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    reply
+}
+
+/// Answers a WebSocket upgrade with 101 and then, on the upgraded
+/// connection, writes `<name> echo: ` and every byte it reads back until
+/// the client is done (no WebSocket framing: proxies carry bytes).
+fn websocket_echo<B>(
+    name: &str,
+    req: &mut http::Request<B>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let on_upgrade = hyper::upgrade::on(req);
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut received = Vec::new();
+        let _ = io.read_to_end(&mut received).await;
+        let _ = io.write_all(format!("{name} echo: ").as_bytes()).await;
+        let _ = io.write_all(&received).await;
+        let _ = io.shutdown().await;
+    });
+    http::Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("a 101 response")
 }
 
 fn web_reply<B>(

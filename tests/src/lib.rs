@@ -18,6 +18,7 @@ pub mod apps;
 pub mod bench;
 pub mod capture;
 pub mod forge;
+pub mod grpc;
 pub mod mesh;
 pub mod privilege;
 pub mod processes;

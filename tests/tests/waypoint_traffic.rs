@@ -38,7 +38,7 @@ spec:
   host: web.shop.svc.cluster.local
   trafficPolicy:
     loadBalancer: {simple: LEAST_REQUEST}
-    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 4s, maxEjectionPercent: 50}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -258,9 +258,10 @@ async fn destination_rules_balance_cap_and_eject() -> anyhow::Result<()> {
     );
     let (status, _, _) = curl(client, &["http://198.19.0.11/again"]).await?;
     assert_eq!(status, 200);
-    // v1 answers 500 to /fail-on/v1: two in a row eject it for 30 s, and
+    // v1 answers 500 to /fail-on/v1: two in a row eject it for 4 s, and
     // every later request goes to v2.
     let got = statuses(client, "http://198.19.0.10/fail-on/v1/[1-30]").await?;
+    let ejected_at = Instant::now();
     println!("outlier detection, 30 requests: {got:?}");
     assert_eq!(got.iter().filter(|s| **s == 500).count(), 2, "{got:?}");
     assert!(got[20..].iter().all(|s| *s == 200), "{got:?}");
@@ -274,5 +275,13 @@ async fn destination_rules_balance_cap_and_eject() -> anyhow::Result<()> {
     assert_eq!(by, vec!["v2"; 10]);
     let got = statuses(client, "http://198.19.0.10/fail-on/v2/[1-4]").await?;
     assert_eq!(got, [500; 4]);
+    anyhow::ensure!(
+        ejected_at.elapsed() < Duration::from_secs(3),
+        "too slow to see the ejection in force; the check above proves nothing"
+    );
+    // Its ejection over, v1 is sent requests again.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(ejected_at.elapsed())).await;
+    let by = answered_by(client, "http://198.19.0.10/back/[1-20]").await?;
+    assert!(by.iter().any(|b| b == "v1"), "v1 back in service: {by:?}");
     Ok(())
 }

@@ -39,6 +39,10 @@ pub struct RequestLog {
     pub audited: Vec<String>,
     /// Upstream attempts made (retries + 1).
     pub attempts: u32,
+    /// A gRPC request.
+    pub grpc: bool,
+    /// The gRPC status the waypoint answered with itself.
+    pub grpc_status: Option<u16>,
     started: Instant,
     written: bool,
 }
@@ -71,6 +75,8 @@ impl RequestLog {
             policy: None,
             audited: Vec::new(),
             attempts: 0,
+            grpc: false,
+            grpc_status: None,
             started: Instant::now(),
             written: false,
         }
@@ -97,6 +103,7 @@ impl RequestLog {
             duration_ms = self.started.elapsed().as_millis() as u64,
             upstream_host = %self.upstream.as_deref().unwrap_or("-"),
             attempts = self.attempts,
+            grpc_status = %self.grpc_status.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
             route_name = %self.route,
             policy = %self.policy.as_deref().unwrap_or(""),
             audit = %self.audited.join(","),

@@ -138,7 +138,16 @@ async fn attempt_all(
 ) -> Sent {
     let (retry, per_try) = (&budget.retry, budget.per_try);
     let (mut parts, body) = req.into_parts();
+    let upgrade = (version == Version::Http1 && crate::http::websocket_upgrade(&parts.headers))
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten();
     prepare_headers(&mut parts.headers, version);
+    if let Some(protocol) = upgrade {
+        parts.headers.insert(header::UPGRADE, protocol);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     // Keep a small body so a retried status can be sent again; a large
     // one streams through once.
     let mut streaming = None;
@@ -277,8 +286,16 @@ fn too_large(headers: &http::HeaderMap) -> bool {
         .is_some_and(|n| n > REPLAY_LIMIT)
 }
 
-/// Headers as the upstream hop gets them.
+/// Headers as the upstream hop gets them. `Expect: 100-continue` is the
+/// waypoint's to answer (hyper sends the 100 once the body is read), as
+/// Envoy does, so the upstream never waits on it.
 fn prepare_headers(headers: &mut http::HeaderMap, version: Version) {
+    if headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        headers.remove(header::EXPECT);
+    }
     match version {
         Version::Http1 => crate::http::strip_hop_by_hop(headers),
         // HTTP/2 carries `te: trailers` (gRPC needs it) and nothing
@@ -305,7 +322,7 @@ async fn exchange(
         Version::Http1 => {
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
+                if let Err(err) = connection.with_upgrades().await {
                     tracing::debug!(%err, "upstream HTTP/1.1 connection ended");
                 }
             });

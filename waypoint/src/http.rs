@@ -17,6 +17,8 @@ use crate::{
     backends::{Held, InFlight},
     filters,
     forward::{self, Budget, RetryPolicy},
+    framing::{self, HeadVerdict, Verdicts},
+    grpc,
     matcher::{matches, select, RequestInfo, Selection},
     normalize::{normalize, PathNormalization},
     policy::{self, RequestAttrs, Verdict},
@@ -56,26 +58,78 @@ pub struct Downstream {
 /// Serves the requests of one tunnel until the client is done.
 pub async fn serve(wp: Arc<Waypoint>, io: H2Io, down: Arc<Downstream>) -> Result<(), hyper::Error> {
     let version = down.version;
-    let service = hyper::service::service_fn(move |req| {
-        let (wp, down) = (wp.clone(), down.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(&wp, &down, req).await) }
-    });
-    let io = TokioIo::new(io);
+    let service = |verdicts: Option<Verdicts>| {
+        hyper::service::service_fn(move |req| {
+            let (wp, down) = (wp.clone(), down.clone());
+            // hyper calls this once per request head, in order.
+            let verdict = verdicts.as_ref().and_then(Verdicts::next);
+            async move { Ok::<_, std::convert::Infallible>(handle(&wp, &down, verdict, req).await) }
+        })
+    };
     match version {
         Version::Http1 => {
+            let (io, verdicts) = framing::watch(io);
+            let service = service(Some(verdicts));
+            let io = TokioIo::new(io);
             hyper::server::conn::http1::Builder::new()
                 // A client may end its side once it has sent the request
                 // and still wait for the answer.
                 .half_close(true)
+                // A head hyper cannot hold answers 431 (smaller ones
+                // past the limit are refused by `framing_check`).
+                .max_buf_size(2 * MAX_HEADER_BYTES)
                 .serve_connection(io, service)
+                .with_upgrades()
                 .await
         }
         Version::Http2 => {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, service)
+                .serve_connection(TokioIo::new(io), service(None))
                 .await
         }
     }
+}
+
+/// The largest request head (line and headers) accepted.
+const MAX_HEADER_BYTES: usize = 60 * 1024;
+
+/// Whether `headers` ask to switch an HTTP/1.1 connection to WebSocket
+/// (the one upgrade Istio lets through; others are dropped with the
+/// hop-by-hop headers).
+pub(crate) fn websocket_upgrade(headers: &HeaderMap) -> bool {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks && headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Joins the client's and the upstream's upgraded connections and carries
+/// bytes both ways until both are done.
+fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(%err, "an upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => tracing::debug!(
+                bytes_up = up,
+                bytes_down = down,
+                "upgraded connection ended"
+            ),
+            Err(err) => tracing::debug!(%err, "upgraded connection failed"),
+        }
+    });
 }
 
 /// A response the waypoint makes itself, Envoy-style (`text/plain` reason).
@@ -86,17 +140,103 @@ pub fn local_response(status: StatusCode, text: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain")
+        .extension(LocalReply {
+            text: text.to_owned(),
+            grpc: None,
+        })
         .body(body)
         .expect("a status and a body make a response")
 }
 
+/// Marks an answer the waypoint made itself, with what a gRPC client is
+/// told instead.
+#[derive(Clone)]
+struct LocalReply {
+    text: String,
+    /// The gRPC status, when not the one the HTTP status maps to.
+    grpc: Option<grpc::Code>,
+}
+
+/// 504 for a timeout (gRPC: DEADLINE_EXCEEDED, as Envoy).
+fn timeout_response() -> Response<Body> {
+    let mut response = local_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+    if let Some(local) = response.extensions_mut().get_mut::<LocalReply>() {
+        local.grpc = Some(grpc::Code::DeadlineExceeded);
+    }
+    response
+}
+
 fn finish(mut log: RequestLog, response: Response<Body>) -> Response<Body> {
+    let response = match response.extensions().get::<LocalReply>().cloned() {
+        Some(local) if log.grpc => {
+            let code = local
+                .grpc
+                .unwrap_or_else(|| grpc::code_for(response.status()));
+            log.grpc_status = Some(code as u16);
+            let empty = Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed();
+            grpc::trailers_only(response, code, &local.text, empty)
+        }
+        _ => response,
+    };
     log.status = response.status().as_u16();
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, LoggedBody::new(body, log).boxed())
 }
 
-async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Response<Body> {
+/// The connection switch a request asked for, until it is taken (a
+/// WebSocket answered 101) or the request is done with; hyper keeps the
+/// connection aside for it either way.
+#[derive(Clone, Default)]
+struct UpgradeSlot(Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl UpgradeSlot {
+    fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.0.lock().expect("upgrade slot lock").take()
+    }
+
+    /// An upgrade not taken: once hyper hands the connection over, it is
+    /// ended cleanly (END_STREAM), not dropped (a reset would lose the
+    /// response still on its way).
+    fn close_unless_taken(&self) {
+        if let Some(on_upgrade) = self.take() {
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = TokioIo::new(upgraded).shutdown().await;
+                }
+            });
+        }
+    }
+}
+
+async fn handle(
+    wp: &Waypoint,
+    down: &Downstream,
+    verdict: Option<HeadVerdict>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let slot = UpgradeSlot::default();
+    if req
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_some()
+    {
+        *slot.0.lock().expect("upgrade slot lock") = Some(hyper::upgrade::on(&mut req));
+        req.extensions_mut().insert(slot.clone());
+    }
+    let response = handle_request(wp, down, verdict, req).await;
+    slot.close_unless_taken();
+    response
+}
+
+async fn handle_request(
+    wp: &Waypoint,
+    down: &Downstream,
+    verdict: Option<HeadVerdict>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let mut log = RequestLog::new(
         req.method().to_string(),
         req.uri()
@@ -109,6 +249,7 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
         down.identity.to_string(),
         down.target.name(),
     );
+    log.grpc = grpc::is_grpc(req.headers());
     // Paths are made canonical before routes and policies see them, and
     // forwarded as such.
     if req
@@ -120,6 +261,11 @@ async fn handle(wp: &Waypoint, down: &Downstream, req: Request<Incoming>) -> Res
         log.flags = "DPE";
         log.error = Some(format!("method {} is not upper case", req.method()));
         return finish(log, local_response(StatusCode::BAD_REQUEST, "Bad Request"));
+    }
+    if let Err(refusal) = framing_check(&req, verdict) {
+        log.flags = "DPE";
+        log.error = Some(refusal.reason.into());
+        return finish(log, local_response(refusal.status, refusal.text));
     }
     let req = match canonical_path(req, wp.path_normalization) {
         Ok(req) => req,
@@ -375,6 +521,40 @@ async fn to_service(
     send(wp, down, pick, record, req, plan, vec![admitted], log).await
 }
 
+/// Why a request is refused before anything else looks at it.
+struct Refusal {
+    status: StatusCode,
+    text: &'static str,
+    reason: &'static str,
+}
+
+/// Refuses requests whose framing two HTTP/1.1 parsers could read two
+/// ways (the request-smuggling shapes hyper does not already refuse:
+/// [`framing`]) and heads larger than Envoy's 60 KiB.
+fn framing_check<B>(req: &Request<B>, verdict: Option<HeadVerdict>) -> Result<(), Refusal> {
+    if let Some(HeadVerdict::Ambiguous(reason)) = verdict {
+        return Err(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            text: "Bad Request",
+            reason,
+        });
+    }
+    let headers = req.headers();
+    let size: usize = req.uri().to_string().len()
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum::<usize>();
+    if size > MAX_HEADER_BYTES {
+        return Err(Refusal {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            text: "Request Header Fields Too Large",
+            reason: "request headers larger than 60 KiB",
+        });
+    }
+    Ok(())
+}
+
 /// The request with its path made canonical (the query kept as sent).
 fn canonical_path(
     req: Request<Incoming>,
@@ -471,6 +651,16 @@ async fn send(
     mut held: Vec<InFlight>,
     mut log: RequestLog,
 ) -> Response<Body> {
+    // The client's side of a WebSocket switch, taken only once the
+    // upstream agrees (101); otherwise `handle` closes it.
+    let client_upgrade = (down.version == Version::Http1 && websocket_upgrade(req.headers()))
+        .then(|| req.extensions().get::<UpgradeSlot>().cloned())
+        .flatten();
+    // A gRPC client's deadline bounds the whole exchange.
+    let mut plan = plan;
+    if let Some(deadline) = log.grpc.then(|| grpc::timeout(req.headers())).flatten() {
+        plan.budget.overall = Some(plan.budget.overall.map_or(deadline, |o| o.min(deadline)));
+    }
     let sent = forward::send(wp, down.version, req, pick, record, &plan.budget).await;
     match sent {
         forward::Sent::Response {
@@ -482,10 +672,28 @@ async fn send(
             held.extend(load);
             log.upstream = Some(upstream.addr.to_string());
             log.attempts = attempts;
+            let mut response = response;
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let taken = switching
+                .then(|| client_upgrade.and_then(|slot| slot.take()))
+                .flatten();
+            let upgrade = match (switching, taken) {
+                (true, Some(client)) => {
+                    splice_upgrade(client, hyper::upgrade::on(&mut response));
+                    response.headers().get(header::UPGRADE).cloned()
+                }
+                _ => None,
+            };
             let (mut parts, body) = response.into_parts();
             // The upstream's connection management is its own hop's
             // (`connection: close` there does not close the client's).
             strip_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = upgrade {
+                parts.headers.insert(header::UPGRADE, protocol);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
             for m in &plan.response_filters {
                 filters::modify_headers(&mut parts.headers, m);
             }
@@ -498,10 +706,7 @@ async fn send(
             log.upstream = upstream.map(|u| u.addr.to_string());
             log.attempts = attempts;
             log.flags = "UT";
-            finish(
-                log,
-                local_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-            )
+            finish(log, timeout_response())
         }
         forward::Sent::Failed {
             error,
@@ -512,6 +717,13 @@ async fn send(
             log.attempts = attempts;
             if matches!(error, forward::ForwardError::NoEndpoint(_)) {
                 return no_upstream(log, error.to_string());
+            }
+            // The client's own body failed (a malformed chunk, or the
+            // client went away): the client's fault, not the upstream's.
+            if matches!(&error, forward::ForwardError::Http(e) if e.is_user()) {
+                log.flags = "DPE";
+                log.error = Some(error.to_string());
+                return finish(log, local_response(StatusCode::BAD_REQUEST, "Bad Request"));
             }
             log.flags = "UF";
             log.error = Some(error.to_string());

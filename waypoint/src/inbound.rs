@@ -17,13 +17,17 @@ use weft_proxy::hbone::{
 
 use crate::{
     http::{Downstream, Version},
-    proxy::Waypoint,
+    proxy::{Target, Waypoint},
+    routes::AppProtocol,
     tcp,
 };
 
 /// How long the waypoint waits for a client's first bytes before taking
 /// the tunnel for a protocol where the server speaks first (L4).
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a port declared HTTP waits for the request's first line.
+const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a tunnel's first bytes say it carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,15 +148,42 @@ async fn tunnel(wp: Arc<Waypoint>, connect: InboundConnect) {
         }
     };
     let mut io = H2Io::new(stream);
-    let sniffed = match tokio::time::timeout(SNIFF_TIMEOUT, sniff_stream(&mut io)).await {
-        Ok(Ok(sniffed)) => sniffed,
-        Ok(Err(err)) => {
-            tracing::debug!(%peer, %err, "tunnel ended before it carried anything");
-            return;
+    let declared = match &target {
+        Target::Service { service, port } => wp
+            .routes
+            .get(&service.key())
+            .and_then(|r| r.protocols.get(port).copied()),
+        Target::Workload { .. } => None,
+    };
+    let sniffed = match declared {
+        // Declared not HTTP: carried from the first byte, whoever speaks
+        // first.
+        Some(AppProtocol::Tcp) => Sniffed::Opaque,
+        Some(AppProtocol::Http2) => Sniffed::Http(Version::Http2),
+        // Declared HTTP: HTTP/1.1 or HTTP/2 by the first bytes, never L4.
+        Some(AppProtocol::Http) => {
+            match tokio::time::timeout(HTTP_HEAD_TIMEOUT, sniff_stream(&mut io)).await {
+                Ok(Ok(Sniffed::Http(version))) => Sniffed::Http(version),
+                Ok(Ok(_)) | Err(_) => {
+                    tracing::warn!(%peer, %authority, "not HTTP on a port declared HTTP; tunnel closed");
+                    return;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "tunnel ended before it carried anything");
+                    return;
+                }
+            }
         }
-        // The client says nothing: a protocol where the server speaks
-        // first. Carried at L4.
-        Err(_) => Sniffed::Opaque,
+        None => match tokio::time::timeout(SNIFF_TIMEOUT, sniff_stream(&mut io)).await {
+            Ok(Ok(sniffed)) => sniffed,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, %err, "tunnel ended before it carried anything");
+                return;
+            }
+            // The client says nothing: a protocol where the server speaks
+            // first. Carried at L4.
+            Err(_) => Sniffed::Opaque,
+        },
     };
     match sniffed {
         Sniffed::Http(version) => {

@@ -19,6 +19,8 @@ pub mod backends;
 pub mod config;
 pub mod filters;
 pub mod forward;
+pub mod framing;
+pub mod grpc;
 pub mod http;
 pub mod inbound;
 pub mod matcher;

@@ -252,6 +252,7 @@ mod tests {
                 ),
             ],
             faults: vec![],
+            protocols: Default::default(),
         };
         let none = HeaderMap::new();
         let name = |s: Selection<'_>| match s {

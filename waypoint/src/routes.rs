@@ -122,11 +122,21 @@ pub struct Fault {
     pub source: String,
 }
 
+/// What a service port is declared to carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AppProtocol {
+    Http,
+    Http2,
+    Tcp,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ServiceRoutes {
     pub service: String,
     pub routes: Vec<Route>,
     pub faults: Vec<Fault>,
+    /// Declared protocols by service port (others are detected).
+    pub protocols: std::collections::BTreeMap<u16, AppProtocol>,
 }
 
 fn regex(value: &str) -> Result<Regex, String> {
@@ -347,6 +357,20 @@ impl TryFrom<pb::ServiceRoutes> for ServiceRoutes {
                 .enumerate()
                 .map(|(i, f)| Fault::try_from(f).map_err(|e| format!("faults[{i}]: {e}")))
                 .collect::<Result<_, _>>()?,
+            protocols: s
+                .protocols
+                .iter()
+                .filter_map(|(port, protocol)| {
+                    let port = u16::try_from(*port).ok()?;
+                    let protocol = match pb::AppProtocol::try_from(*protocol).ok()? {
+                        pb::AppProtocol::Detect => return None,
+                        pb::AppProtocol::Http => AppProtocol::Http,
+                        pb::AppProtocol::Http2 => AppProtocol::Http2,
+                        pb::AppProtocol::Tcp => AppProtocol::Tcp,
+                    };
+                    Some((port, protocol))
+                })
+                .collect(),
             service: s.service,
         })
     }

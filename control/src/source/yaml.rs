@@ -368,6 +368,7 @@ struct ServicePortYaml {
     port: u16,
     target_port: Option<IntOrString>,
     protocol: Option<String>,
+    app_protocol: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +416,7 @@ fn service(
             name: p.name.unwrap_or_default(),
             port: p.port,
             target_port,
+            app_protocol: p.app_protocol.filter(|a| !a.is_empty()),
         });
     }
     let cluster_ip = match spec.cluster_ip.as_deref() {

@@ -96,6 +96,15 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
             })
             .faults = faults;
     }
+    for (service, protocols) in traffic::port_protocols(&services) {
+        out.routes
+            .entry(service.clone())
+            .or_insert_with(|| l7::ServiceRoutes {
+                service,
+                ..Default::default()
+            })
+            .protocols = protocols;
+    }
     for routes in out.routes.values_mut() {
         routes.default_route = routes.routes.is_empty();
     }

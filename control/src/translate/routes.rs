@@ -498,6 +498,7 @@ pub fn translate(
                     routes,
                     default_route: false,
                     faults: Vec::new(),
+                    protocols: Default::default(),
                 },
             )
         })

@@ -9,7 +9,7 @@ use weft_proto::weft::l7::v1 as l7;
 
 use super::services::{Services, TranslatedService};
 use crate::{
-    objects::{IstioHttpMatch, IstioMatch, Kind, LoadBalancer, Object},
+    objects::{IstioHttpMatch, IstioMatch, Kind, LoadBalancer, Object, PortProtocol},
     source::ConfigSnapshot,
 };
 
@@ -219,6 +219,39 @@ pub fn backend_policies(
                 source: format!("{}/{}", dr.namespace, dr.name),
             },
         );
+    }
+    out
+}
+
+/// The declared protocols of the ports of services behind waypoints, by
+/// service key (ports left to detection are not listed).
+pub fn port_protocols(services: &Services) -> BTreeMap<String, BTreeMap<u32, i32>> {
+    let mut out = BTreeMap::new();
+    for s in services
+        .services
+        .iter()
+        .filter(|s| s.service.waypoint.is_some())
+    {
+        let declared: BTreeMap<u32, i32> = s
+            .source
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let protocol = match p.protocol() {
+                    PortProtocol::Detect => return None,
+                    PortProtocol::Http => l7::AppProtocol::Http,
+                    PortProtocol::Http2 => l7::AppProtocol::Http2,
+                    PortProtocol::Tcp => l7::AppProtocol::Tcp,
+                };
+                Some((u32::from(p.port), protocol as i32))
+            })
+            .collect();
+        if !declared.is_empty() {
+            out.insert(
+                format!("{}/{}", s.service.namespace, s.service.hostname),
+                declared,
+            );
+        }
     }
     out
 }

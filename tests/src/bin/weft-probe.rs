@@ -21,6 +21,10 @@
 //! `hold ADDR --count N` opens N at once, reports how many stayed open
 //! (`{"open":…,"closed":…,"refused":…}`), prints `held` and keeps them until
 //! its stdin closes.
+//!
+//! `grpc ADDR say TEXT|count N|fail CODE|slow MS [--timeout-ms N]` makes one
+//! call to the test gRPC service and reports
+//! `{"code":…,"message":…,"replies":[…],"metadata":{…}}`.
 
 use std::{
     io::{Read, Write},
@@ -46,7 +50,8 @@ fn main() -> ExitCode {
 
 fn run(args: &[String]) -> Result<serde_json::Value, String> {
     let usage = "usage: weft-probe connect ADDR [--send TEXT | --send-size N] [--write-size N] [--hold]\n       \
-         weft-probe flood ADDR --count N\n       weft-probe hold ADDR --count N";
+         weft-probe flood ADDR --count N\n       weft-probe hold ADDR --count N\n       \
+         weft-probe grpc ADDR say TEXT|count N|fail CODE|slow MS [--timeout-ms N]";
     let (Some(verb), Some(addr)) = (args.first().map(String::as_str), args.get(1)) else {
         return Err(usage.into());
     };
@@ -61,6 +66,7 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
         "connect" => {}
         "flood" => return Ok(flood(addr, count()?)),
         "hold" => return hold(addr, count()?),
+        "grpc" => return grpc(addr, &args[2..]),
         _ => return Err(usage.into()),
     }
     let mut send = String::new();
@@ -121,6 +127,40 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
         "socket_cookie": cookie,
         "reply": reply,
     }))
+}
+
+/// One call to the test gRPC service (`weft_tests::grpc`), reported as its
+/// status code, message, replies and response metadata.
+fn grpc(addr: SocketAddr, args: &[String]) -> Result<serde_json::Value, String> {
+    use weft_tests::grpc::{call, Call};
+    let usage = "usage: weft-probe grpc ADDR say TEXT|count N|fail CODE|slow MS [--timeout-ms N]";
+    let (Some(verb), Some(arg)) = (args.first(), args.get(1)) else {
+        return Err(usage.into());
+    };
+    let number = |what: &str| -> Result<u64, String> {
+        arg.parse()
+            .map_err(|_| format!("{what}: {arg:?} is not a number"))
+    };
+    let request = match verb.as_str() {
+        "say" => Call::Say(arg.clone()),
+        "count" => Call::Count(number("count")? as u32),
+        "fail" => Call::Fail(number("code")? as i32),
+        "slow" => Call::Slow(number("delay")?),
+        _ => return Err(usage.into()),
+    };
+    let timeout = match (args.get(2).map(String::as_str), args.get(3)) {
+        (Some("--timeout-ms"), Some(ms)) => Some(Duration::from_millis(
+            ms.parse().map_err(|_| usage.to_owned())?,
+        )),
+        (None, _) => None,
+        _ => return Err(usage.into()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = runtime.block_on(call(addr, request, timeout))?;
+    serde_json::to_value(report).map_err(|e| e.to_string())
 }
 
 /// How one connection attempt ended.
