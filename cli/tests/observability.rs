@@ -123,8 +123,12 @@ async fn prometheus_sees_the_bytes_between_two_workloads() {
         ("source", "istio_tcp_received_bytes_total"),
         ("source", "istio_tcp_sent_bytes_total"),
     ] {
+        // Both ends name the service the client addressed: the source
+        // from its own lookup, the destination from the CONNECT's
+        // `forwarded` host.
         let promql = format!(
-            "sum({family}{{reporter=\"{reporter}\",source_workload=\"client\",destination_workload=\"echo\",connection_security_policy=\"mutual_tls\"}})"
+            "sum({family}{{reporter=\"{reporter}\",source_workload=\"client\",destination_workload=\"echo\",\
+             destination_service=\"echo.demo.svc.cluster.local\",connection_security_policy=\"mutual_tls\"}})"
         );
         loop {
             let value = query(&control_netns, &promql).await;

@@ -45,6 +45,21 @@ impl Reply {
 }
 
 /// A handler: method and query string in, reply out.
+/// Prometheus' scrape paths, `/metrics` and Istio's `/stats/prometheus`,
+/// both answering the OpenMetrics text `render` returns.
+pub fn metrics_routes(render: impl Fn() -> String + Send + Sync + 'static) -> Routes {
+    let render = Arc::new(render);
+    let other = render.clone();
+    let reply = |text: String| Reply {
+        status: StatusCode::OK,
+        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body: text.into_bytes(),
+    };
+    Routes::default()
+        .route("/metrics", move |_, _| reply(render()))
+        .route("/stats/prometheus", move |_, _| reply(other()))
+}
+
 pub type Handler = Arc<dyn Fn(&Method, Option<&str>) -> Reply + Send + Sync>;
 
 /// Path → handler.

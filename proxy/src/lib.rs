@@ -17,5 +17,6 @@ pub mod hbone;
 pub mod identity;
 pub mod log_limit;
 pub mod metrics;
+pub mod peer_metadata;
 pub mod state;
 pub mod xds;

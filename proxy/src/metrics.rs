@@ -12,12 +12,15 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 use weft_proto::spiffe::Identity;
 
-use crate::state::{Service, Workload};
+use crate::{
+    peer_metadata::PeerMetadata,
+    state::{Service, Workload},
+};
 
 /// Labels of the `istio_tcp_*` families, as Istio defines them.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +55,8 @@ pub struct TcpLabels {
 pub enum Reporter {
     Source,
     Destination,
+    /// A waypoint, between the two.
+    Waypoint,
 }
 
 /// What is known about one connection's two ends.
@@ -80,6 +85,7 @@ impl TcpLabels {
             reporter: match ends.reporter {
                 Reporter::Source => "source",
                 Reporter::Destination => "destination",
+                Reporter::Waypoint => "waypoint",
             }
             .into(),
             source_workload: or_unknown(src.map(|w| w.workload_name.as_str())),
@@ -105,6 +111,113 @@ impl TcpLabels {
             response_flags: "-".into(),
             connection_security_policy: if ends.mtls { "mutual_tls" } else { "unknown" }.into(),
         }
+    }
+}
+
+impl TcpLabels {
+    /// Fills the source's labels from what it said of itself (`baggage`)
+    /// where this end does not know the source.
+    pub fn with_source_metadata(mut self, meta: &PeerMetadata) -> Self {
+        let fill = |label: &mut String, value: &str| {
+            if label == UNKNOWN && !value.is_empty() {
+                *label = value.to_owned();
+            }
+        };
+        fill(&mut self.source_workload, &meta.workload);
+        fill(&mut self.source_workload_namespace, &meta.namespace);
+        fill(&mut self.source_canonical_service, &meta.canonical_service);
+        fill(
+            &mut self.source_canonical_revision,
+            &meta.canonical_revision,
+        );
+        fill(&mut self.source_app, &meta.canonical_service);
+        fill(&mut self.source_version, &meta.canonical_revision);
+        fill(&mut self.source_cluster, &meta.cluster);
+        self
+    }
+}
+
+/// Labels of the `istio_request*` families: the TCP ones (with
+/// `request_protocol` `http` or `grpc`) plus the response's.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub ends: TcpLabels,
+    pub response_code: String,
+    pub grpc_response_status: String,
+}
+
+/// Envoy's default histogram buckets (milliseconds), which Istio's
+/// dashboards are built on.
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's buckets for body sizes (bytes).
+const SIZE_BUCKETS: [f64; 8] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+type Histograms = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+/// The `istio_request*` families an L7 proxy reports.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Histograms,
+    pub request_bytes: Histograms,
+    pub response_bytes: Histograms,
+}
+
+impl RequestMetrics {
+    /// The families, registered in `metrics`.
+    pub fn register(metrics: &Metrics) -> Self {
+        let this = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            request_bytes: Family::new_with_constructor(size_histogram),
+            response_bytes: Family::new_with_constructor(size_histogram),
+        };
+        metrics.register(
+            "istio_requests",
+            "Total number of requests handled",
+            this.requests.clone(),
+        );
+        metrics.register(
+            "istio_request_duration_milliseconds",
+            "Time from the first byte of a request to the last of its response, in milliseconds",
+            this.duration.clone(),
+        );
+        metrics.register(
+            "istio_request_bytes",
+            "Sizes of request bodies, in bytes",
+            this.request_bytes.clone(),
+        );
+        metrics.register(
+            "istio_response_bytes",
+            "Sizes of response bodies, in bytes",
+            this.response_bytes.clone(),
+        );
+        this
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, labels: &RequestLabels, duration_ms: f64, received: u64, sent: u64) {
+        self.requests.get_or_create(labels).inc();
+        self.duration.get_or_create(labels).observe(duration_ms);
+        self.request_bytes
+            .get_or_create(labels)
+            .observe(received as f64);
+        self.response_bytes
+            .get_or_create(labels)
+            .observe(sent as f64);
     }
 }
 

@@ -22,4 +22,5 @@ pub mod grpc;
 pub mod mesh;
 pub mod privilege;
 pub mod processes;
+pub mod prometheus;
 pub mod topology;

@@ -452,6 +452,7 @@ pub struct WaypointProcess {
     pub hbone: SocketAddr,
     pub admin: SocketAddr,
     pub readiness: SocketAddr,
+    pub metrics: SocketAddr,
     /// The pod's network namespace, where its endpoints are.
     pub netns: String,
 }
@@ -487,6 +488,7 @@ impl WaypointProcess {
             hbone: field("hbone=")?,
             admin: field("admin=")?,
             readiness: field("readiness=")?,
+            metrics: field("metrics=")?,
             netns: pod.netns().name().to_owned(),
             process,
         })
@@ -497,6 +499,13 @@ impl WaypointProcess {
         let (status, body) = http_get(Some(&self.netns), self.admin, "/config_dump").await?;
         anyhow::ensure!(status == 200, "config_dump answered {status}: {body}");
         Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The text of `GET /stats/prometheus`.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let (status, body) = http_get(Some(&self.netns), self.metrics, "/stats/prometheus").await?;
+        anyhow::ensure!(status == 200, "metrics answered {status}: {body}");
+        Ok(body)
     }
 
     /// The status code of `GET /healthz/ready`.

@@ -71,6 +71,29 @@ async fn grpc(pod: &Pod, args: &[&str]) -> anyhow::Result<CallReport> {
         .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The waypoint's `istio_requests_total` for gRPC answers with HTTP
+/// `code` and `grpc_status`, summed over the other labels.
+async fn grpc_requests(
+    waypoint: &weft_tests::processes::WaypointProcess,
+    code: &str,
+    grpc_status: &str,
+) -> Option<f64> {
+    let text = waypoint.metrics_text().await.ok()?;
+    let wanted = [
+        "reporter=\"waypoint\"".to_owned(),
+        "request_protocol=\"grpc\"".to_owned(),
+        format!("response_code=\"{code}\""),
+        format!("grpc_response_status=\"{grpc_status}\""),
+    ];
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (total > 0.0).then_some(total)
+}
+
 async fn start() -> anyhow::Result<(
     weft_tests::mesh::Mesh,
     weft_tests::processes::WaypointProcess,
@@ -126,6 +149,19 @@ async fn grpc_calls_streams_and_statuses_pass_through_the_waypoint() -> anyhow::
     assert!(failed.message.ends_with(" failed as asked"), "{failed:?}");
     let by = failed.metadata.get("x-failed-by").map(String::as_str);
     assert!(matches!(by, Some("v1" | "v2")), "the trailer: {failed:?}");
+    // Counted as gRPC, by the status in the upstream's trailers.
+    eventually(
+        "the failed call counted",
+        Duration::from_secs(5),
+        || async { grpc_requests(&waypoint, "200", "5").await },
+    )
+    .await?;
+    eventually("the calls counted", Duration::from_secs(5), || async {
+        grpc_requests(&waypoint, "200", "0")
+            .await
+            .filter(|n| *n == 2.0)
+    })
+    .await?;
     Ok(())
 }
 
@@ -203,5 +239,13 @@ async fn the_waypoint_answers_grpc_clients_in_grpc() -> anyhow::Result<()> {
     )
     .await?;
     assert!(line.contains("grpc_status=4"), "{line}");
+    for code in ["7", "4"] {
+        eventually(
+            "the waypoint's answers counted",
+            Duration::from_secs(5),
+            || async { grpc_requests(&waypoint, "200", code).await },
+        )
+        .await?;
+    }
     Ok(())
 }

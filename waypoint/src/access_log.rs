@@ -9,6 +9,10 @@
 
 use std::{
     pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -30,7 +34,8 @@ pub struct RequestLog {
     pub flags: &'static str,
     pub upstream: Option<String>,
     pub route: String,
-    pub bytes_received: u64,
+    /// Request body bytes, counted as they are read ([`CountedBody`]).
+    received: Arc<AtomicU64>,
     pub bytes_sent: u64,
     pub error: Option<String>,
     /// The policy (or ALLOW policies) that denied the request.
@@ -41,8 +46,11 @@ pub struct RequestLog {
     pub attempts: u32,
     /// A gRPC request.
     pub grpc: bool,
-    /// The gRPC status the waypoint answered with itself.
+    /// The gRPC status of the answer: the waypoint's own, or the
+    /// upstream's (trailers, or headers of a trailers-only answer).
     pub grpc_status: Option<u16>,
+    /// The request's metrics, recorded with the line.
+    pub meter: Option<crate::telemetry::RequestMeter>,
     started: Instant,
     written: bool,
 }
@@ -69,7 +77,7 @@ impl RequestLog {
             flags: "-",
             upstream: None,
             route: "default".into(),
-            bytes_received: 0,
+            received: Arc::default(),
             bytes_sent: 0,
             error: None,
             policy: None,
@@ -77,15 +85,41 @@ impl RequestLog {
             attempts: 0,
             grpc: false,
             grpc_status: None,
+            meter: None,
             started: Instant::now(),
             written: false,
         }
     }
 
-    /// Writes the line (once).
+    /// The endpoint the request went to (last, if retried).
+    pub fn set_upstream(&mut self, endpoint: Option<&weft_proxy::balance::Endpoint>) {
+        self.upstream = endpoint.map(|e| e.addr.to_string());
+        if let Some(meter) = &mut self.meter {
+            meter.destination = endpoint.map(|e| e.workload.clone());
+        }
+    }
+
+    /// Request body bytes read so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// The request body, counted into this log.
+    pub fn count_request<B>(&self, body: B) -> CountedBody<B> {
+        CountedBody {
+            inner: body,
+            count: self.received.clone(),
+        }
+    }
+
+    /// Writes the line (once) and records the request's metrics.
     pub fn write(&mut self) {
         if std::mem::replace(&mut self.written, true) {
             return;
+        }
+        let duration = self.started.elapsed();
+        if let Some(meter) = self.meter.take() {
+            meter.record(self, duration.as_secs_f64() * 1000.0);
         }
         tracing::info!(
             target: "access",
@@ -98,9 +132,9 @@ impl RequestLog {
             dst.service = %self.destination,
             response_code = self.status,
             response_flags = %self.flags,
-            bytes_received = self.bytes_received,
+            bytes_received = self.bytes_received(),
             bytes_sent = self.bytes_sent,
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            duration_ms = duration.as_millis() as u64,
             upstream_host = %self.upstream.as_deref().unwrap_or("-"),
             attempts = self.attempts,
             grpc_status = %self.grpc_status.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
@@ -150,6 +184,9 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.log.bytes_sent += data.len() as u64;
                 }
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    this.log.grpc_status = Some(code);
+                }
             }
             Poll::Ready(Some(Err(_))) => {
                 this.log.flags = "UPE";
@@ -157,6 +194,46 @@ where
             }
             Poll::Ready(None) => this.log.write(),
             Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The `grpc-status` a header block carries.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// A request body that counts the bytes read from it.
+pub struct CountedBody<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B> Body for CountedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
         }
         polled
     }

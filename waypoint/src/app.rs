@@ -42,6 +42,7 @@ pub enum StartError {
 pub struct Started {
     pub hbone_address: std::net::SocketAddr,
     pub admin_address: std::net::SocketAddr,
+    pub metrics_address: std::net::SocketAddr,
     pub readiness_address: std::net::SocketAddr,
     pub waypoint: Arc<Waypoint>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -147,6 +148,12 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
     let (hbone, hbone_address) = bind("HBONE", config.hbone_address).await?;
     let (admin, admin_address) = bind("admin", config.admin_address).await?;
     let (ready, readiness_address) = bind("readiness", config.readiness_address).await?;
+    let (metrics, metrics_address) = bind("metrics", config.metrics_address).await?;
+    let registry = wp.metrics.clone();
+    tasks.push(tokio::spawn(weft_proxy::admin::serve(
+        metrics,
+        weft_proxy::admin::metrics_routes(move || registry.render()),
+    )));
     tasks.push(tokio::spawn(inbound::serve(wp.clone(), hbone)));
     let dump = wp.clone();
     tasks.push(tokio::spawn(weft_proxy::admin::serve(
@@ -192,6 +199,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
     Ok(Started {
         hbone_address,
         admin_address,
+        metrics_address,
         readiness_address,
         waypoint: wp,
         tasks,
@@ -227,8 +235,11 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
             let started = start(config).await?;
             // Machine-readable, for tools that start it on port 0.
             println!(
-                "hbone={} admin={} readiness={}",
-                started.hbone_address, started.admin_address, started.readiness_address
+                "hbone={} admin={} readiness={} metrics={}",
+                started.hbone_address,
+                started.admin_address,
+                started.readiness_address,
+                started.metrics_address
             );
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

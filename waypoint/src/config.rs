@@ -57,6 +57,10 @@ pub struct Config {
     /// Admin endpoint (`/config_dump`), on localhost only.
     #[arg(long, env = "WEFT_ADMIN_ADDRESS", default_value = "127.0.0.1:15000")]
     pub admin_address: SocketAddr,
+    /// Prometheus metrics (`/stats/prometheus`, `/metrics`; Istio's
+    /// 15020).
+    #[arg(long, env = "WEFT_METRICS_ADDRESS", default_value = "0.0.0.0:15020")]
+    pub metrics_address: SocketAddr,
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, env = "WEFT_READINESS_ADDRESS", default_value = "0.0.0.0:15021")]
     pub readiness_address: SocketAddr,

@@ -98,10 +98,11 @@ impl<F: Fn() -> Result<(Endpoint, Option<InFlight>), String>> Pick for F {}
 pub async fn send(
     wp: &Waypoint,
     version: Version,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     pick: impl Pick,
     record: impl Fn(&Endpoint, bool),
     budget: &Budget,
+    tunnel: &[(http::HeaderName, HeaderValue)],
 ) -> Sent {
     let attempts_made = std::sync::atomic::AtomicU32::new(0);
     let last = std::sync::Mutex::new(None::<Endpoint>);
@@ -112,6 +113,7 @@ pub async fn send(
         &pick,
         &record,
         budget,
+        tunnel,
         &attempts_made,
         &last,
     );
@@ -129,10 +131,11 @@ pub async fn send(
 async fn attempt_all(
     wp: &Waypoint,
     version: Version,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     pick: &impl Pick,
     record: &impl Fn(&Endpoint, bool),
     budget: &Budget,
+    tunnel: &[(http::HeaderName, HeaderValue)],
     attempts_made: &std::sync::atomic::AtomicU32,
     last: &std::sync::Mutex<Option<Endpoint>>,
 ) -> Sent {
@@ -182,7 +185,7 @@ async fn attempt_all(
         *last.lock().expect("last lock") = Some(endpoint.clone());
         let retries_left = attempt < retry.attempts;
         let backoff = retry.backoff * 2u32.saturating_pow(attempt.min(4));
-        let connect = upstream::connect(wp, &endpoint);
+        let connect = upstream::connect(wp, &endpoint, tunnel);
         let connected = match per_try {
             Some(limit) => match tokio::time::timeout(limit, connect).await {
                 Ok(result) => result,

@@ -10,13 +10,13 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_proto::spiffe::Identity;
-use weft_proxy::{balance::Endpoint, hbone::io::H2Io, state::Service};
+use weft_proxy::{balance::Endpoint, hbone::io::H2Io, peer_metadata::PeerClaims, state::Service};
 
 use crate::{
     access_log::{LoggedBody, RequestLog},
     backends::{Held, InFlight},
     filters,
-    forward::{self, Budget, RetryPolicy},
+    forward::{self, Budget, RequestBody, RetryPolicy},
     framing::{self, HeadVerdict, Verdicts},
     grpc,
     matcher::{matches, select, RequestInfo, Selection},
@@ -24,6 +24,7 @@ use crate::{
     policy::{self, RequestAttrs, Verdict},
     proxy::{Target, Waypoint},
     routes::{Backend, Filter, HeaderModifier, Route},
+    telemetry::RequestMeter,
 };
 
 /// A response body: the upstream's, or one the waypoint made.
@@ -53,6 +54,8 @@ pub struct Downstream {
     pub authority: SocketAddr,
     pub target: Target,
     pub version: Version,
+    /// What the source said on its CONNECT.
+    pub claims: PeerClaims,
 }
 
 /// Serves the requests of one tunnel until the client is done.
@@ -181,6 +184,9 @@ fn finish(mut log: RequestLog, response: Response<Body>) -> Response<Body> {
         _ => response,
     };
     log.status = response.status().as_u16();
+    if log.grpc && log.grpc_status.is_none() {
+        log.grpc_status = crate::access_log::grpc_status(response.headers());
+    }
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, LoggedBody::new(body, log).boxed())
 }
@@ -250,6 +256,17 @@ async fn handle_request(
         down.target.name(),
     );
     log.grpc = grpc::is_grpc(req.headers());
+    log.meter = Some(RequestMeter::new(
+        wp.request_metrics.clone(),
+        wp.state.workload_by_ip(down.peer.ip()),
+        down.identity.clone(),
+        down.claims.metadata.clone(),
+        match &down.target {
+            Target::Service { service, .. } => Some(service.clone()),
+            Target::Workload { .. } => None,
+        },
+    ));
+    let req = req.map(|body| log.count_request(body).boxed());
     // Paths are made canonical before routes and policies see them, and
     // forwarded as such.
     if req
@@ -470,6 +487,7 @@ async fn handle_request(
             overall: (route.request_timeout_ms > 0)
                 .then(|| Duration::from_millis(route.request_timeout_ms)),
         },
+        service_host: None,
     };
     to_service(wp, down, &backend_service, backend.port, req, plan, log).await
 }
@@ -484,12 +502,16 @@ fn chance(percent: f64) -> bool {
 async fn to_service(
     wp: &Waypoint,
     down: &Downstream,
-    service: &Service,
+    service: &Arc<Service>,
     port: u16,
-    req: Request<Incoming>,
-    plan: Plan,
+    req: Request<RequestBody>,
+    mut plan: Plan,
     mut log: RequestLog,
 ) -> Response<Body> {
+    if let Some(meter) = &mut log.meter {
+        meter.service = Some(service.clone());
+    }
+    plan.service_host = Some(service.hostname.clone());
     let key = service.key();
     let admitted = match wp.backends.admit(&key) {
         Ok(admitted) => admitted,
@@ -557,9 +579,9 @@ fn framing_check<B>(req: &Request<B>, verdict: Option<HeadVerdict>) -> Result<()
 
 /// The request with its path made canonical (the query kept as sent).
 fn canonical_path(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     mode: PathNormalization,
-) -> Result<Request<Incoming>, crate::normalize::BadPath> {
+) -> Result<Request<RequestBody>, crate::normalize::BadPath> {
     let normalized = normalize(req.uri().path(), mode)?;
     if normalized == req.uri().path() {
         return Ok(req);
@@ -584,6 +606,8 @@ fn canonical_path(
 struct Plan {
     response_filters: Vec<HeaderModifier>,
     budget: Budget,
+    /// The service host the onward tunnels name in `forwarded`.
+    service_host: Option<String>,
 }
 
 fn no_upstream(mut log: RequestLog, error: String) -> Response<Body> {
@@ -598,11 +622,11 @@ fn no_upstream(mut log: RequestLog, error: String) -> Response<Body> {
 /// The route's and the backend's request filters: header changes, then a
 /// rewrite of host and path.
 fn apply_request_filters(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     route: &Route,
     backend: &Backend,
     version: Version,
-) -> Request<Incoming> {
+) -> Request<RequestBody> {
     let (mut parts, body) = req.into_parts();
     for f in route.filters.iter().chain(&backend.filters) {
         match f {
@@ -646,7 +670,7 @@ async fn send(
     down: &Downstream,
     pick: impl forward::Pick,
     record: impl Fn(&Endpoint, bool),
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     plan: Plan,
     mut held: Vec<InFlight>,
     mut log: RequestLog,
@@ -661,7 +685,8 @@ async fn send(
     if let Some(deadline) = log.grpc.then(|| grpc::timeout(req.headers())).flatten() {
         plan.budget.overall = Some(plan.budget.overall.map_or(deadline, |o| o.min(deadline)));
     }
-    let sent = forward::send(wp, down.version, req, pick, record, &plan.budget).await;
+    let tunnel = wp.tunnel_headers(down.peer, plan.service_host.as_deref());
+    let sent = forward::send(wp, down.version, req, pick, record, &plan.budget, &tunnel).await;
     match sent {
         forward::Sent::Response {
             response,
@@ -670,7 +695,7 @@ async fn send(
             held: load,
         } => {
             held.extend(load);
-            log.upstream = Some(upstream.addr.to_string());
+            log.set_upstream(Some(&upstream));
             log.attempts = attempts;
             let mut response = response;
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -703,7 +728,7 @@ async fn send(
             )
         }
         forward::Sent::TimedOut { upstream, attempts } => {
-            log.upstream = upstream.map(|u| u.addr.to_string());
+            log.set_upstream(upstream.as_ref());
             log.attempts = attempts;
             log.flags = "UT";
             finish(log, timeout_response())
@@ -713,7 +738,7 @@ async fn send(
             upstream,
             attempts,
         } => {
-            log.upstream = upstream.map(|u| u.addr.to_string());
+            log.set_upstream(upstream.as_ref());
             log.attempts = attempts;
             if matches!(error, forward::ForwardError::NoEndpoint(_)) {
                 return no_upstream(log, error.to_string());

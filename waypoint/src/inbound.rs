@@ -140,6 +140,7 @@ async fn tunnel(wp: Arc<Waypoint>, connect: InboundConnect) {
             return connect.reject(StatusCode::BAD_REQUEST);
         }
     };
+    let claims = weft_proxy::peer_metadata::PeerClaims::from_headers(&connect.headers);
     let stream = match connect.accept() {
         Ok(stream) => stream,
         Err(err) => {
@@ -193,6 +194,7 @@ async fn tunnel(wp: Arc<Waypoint>, connect: InboundConnect) {
                 authority,
                 target,
                 version,
+                claims,
             });
             if let Err(err) = crate::http::serve(wp, io, down).await {
                 tracing::debug!(%peer, %err, "HTTP connection ended with an error");

@@ -29,4 +29,5 @@ pub mod policy;
 pub mod proxy;
 pub mod routes;
 pub mod tcp;
+pub mod telemetry;
 pub mod upstream;

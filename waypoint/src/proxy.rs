@@ -9,6 +9,7 @@ use weft_proxy::{
     balance::Balancer,
     hbone::{pool::Pool, tls::TrustBundle},
     identity::CertificateManager,
+    peer_metadata::PeerMetadata,
     state::{GatewayAddress, ProxyState, Service, Workload},
     xds::XdsStatus,
 };
@@ -46,6 +47,9 @@ pub struct Waypoint {
     pub backends: Arc<crate::backends::Backends>,
     /// How request paths are made canonical.
     pub path_normalization: crate::normalize::PathNormalization,
+    /// The waypoint's Prometheus registry and its request families.
+    pub metrics: weft_proxy::metrics::Metrics,
+    pub request_metrics: weft_proxy::metrics::RequestMetrics,
     xds: tokio::sync::watch::Receiver<XdsStatus>,
 }
 
@@ -88,6 +92,7 @@ impl Waypoint {
         backends: Arc<crate::backends::Backends>,
         xds: tokio::sync::watch::Receiver<XdsStatus>,
     ) -> Self {
+        let metrics = weft_proxy::metrics::Metrics::default();
         Self {
             name: format!("{namespace}/{gateway}"),
             namespace,
@@ -103,8 +108,28 @@ impl Waypoint {
             policies,
             backends,
             path_normalization: Default::default(),
+            request_metrics: weft_proxy::metrics::RequestMetrics::register(&metrics),
+            metrics,
             xds,
         }
+    }
+
+    /// The headers of a tunnel onward for `client`'s traffic: `forwarded`
+    /// with the client and the service it reached, and the waypoint's own
+    /// `baggage`.
+    pub fn tunnel_headers(
+        &self,
+        client: SocketAddr,
+        service_host: Option<&str>,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let own = PeerMetadata {
+            cluster: String::new(),
+            namespace: self.namespace.clone(),
+            workload: self.gateway.clone(),
+            canonical_service: self.gateway.clone(),
+            canonical_revision: "latest".into(),
+        };
+        weft_proxy::peer_metadata::connect_headers(client, service_host, Some(&own))
     }
 
     /// Waits until the first full configuration has arrived.

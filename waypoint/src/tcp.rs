@@ -51,6 +51,13 @@ pub async fn forward(
             return;
         }
     }
+    let tunnel = wp.tunnel_headers(
+        peer,
+        match target {
+            Target::Service { service, .. } => Some(service.hostname.as_str()),
+            Target::Workload { .. } => None,
+        },
+    );
     let endpoint = match target {
         Target::Service { service, port } => {
             wp.balancer.service_endpoint(&wp.state, service, *port)
@@ -61,7 +68,7 @@ pub async fn forward(
         }),
     };
     let result = match endpoint {
-        Ok(endpoint) => match upstream::connect(wp, &endpoint).await {
+        Ok(endpoint) => match upstream::connect(wp, &endpoint, &tunnel).await {
             Ok(mut upstream) => tokio::io::copy_bidirectional(&mut io, &mut upstream)
                 .await
                 .map(|(sent, received)| (endpoint.addr, sent, received))

@@ -51,7 +51,13 @@ pub enum UpstreamIo {
 }
 
 /// Opens a stream to `endpoint` (its address and target port).
-pub async fn connect(wp: &Waypoint, endpoint: &Endpoint) -> Result<UpstreamIo, UpstreamError> {
+/// Connects to `endpoint`: over HBONE (the CONNECT carrying `tunnel`'s
+/// headers) unless it is outside the mesh.
+pub async fn connect(
+    wp: &Waypoint,
+    endpoint: &Endpoint,
+    tunnel: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<UpstreamIo, UpstreamError> {
     let destination = &endpoint.workload;
     if destination.protocol == TunnelProtocol::None {
         let stream =
@@ -78,7 +84,7 @@ pub async fn connect(wp: &Waypoint, endpoint: &Endpoint) -> Result<UpstreamIo, U
     };
     let mut pooled = wp
         .pool
-        .stream(&key, endpoint.addr, &[], || {
+        .stream(&key, endpoint.addr, tunnel, || {
             let (cert, identity, trust) = (cert.clone(), destination.identity.clone(), &wp.trust);
             async move {
                 let config = client_config(&cert, &identity, trust)

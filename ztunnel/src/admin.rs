@@ -168,15 +168,7 @@ pub fn admin_routes(sources: Sources, logging: Option<LogControl>, quit: Arc<Not
 }
 
 pub fn metrics_routes(telemetry: Arc<Telemetry>) -> Routes {
-    let other = telemetry.clone();
-    let reply = |text: String| Reply {
-        status: StatusCode::OK,
-        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        body: text.into_bytes(),
-    };
-    Routes::default()
-        .route("/metrics", move |_, _| reply(telemetry.render()))
-        .route("/stats/prometheus", move |_, _| reply(other.render()))
+    weft_proxy::admin::metrics_routes(move || telemetry.render())
 }
 
 pub fn readiness_routes(sources: Sources) -> Routes {

@@ -23,6 +23,7 @@ use weft_proxy::{
 use weft_proxy::{
     authz::Decision,
     metrics::{Ends, Reporter, TcpLabels},
+    peer_metadata::{PeerClaims, PeerMetadata},
 };
 
 use crate::{
@@ -178,6 +179,7 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
         peer,
         authority,
         Some(&connect.peer),
+        &PeerClaims::from_headers(&connect.headers),
         attrs.clone(),
     );
     let mut registration = match authorize(proxy, &attrs, &mut log) {
@@ -196,7 +198,16 @@ async fn tunnel(proxy: &Proxy, pod: &PodContext, connect: InboundConnect) {
             return log.finish(Some(&reason));
         }
     };
-    let stream = match connect.accept() {
+    // The answer says who the destination is, as Istio's does.
+    let baggage = proxy
+        .pod_workload(pod)
+        .map(|w| PeerMetadata::of(&w).to_baggage())
+        .and_then(|b| http::HeaderValue::from_str(&b).ok());
+    let answer: Vec<_> = baggage
+        .into_iter()
+        .map(|v| (http::HeaderName::from_static("baggage"), v))
+        .collect();
+    let stream = match connect.accept_with(&answer) {
         Ok(stream) => stream,
         Err(err) => return log.finish(Some(&err)),
     };
@@ -275,19 +286,27 @@ pub(crate) fn opening(
     peer: SocketAddr,
     dst: SocketAddr,
     peer_identity: Option<&weft_proto::spiffe::Identity>,
+    claims: &PeerClaims,
     attrs: authorization::Attributes,
 ) -> Opening {
     let source = proxy.state.workload_by_ip(peer.ip());
     let destination = proxy.pod_workload(pod);
+    // The service the client addressed is known only to the source; it
+    // counts if this pod backs it.
+    let service = destination
+        .as_deref()
+        .and_then(|w| claims.service_key(w))
+        .and_then(|key| proxy.state.service(&key));
     let labels = TcpLabels::new(&Ends {
         reporter: Reporter::Destination,
         source: source.as_deref(),
         source_identity: peer_identity,
         destination: destination.as_deref(),
         destination_identity: Some(&pod.identity),
-        service: None,
+        service: service.as_deref(),
         mtls: peer_identity.is_some(),
-    });
+    })
+    .with_source_metadata(&claims.metadata);
     Opening {
         direction: "inbound",
         src: peer,
@@ -366,7 +385,15 @@ async fn plaintext(proxy: &Proxy, pod: &PodContext, mut client: TcpStream, peer:
     }
     proxy.pod_known(pod).await;
     let attrs = authorization::attributes(pod, peer.ip(), None, original);
-    let opening = opening(proxy, pod, peer, original, None, attrs.clone());
+    let opening = opening(
+        proxy,
+        pod,
+        peer,
+        original,
+        None,
+        &PeerClaims::default(),
+        attrs.clone(),
+    );
     let mut registration = match authorize(proxy, &attrs, &mut log) {
         Ok(()) => proxy.connections.open(opening),
         Err(reason) => {

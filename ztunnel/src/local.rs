@@ -11,7 +11,12 @@
 use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
-use weft_proxy::{copy, metrics::ConnectionMeter};
+use weft_proxy::{
+    copy,
+    metrics::ConnectionMeter,
+    peer_metadata::{PeerClaims, PeerMetadata},
+    state::Service,
+};
 
 use crate::{
     access_log::ConnectionLog,
@@ -37,16 +42,26 @@ pub async fn forward(
     peer: SocketAddr,
     authority: SocketAddr,
     outbound: &ConnectionMeter,
+    service: Option<&Service>,
     log: &mut ConnectionLog,
 ) -> Result<copy::Transferred, OutboundError> {
     proxy.pod_known(dst).await;
     let attrs = authorization::attributes(dst, peer.ip(), Some(src.identity.clone()), authority);
+    // What the source would have said on a CONNECT.
+    let claims = PeerClaims {
+        metadata: proxy
+            .pod_workload(src)
+            .map(|w| PeerMetadata::of(&w))
+            .unwrap_or_default(),
+        service_host: service.map(|s| s.hostname.clone()),
+    };
     let opening = inbound::opening(
         proxy,
         dst,
         peer,
         authority,
         Some(&src.identity),
+        &claims,
         attrs.clone(),
     );
     inbound::authorize(proxy, &attrs, log).map_err(OutboundError::Denied)?;

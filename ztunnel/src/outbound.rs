@@ -24,6 +24,7 @@ use weft_proxy::{
 
 use weft_proxy::{
     metrics::{Ends, Reporter, TcpLabels},
+    peer_metadata::{self, PeerMetadata},
     state::Service,
 };
 
@@ -301,7 +302,7 @@ async fn forward(
         policy: None,
     });
     let meter = copy::Meter::new(&tracking.meter, true);
-    log.dst_service = service.map(|s| s.key());
+    log.dst_service = service.as_ref().map(|s| s.key());
     match route {
         Route::Hbone {
             workload,
@@ -327,6 +328,7 @@ async fn forward(
                     peer,
                     authority,
                     &tracking.meter,
+                    service.as_deref(),
                     log,
                 )
                 .await;
@@ -343,7 +345,7 @@ async fn forward(
                 destination: workload.identity.clone(),
                 address: hbone,
             };
-            let headers = request_headers(peer);
+            let headers = request_headers(peer, source.as_deref(), service.as_deref());
             let mut pooled = proxy
                 .pool
                 .stream(&key, authority, &headers, || {
@@ -379,23 +381,24 @@ async fn forward(
     }
 }
 
-/// `forwarded` (RFC 7239) with the source address and a fresh W3C
-/// `traceparent`, as Istio's ztunnel sends them.
-fn request_headers(source: SocketAddr) -> Vec<(HeaderName, HeaderValue)> {
-    let forwarded = match source.ip() {
-        std::net::IpAddr::V4(ip) => format!("for={ip}"),
-        std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
-    };
+/// What Istio's ztunnel sends on a CONNECT: `forwarded` (RFC 7239) with
+/// the client's address and the addressed service's hostname, the
+/// source's peer metadata in `baggage`, and a fresh W3C `traceparent`.
+fn request_headers(
+    client: SocketAddr,
+    source: Option<&Workload>,
+    service: Option<&Service>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = peer_metadata::connect_headers(
+        client,
+        service.map(|s| s.hostname.as_str()),
+        source.map(PeerMetadata::of).as_ref(),
+    );
     let trace: u128 = rand::random();
     let span: u64 = rand::random();
     let traceparent = format!("00-{trace:032x}-{span:016x}-01");
-    [("forwarded", forwarded), ("traceparent", traceparent)]
-        .into_iter()
-        .filter_map(|(name, value)| {
-            Some((
-                HeaderName::from_static(name),
-                HeaderValue::from_str(&value).ok()?,
-            ))
-        })
-        .collect()
+    if let Ok(value) = HeaderValue::from_str(&traceparent) {
+        headers.push((HeaderName::from_static("traceparent"), value));
+    }
+    headers
 }

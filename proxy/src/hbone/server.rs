@@ -62,11 +62,20 @@ impl InboundConnect {
     }
 
     /// Answers 200 and returns the tunnel.
-    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
-        let response = Response::builder()
-            .status(StatusCode::OK)
-            .body(())
-            .expect("valid response");
+    pub fn accept(self) -> Result<H2Stream, h2::Error> {
+        self.accept_with(&[])
+    }
+
+    /// Answers 200 with `headers` and returns the tunnel.
+    pub fn accept_with(
+        mut self,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+    ) -> Result<H2Stream, h2::Error> {
+        let mut response = Response::builder().status(StatusCode::OK);
+        for (name, value) in headers {
+            response = response.header(name, value);
+        }
+        let response = response.body(()).expect("valid response");
         let send = self.respond.send_response(response, false)?;
         Ok(H2Stream {
             send,

@@ -1,0 +1,139 @@
+//! The waypoint's request metrics, read as dashboards read them: through
+//! Debian's real Prometheus scraping the waypoint's `/stats/prometheus`.
+//! Istio's families and labels, `reporter="waypoint"`, the source from the
+//! HBONE peer, the destination from the endpoint that answered.
+
+#[macro_use]
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use support::shop::{curl, mesh};
+use weft_tests::{privilege::require_privileged, prometheus::Prometheus};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_each_request_through_the_waypoint() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, waypoint) = mesh("").await?;
+    let client = mesh.topology.pod("shop/client");
+    for _ in 0..10 {
+        let (status, _, _) = curl(client, &["http://198.19.0.10/"]).await?;
+        assert_eq!(status, 200);
+    }
+    for _ in 0..4 {
+        let (status, _, _) = curl(client, &["http://198.19.0.10/status/503"]).await?;
+        assert_eq!(status, 503);
+    }
+    let body = "x".repeat(1000);
+    let (status, _, _) = curl(client, &["-d", &body, "http://198.19.0.10/upload"]).await?;
+    assert_eq!(status, 200);
+
+    let target = SocketAddr::from(([127, 0, 0, 1], waypoint.metrics.port()));
+    let prometheus =
+        Prometheus::start(Some(&waypoint.netns), &[target], "/stats/prometheus").await?;
+    let within = Duration::from_secs(30);
+
+    // Every request counted once, by status, with Istio's labels.
+    let by_code = prometheus
+        .wait_for(
+            "sum by (response_code) (istio_requests_total{reporter=\"waypoint\",\
+             source_workload=\"client\",source_workload_namespace=\"shop\",\
+             source_principal=\"spiffe://cluster.local/ns/shop/sa/client\",\
+             destination_service=\"web.shop.svc.cluster.local\",\
+             destination_service_name=\"web\",destination_service_namespace=\"shop\",\
+             destination_principal=\"spiffe://cluster.local/ns/shop/sa/web\",\
+             request_protocol=\"http\",connection_security_policy=\"mutual_tls\"})",
+            within,
+            |s| s.len() == 2,
+        )
+        .await?;
+    let count = |code: &str| {
+        by_code
+            .iter()
+            .find(|s| s.label("response_code") == code)
+            .map(|s| s.value)
+    };
+    assert_eq!(count("200"), Some(11.0), "{by_code:#?}");
+    assert_eq!(count("503"), Some(4.0), "{by_code:#?}");
+
+    // The destination is the endpoint that answered: both versions.
+    let by_workload = prometheus
+        .query("sum by (destination_workload) (istio_requests_total{reporter=\"waypoint\"})")
+        .await?;
+    let workloads: std::collections::BTreeSet<&str> = by_workload
+        .iter()
+        .map(|s| s.label("destination_workload"))
+        .collect();
+    assert_eq!(
+        workloads,
+        ["web-v1", "web-v2"].into(),
+        "round robin reached both: {by_workload:#?}"
+    );
+    assert_eq!(
+        by_workload.iter().map(|s| s.value).sum::<f64>(),
+        15.0,
+        "{by_workload:#?}"
+    );
+
+    // Durations: one observation per request, in Envoy's buckets.
+    let durations = prometheus
+        .query("sum(istio_request_duration_milliseconds_count{reporter=\"waypoint\"})")
+        .await?;
+    assert_eq!(durations.first().map(|s| s.value), Some(15.0));
+    let buckets = prometheus
+        .query("count by (le) (istio_request_duration_milliseconds_bucket{reporter=\"waypoint\"})")
+        .await?;
+    let mut bounds: Vec<f64> = buckets
+        .iter()
+        .map(|s| s.label("le"))
+        .filter(|le| *le != "+Inf")
+        .map(|le| le.parse().expect("a number"))
+        .collect();
+    bounds.sort_by(f64::total_cmp);
+    assert_eq!(
+        bounds,
+        [
+            0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+            30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0
+        ]
+    );
+
+    // Body sizes: the 1000-byte upload, and nothing else sent a body.
+    let sent = prometheus
+        .query("sum(istio_request_bytes_sum{reporter=\"waypoint\"})")
+        .await?;
+    assert_eq!(sent.first().map(|s| s.value), Some(1000.0), "{sent:#?}");
+    let large = prometheus
+        .query("sum(istio_request_bytes_bucket{reporter=\"waypoint\",le=~\"100(\\\\.0)?\"})")
+        .await?;
+    assert_eq!(
+        large.first().map(|s| s.value),
+        Some(14.0),
+        "14 requests had bodies of at most 100 bytes: {large:#?}"
+    );
+    let answered = prometheus
+        .query("sum(istio_response_bytes_sum{reporter=\"waypoint\",response_code=\"200\"})")
+        .await?;
+    assert!(
+        answered.first().map(|s| s.value).unwrap_or_default() > 0.0,
+        "response bodies counted: {answered:#?}"
+    );
+
+    // The endpoints' ztunnel names the service the client addressed, from
+    // the waypoint's `forwarded`, and the waypoint as its peer.
+    let text = mesh.ztunnel("n2").metrics_text().await?;
+    let opened: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+        .filter(|l| l.contains("reporter=\"destination\""))
+        .filter(|l| l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/waypoint\""))
+        .collect();
+    assert!(!opened.is_empty(), "{text}");
+    for line in opened {
+        assert!(
+            line.contains("destination_service=\"web.shop.svc.cluster.local\""),
+            "{line}"
+        );
+    }
+    Ok(())
+}
