@@ -17,6 +17,8 @@ pub mod hbone;
 pub mod identity;
 pub mod log_limit;
 pub mod metrics;
+pub mod otlp;
 pub mod peer_metadata;
 pub mod state;
+pub mod trace_context;
 pub mod xds;

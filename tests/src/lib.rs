@@ -20,6 +20,7 @@ pub mod capture;
 pub mod forge;
 pub mod grpc;
 pub mod mesh;
+pub mod otlp;
 pub mod privilege;
 pub mod processes;
 pub mod prometheus;

@@ -310,8 +310,19 @@ impl Mesh {
         name: &str,
         bin: &Path,
     ) -> anyhow::Result<WaypointProcess> {
+        self.start_waypoint_with(qualified, name, bin, &[]).await
+    }
+
+    /// As [`Mesh::start_waypoint`], with extra flags for the waypoint.
+    pub async fn start_waypoint_with(
+        &self,
+        qualified: &str,
+        name: &str,
+        bin: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<WaypointProcess> {
         let pod = self.topology.pod(qualified);
-        let waypoint = WaypointProcess::start(bin, pod, name, &self.control).await?;
+        let waypoint = WaypointProcess::start_with(bin, pod, name, &self.control, extra).await?;
         eventually("the waypoint ready", Duration::from_secs(20), || async {
             (waypoint.readiness().await.ok()? == 200).then_some(())
         })

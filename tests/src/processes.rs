@@ -466,6 +466,17 @@ impl WaypointProcess {
         name: &str,
         control: &ControlProcess,
     ) -> anyhow::Result<Self> {
+        Self::start_with(bin, pod, name, control, &[]).await
+    }
+
+    /// As [`WaypointProcess::start`], with extra flags.
+    pub async fn start_with(
+        bin: &Path,
+        pod: &crate::topology::Pod,
+        name: &str,
+        control: &ControlProcess,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::from(pod.command(bin)?);
         cmd.args(["--name", name, "--namespace", pod.namespace()])
             .args(["--pod-name", pod.name(), "--node-name", pod.node()])
@@ -475,7 +486,8 @@ impl WaypointProcess {
             .arg(control.root_cert())
             .arg("--token-file")
             .arg(control.token_file(pod.node()))
-            .args(["--admin-address", "127.0.0.1:0"]);
+            .args(["--admin-address", "127.0.0.1:0"])
+            .args(extra);
         let label = format!("waypoint {}/{name}", pod.namespace());
         let (process, line) = Process::start(&label, cmd, "hbone=").await?;
         let field = |key: &str| -> anyhow::Result<SocketAddr> {

@@ -1,15 +1,20 @@
 //! The waypoint's request metrics, read as dashboards read them: through
 //! Debian's real Prometheus scraping the waypoint's `/stats/prometheus`.
 //! Istio's families and labels, `reporter="waypoint"`, the source from the
-//! HBONE peer, the destination from the endpoint that answered.
+//! HBONE peer, the destination from the endpoint that answered. And
+//! traces: `traceparent` continued with the waypoint's own span, which an
+//! OTLP collector receives.
 
 #[macro_use]
 mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use support::shop::{curl, mesh};
-use weft_tests::{privilege::require_privileged, prometheus::Prometheus};
+use support::shop::{curl, mesh, shop, waypoint_bin};
+use weft_tests::{
+    otlp::spawn_collector, privilege::require_privileged, processes::eventually,
+    prometheus::Prometheus,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_each_request_through_the_waypoint() -> anyhow::Result<()> {
@@ -135,5 +140,138 @@ async fn prometheus_sees_each_request_through_the_waypoint() -> anyhow::Result<(
             "{line}"
         );
     }
+    Ok(())
+}
+
+/// The header `name` in a `/headers` answer.
+fn header<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_continued_and_each_request_is_a_span() -> anyhow::Result<()> {
+    require_privileged();
+    let mesh = shop("").await?;
+    // The collector listens in the waypoint's pod, as a node-local agent
+    // would; the waypoint sends it every sampled request's span.
+    let pod = mesh.topology.pod("shop/waypoint-0");
+    let listener = pod.enter(|| std::net::TcpListener::bind("127.0.0.1:4317"))??;
+    let (collector, _served) = spawn_collector(listener)?;
+    let _waypoint = mesh
+        .start_waypoint_with(
+            "shop/waypoint-0",
+            "waypoint",
+            waypoint_bin(),
+            &[
+                "--otlp-endpoint",
+                "http://127.0.0.1:4317",
+                "--trace-sampling",
+                "100",
+            ],
+        )
+        .await?;
+    let client = mesh.topology.pod("shop/client");
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    // A caller's sampled trace: the backend sees the same trace with the
+    // waypoint's span as its parent, and tracestate as sent.
+    let (status, _, body) = curl(
+        client,
+        &[
+            "-H",
+            &format!("traceparent: 00-{TRACE}-{PARENT}-01"),
+            "-H",
+            "tracestate: vendor=opaque",
+            "http://198.19.0.10/headers",
+        ],
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let seen = header(&body, "traceparent").unwrap_or_default().to_owned();
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "{body}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", TRACE, "01"),
+        "{seen}"
+    );
+    let waypoint_span = parts[2].to_owned();
+    assert_ne!(
+        waypoint_span, PARENT,
+        "the waypoint's own span is the parent"
+    );
+    assert_eq!(header(&body, "tracestate"), Some("vendor=opaque"));
+
+    // A request without a trace starts one (sampling 100%).
+    let (_, _, body) = curl(client, &["http://198.19.0.10/headers"]).await?;
+    let started = header(&body, "traceparent").unwrap_or_default().to_owned();
+    assert!(
+        started.starts_with("00-") && started.ends_with("-01"),
+        "{body}"
+    );
+    let started_trace = started.split('-').nth(1).unwrap_or_default().to_owned();
+
+    // An unsampled trace is carried on, and never exported.
+    const QUIET: &str = "11111111111111111111111111111111";
+    let (_, _, body) = curl(
+        client,
+        &[
+            "-H",
+            &format!("traceparent: 00-{QUIET}-{PARENT}-00"),
+            "http://198.19.0.10/status/404",
+        ],
+    )
+    .await?;
+    assert!(body.contains("answered 404"), "{body}");
+
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let spans = eventually(
+        "both spans at the collector",
+        Duration::from_secs(10),
+        || {
+            let spans = collector.spans();
+            async move { (spans.len() >= 2).then_some(spans) }
+        },
+    )
+    .await?;
+    let continued = spans
+        .iter()
+        .find(|s| hex(&s.span.trace_id) == TRACE)
+        .unwrap_or_else(|| panic!("the caller's trace: {spans:#?}"));
+    assert_eq!(hex(&continued.span.parent_span_id), PARENT);
+    assert_eq!(hex(&continued.span.span_id), waypoint_span);
+    assert_eq!(continued.span.trace_state, "vendor=opaque");
+    assert_eq!(continued.span.name, "web.shop.svc.cluster.local:80/*");
+    assert_eq!(continued.span.kind, 2, "a server span");
+    assert_eq!(continued.service, "waypoint.shop");
+    assert_eq!(continued.attribute("http.method").as_deref(), Some("GET"));
+    assert_eq!(
+        continued.attribute("http.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        continued.attribute("downstream_principal").as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/client")
+    );
+    assert!(
+        continued.span.end_time_unix_nano >= continued.span.start_time_unix_nano
+            && continued.span.start_time_unix_nano > 0
+    );
+    let root = spans
+        .iter()
+        .find(|s| hex(&s.span.trace_id) == started_trace)
+        .unwrap_or_else(|| panic!("the started trace: {spans:#?}"));
+    assert!(root.span.parent_span_id.is_empty(), "a root span");
+    // Batches leave within a second; the unsampled request's never comes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spans = collector.spans();
+    assert!(
+        spans.iter().all(|s| hex(&s.span.trace_id) != QUIET),
+        "{spans:#?}"
+    );
+    assert_eq!(spans.len(), 2, "{spans:#?}");
     Ok(())
 }

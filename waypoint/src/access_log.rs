@@ -51,6 +51,8 @@ pub struct RequestLog {
     pub grpc_status: Option<u16>,
     /// The request's metrics, recorded with the line.
     pub meter: Option<crate::telemetry::RequestMeter>,
+    /// The request's span, exported with the line.
+    pub span: Option<crate::telemetry::RequestSpan>,
     started: Instant,
     written: bool,
 }
@@ -86,6 +88,7 @@ impl RequestLog {
             grpc: false,
             grpc_status: None,
             meter: None,
+            span: None,
             started: Instant::now(),
             written: false,
         }
@@ -120,6 +123,9 @@ impl RequestLog {
         let duration = self.started.elapsed();
         if let Some(meter) = self.meter.take() {
             meter.record(self, duration.as_secs_f64() * 1000.0);
+        }
+        if let Some(span) = self.span.take() {
+            span.finish(self);
         }
         tracing::info!(
             target: "access",

@@ -29,6 +29,10 @@ pub enum StartError {
         service_account: String,
         reason: String,
     },
+    #[error(transparent)]
+    Tracing(#[from] weft_proxy::otlp::OtlpError),
+    #[error("--trace-sampling {0} is not a percentage between 0 and 100")]
+    Sampling(f64),
     #[error("binding the {what} endpoint on {addr}: {source}; is another process using it?")]
     Bind {
         what: &'static str,
@@ -131,6 +135,21 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         xds_status,
     );
     wp.path_normalization = config.path_normalization;
+    if !(0.0..=100.0).contains(&config.trace_sampling) {
+        return Err(StartError::Sampling(config.trace_sampling));
+    }
+    wp.trace_sampling = config.trace_sampling;
+    if let Some(endpoint) = &config.otlp_endpoint {
+        wp.tracer = weft_proxy::otlp::Exporter::start(
+            endpoint,
+            &format!("{}.{}", config.name, config.namespace),
+            vec![
+                ("k8s.namespace.name", config.namespace.clone()),
+                ("k8s.pod.name", config.pod_name.clone().unwrap_or_default()),
+                ("istio.canonical_service", config.name.clone()),
+            ],
+        )?;
+    }
     let wp = Arc::new(wp);
     // The certificate is needed before the first tunnel; fetched now, and
     // renewed in the background from then on.

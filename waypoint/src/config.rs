@@ -73,6 +73,15 @@ pub struct Config {
         default_value = "BASE"
     )]
     pub path_normalization: crate::normalize::PathNormalization,
+    /// An OpenTelemetry collector (`http://host:4317`) to export a span
+    /// per request to, over OTLP/gRPC. Without one, `traceparent` passes
+    /// through untouched.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Percent of requests without a sampled `traceparent` that start a
+    /// sampled trace (Istio's default is 1).
+    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -10,7 +10,10 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_proto::spiffe::Identity;
-use weft_proxy::{balance::Endpoint, hbone::io::H2Io, peer_metadata::PeerClaims, state::Service};
+use weft_proxy::{
+    balance::Endpoint, hbone::io::H2Io, peer_metadata::PeerClaims, state::Service,
+    trace_context::TraceContext,
+};
 
 use crate::{
     access_log::{LoggedBody, RequestLog},
@@ -24,7 +27,7 @@ use crate::{
     policy::{self, RequestAttrs, Verdict},
     proxy::{Target, Waypoint},
     routes::{Backend, Filter, HeaderModifier, Route},
-    telemetry::RequestMeter,
+    telemetry::{RequestMeter, RequestSpan},
 };
 
 /// A response body: the upstream's, or one the waypoint made.
@@ -266,7 +269,18 @@ async fn handle_request(
             Target::Workload { .. } => None,
         },
     ));
-    let req = req.map(|body| log.count_request(body).boxed());
+    let mut req = req.map(|body| log.count_request(body).boxed());
+    // With a collector, the request's span joins the caller's trace (or
+    // starts one) and is the parent the upstream sees.
+    if wp.tracer.enabled() {
+        let context = TraceContext::continue_or_start(req.headers(), wp.trace_sampling);
+        context.inject(req.headers_mut());
+        let name = match &down.target {
+            Target::Service { service, port } => format!("{}:{port}/*", service.hostname),
+            Target::Workload { addr, .. } => format!("{addr}/*"),
+        };
+        log.span = Some(RequestSpan::new(wp.tracer.clone(), context, name));
+    }
     // Paths are made canonical before routes and policies see them, and
     // forwarded as such.
     if req

@@ -50,6 +50,9 @@ pub struct Waypoint {
     /// The waypoint's Prometheus registry and its request families.
     pub metrics: weft_proxy::metrics::Metrics,
     pub request_metrics: weft_proxy::metrics::RequestMetrics,
+    /// Where request spans go, and the share of new traces sampled.
+    pub tracer: weft_proxy::otlp::Exporter,
+    pub trace_sampling: f64,
     xds: tokio::sync::watch::Receiver<XdsStatus>,
 }
 
@@ -110,6 +113,8 @@ impl Waypoint {
             path_normalization: Default::default(),
             request_metrics: weft_proxy::metrics::RequestMetrics::register(&metrics),
             metrics,
+            tracer: Default::default(),
+            trace_sampling: 1.0,
             xds,
         }
     }

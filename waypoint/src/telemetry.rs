@@ -1,15 +1,18 @@
 //! Istio's request metrics as a waypoint reports them
 //! (`reporter="waypoint"`): the source from the HBONE peer (its workload
 //! by address, else what it said in `baggage`), the destination from the
-//! endpoint chosen and the service routed to.
+//! endpoint chosen and the service routed to. And the request's span, for
+//! OTLP.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 
 use weft_proto::spiffe::Identity;
 use weft_proxy::{
     metrics::{Ends, Reporter, RequestLabels, RequestMetrics, TcpLabels},
+    otlp::{Exporter, FinishedSpan, Value},
     peer_metadata::PeerMetadata,
     state::{Service, Workload},
+    trace_context::TraceContext,
 };
 
 use crate::access_log::RequestLog;
@@ -80,6 +83,69 @@ impl std::fmt::Debug for RequestMeter {
             .field("source", &self.source.as_ref().map(|w| &w.name))
             .field("service", &self.service.as_ref().map(|s| s.key()))
             .field("destination", &self.destination.as_ref().map(|w| &w.name))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The span the waypoint makes for one request, exported when the request
+/// is done.
+pub struct RequestSpan {
+    exporter: Exporter,
+    pub context: TraceContext,
+    /// `host:port/*`, Istio's operation name.
+    name: String,
+    started: SystemTime,
+}
+
+impl RequestSpan {
+    pub fn new(exporter: Exporter, context: TraceContext, name: String) -> Self {
+        Self {
+            exporter,
+            context,
+            name,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Exports the span, with what `log` says of the request.
+    pub fn finish(self, log: &RequestLog) {
+        let text = |s: &str| Value::Str(s.to_owned());
+        let mut attributes = vec![
+            ("http.method", text(&log.method)),
+            ("http.url", text(&format!("{}{}", log.authority, log.path))),
+            ("http.protocol", text(log.protocol)),
+            ("http.status_code", Value::Int(i64::from(log.status))),
+            ("response_flags", text(log.flags)),
+            ("request_size", Value::Int(log.bytes_received() as i64)),
+            ("response_size", Value::Int(log.bytes_sent as i64)),
+            ("peer.address", text(&log.src_addr)),
+            ("downstream_principal", text(&log.src_identity)),
+            ("upstream_cluster", text(&log.destination)),
+            ("component", text("proxy")),
+        ];
+        if let Some(upstream) = &log.upstream {
+            attributes.push(("upstream_address", text(upstream)));
+        }
+        if let Some(code) = log.grpc_status {
+            attributes.push(("grpc.status_code", Value::Int(i64::from(code))));
+        }
+        self.exporter.export(FinishedSpan {
+            context: self.context,
+            name: self.name,
+            server: true,
+            start: self.started,
+            end: SystemTime::now(),
+            attributes,
+            error: log.status >= 500 || log.status == 0,
+        });
+    }
+}
+
+impl std::fmt::Debug for RequestSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSpan")
+            .field("traceparent", &self.context.traceparent())
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }

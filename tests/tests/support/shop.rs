@@ -109,6 +109,15 @@ pub fn waypoint_bin() -> &'static Path {
 /// Starts the shop with `extra` YAML appended to [`BASE`]: the control
 /// service, both nodes, the enrolled pods, `web`'s servers and the waypoint.
 pub async fn mesh(extra: &str) -> anyhow::Result<(Mesh, WaypointProcess)> {
+    let mesh = shop(extra).await?;
+    let waypoint = mesh
+        .start_waypoint("shop/waypoint-0", "waypoint", waypoint_bin())
+        .await?;
+    Ok((mesh, waypoint))
+}
+
+/// As [`mesh`], without starting the waypoint.
+pub async fn shop(extra: &str) -> anyhow::Result<Mesh> {
     let topology = Topology::builder()
         .control_plane()
         .node("n1")
@@ -140,10 +149,7 @@ pub async fn mesh(extra: &str) -> anyhow::Result<(Mesh, WaypointProcess)> {
         let listener = pod.enter(|| std::net::TcpListener::bind((pod.ip(), 8080)))??;
         apps::spawn_web(listener, name)?;
     }
-    let waypoint = mesh
-        .start_waypoint("shop/waypoint-0", "waypoint", waypoint_bin())
-        .await?;
-    Ok((mesh, waypoint))
+    Ok(mesh)
 }
 
 /// Runs `curl -sS ARGS…` as a process of `pod`: (status code, headers,
