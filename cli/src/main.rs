@@ -6,6 +6,7 @@
 mod inspect;
 mod local;
 mod waypoint;
+mod waypoint_config;
 
 use std::{ffi::OsString, path::PathBuf};
 

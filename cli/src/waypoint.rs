@@ -83,6 +83,17 @@ pub enum WaypointCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// What a waypoint holds: its routes, policies or backends.
+    Config {
+        #[arg(value_enum)]
+        kind: crate::waypoint_config::ConfigKind,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(long, default_value = "waypoint")]
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: crate::inspect::Output,
+    },
     /// Remove waypoints (their Gateways; their pods and Services follow).
     Delete {
         names: Vec<String>,
@@ -317,6 +328,12 @@ pub async fn run(paths: &Paths, command: WaypointCommand) -> anyhow::Result<()> 
             print!("{}", table(&headers, rows));
             Ok(())
         }
+        WaypointCommand::Config {
+            kind,
+            namespace,
+            name,
+            output,
+        } => crate::waypoint_config::run(paths, kind, &namespace, &name, output).await,
         WaypointCommand::Status { namespace, name } => {
             let observed: Vec<Observed> = observe(paths, Some(&namespace))
                 .await?

@@ -64,6 +64,91 @@ fn a_waypoint_from_apply_to_delete_by_the_cli_alone() {
             .any(|l| l.contains("request complete") && l.contains("path=/through")),
         "{waypoint_log}"
     );
+    // What the waypoint holds, by `weft waypoint config`.
+    let rules = local.file(
+        "web-rules.yaml",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-api, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}, method: GET}]
+    backendRefs: [{name: web, port: 80}]
+    timeouts: {request: 3s}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-readers, namespace: demo}
+spec:
+  targetRefs: [{group: "", kind: Service, name: web}]
+  action: ALLOW
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+"#,
+    );
+    local.ok(&["apply", "-f", &rules]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let routes = loop {
+        let out = local.top(&["waypoint", "config", "routes", "-n", "demo"]);
+        if out.contains("demo/web-api") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the route never reached the waypoint: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let row = routes
+        .lines()
+        .find(|l| l.contains("demo/web-api"))
+        .unwrap_or_default();
+    for expected in [
+        "demo/web.demo.svc.cluster.local",
+        "80",
+        "Prefix /api method=GET",
+        "demo/web.demo.svc.cluster.local:80(1)",
+        "3s",
+    ] {
+        assert!(row.contains(expected), "{expected}: {routes}");
+    }
+    let policies = local.top(&["waypoint", "config", "policies", "-n", "demo"]);
+    assert!(
+        policies.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.starts_with(&["demo", "web-readers", "Allow"])
+                && l.contains("Service/demo/web.demo.svc.cluster.local")
+        }),
+        "{policies}"
+    );
+    let backends = local.top(&["waypoint", "config", "backends", "-n", "demo"]);
+    assert!(
+        backends
+            .lines()
+            .any(|l| l.starts_with("demo/web.demo.svc.cluster.local")
+                && l.contains("demo/web")
+                && l.contains("HEALTHY")
+                && l.contains("RoundRobin")),
+        "{backends}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &local.top(&["waypoint", "config", "backends", "-n", "demo", "-o", "json"]),
+    )
+    .expect("-o json prints JSON");
+    assert_eq!(json[0]["endpoints"][0]["workload"], "demo/web", "{json:#}");
+    let missing = local
+        .weft()
+        .args(["waypoint", "config", "routes", "-n", "nowhere"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success(), "no waypoint there");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("waypoint nowhere/waypoint"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
     let overview = local.top(&["status"]);
     assert!(overview.contains("demo/waypoint"), "{overview}");
     assert!(

@@ -69,7 +69,7 @@ struct ConfigDump<'a> {
     state: weft_proxy::state::StateDump,
     routes: std::collections::BTreeMap<String, Arc<crate::routes::ServiceRoutes>>,
     policies: Vec<Arc<crate::policy::Policy>>,
-    backends: std::collections::BTreeMap<String, Arc<crate::backends::BackendPolicy>>,
+    backends: Vec<crate::backends::BackendView>,
     certificates: Vec<weft_proxy::identity::CertificateInfo>,
 }
 
@@ -185,7 +185,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
                 state: dump.state.dump(),
                 routes: dump.routes.dump(),
                 policies: dump.policies.dump(),
-                backends: dump.backends.dump(),
+                backends: dump.backends_view(),
                 certificates: dump.certs.info(),
             })
         }),

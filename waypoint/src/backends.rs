@@ -147,17 +147,68 @@ pub enum PickError {
     },
 }
 
+/// One service the waypoint forwards to, as `/config_dump` shows it.
+#[derive(Debug, Serialize)]
+pub struct BackendView {
+    /// `namespace/hostname`.
+    pub service: String,
+    pub policy: Option<Arc<BackendPolicy>>,
+    pub in_flight: u32,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointView {
+    /// `namespace/name` of the workload.
+    pub workload: String,
+    pub address: String,
+    /// As the workload API says.
+    pub healthy: bool,
+    /// How much longer outlier detection keeps it out, if it is ejected.
+    pub ejected_for_ms: Option<u64>,
+}
+
 impl Backends {
+    /// What the waypoint knows of `service` and its `endpoints`.
+    pub fn view(
+        &self,
+        service: &str,
+        endpoints: &[Arc<weft_proxy::state::Workload>],
+    ) -> BackendView {
+        let now = Instant::now();
+        let health = self.health.lock().expect("health lock");
+        let ejected = |ip: std::net::IpAddr| {
+            health
+                .iter()
+                .filter(|((s, addr), _)| s == service && addr.ip() == ip)
+                .filter_map(|(_, h)| h.ejected_until.filter(|u| *u > now))
+                .max()
+                .map(|until| (until - now).as_millis() as u64)
+        };
+        BackendView {
+            service: service.to_owned(),
+            policy: self.policy(service),
+            in_flight: Self::counter(&self.in_flight, service).load(Ordering::Acquire),
+            endpoints: endpoints
+                .iter()
+                .flat_map(|w| {
+                    w.ips.iter().map(|ip| EndpointView {
+                        workload: format!("{}/{}", w.namespace, w.name),
+                        address: ip.to_string(),
+                        healthy: w.healthy,
+                        ejected_for_ms: ejected(*ip),
+                    })
+                })
+                .collect(),
+        }
+    }
+
     pub fn policy(&self, service: &str) -> Option<Arc<BackendPolicy>> {
         self.policies
             .read()
             .expect("policies lock")
             .get(service)
             .cloned()
-    }
-
-    pub fn dump(&self) -> BTreeMap<String, Arc<BackendPolicy>> {
-        self.policies.read().expect("policies lock").clone()
     }
 
     fn counter(map: &Mutex<HashMap<String, Arc<AtomicU32>>>, key: &str) -> Arc<AtomicU32> {

@@ -157,6 +157,32 @@ impl Waypoint {
         self.xds.borrow().clone()
     }
 
+    /// Every service this waypoint forwards to: those bound to it and the
+    /// backends their routes name, with policies and endpoints.
+    pub fn backends_view(&self) -> Vec<crate::backends::BackendView> {
+        let mut keys: std::collections::BTreeSet<String> = self
+            .state
+            .dump()
+            .services
+            .iter()
+            .filter(|s| s.waypoint.as_ref().is_some_and(|w| self.is_self(w)))
+            .map(|s| s.key())
+            .collect();
+        for routes in self.routes.dump().values() {
+            keys.extend(
+                routes
+                    .routes
+                    .iter()
+                    .flat_map(|r| &r.backends)
+                    .filter(|b| !b.service.is_empty())
+                    .map(|b| b.service.clone()),
+            );
+        }
+        keys.iter()
+            .map(|key| self.backends.view(key, &self.state.endpoints(key)))
+            .collect()
+    }
+
     /// Whether `address` (a service's or a workload's waypoint) is this
     /// waypoint: its Service, by VIP or hostname.
     pub fn is_self(&self, address: &GatewayAddress) -> bool {

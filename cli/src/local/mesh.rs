@@ -63,9 +63,16 @@ impl LocalMesh {
 
     /// Whether pod `namespace/name` answers 200 on `GET /healthz/ready` at
     /// its own `127.0.0.1:port`; why not, if it does not.
+    /// The network namespace (name) of pod `namespace/name`.
+    pub fn pod_netns(&self, qualified: &str) -> anyhow::Result<String> {
+        let (ns, name) = qualified
+            .split_once('/')
+            .ok_or_else(|| anyhow::anyhow!("{qualified:?} is not namespace/name"))?;
+        Ok(self.id().child(&format!("pod-{ns}-{name}")))
+    }
+
     pub async fn pod_ready(&self, qualified: &str, port: u16) -> Result<(), String> {
-        let (ns, name) = qualified.split_once('/').ok_or("not namespace/name")?;
-        let netns = self.id().child(&format!("pod-{ns}-{name}"));
+        let netns = self.pod_netns(qualified).map_err(|e| e.to_string())?;
         match weft_tests::processes::http_get(
             Some(&netns),
             SocketAddr::from(([127, 0, 0, 1], port)),
