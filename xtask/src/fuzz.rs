@@ -13,6 +13,7 @@ pub const TARGETS: &[&str] = &[
     "authz_eval",
     "route_match",
     "l7_policy",
+    "path_normalize",
 ];
 
 pub fn run(root: &Path, seconds: u64) -> anyhow::Result<()> {
