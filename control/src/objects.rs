@@ -382,8 +382,22 @@ pub enum HttpFilter {
     },
     Mirror {
         backend: BackendRef,
-        percent: u32,
+        /// Share of requests mirrored, in millionths.
+        parts_per_million: u32,
     },
+    Cors(CorsPolicy),
+}
+
+/// HTTPRoute's `CORS` filter, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CorsPolicy {
+    /// `*`, or `scheme://host[:port]` with an optional `*.` host prefix.
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age_seconds: u32,
 }
 
 /// A `backendRef`: a Service and port.

@@ -265,3 +265,57 @@ fn web_reply<B>(
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .expect("a valid response")
 }
+
+/// What a [`spawn_recorder`] server has been sent, one line per request:
+/// `METHOD PATH host=HOST body=BODY`.
+pub type Recorded = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Serves `listener` (HTTP/1.1 and HTTP/2) answering every request 200
+/// `recorded`, and keeps what each request was.
+pub fn spawn_recorder(
+    listener: std::net::TcpListener,
+) -> std::io::Result<(Recorded, JoinHandle<()>)> {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let recorded = Recorded::default();
+    let sink = recorded.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            let host = req
+                                .headers()
+                                .get(http::header::HOST)
+                                .and_then(|h| h.to_str().ok())
+                                .map(str::to_owned)
+                                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                                .unwrap_or_default();
+                            let line = format!("{} {} host={host}", req.method(), req.uri().path());
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let body =
+                                String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+                            sink.lock()
+                                .expect("recorder lock")
+                                .push(format!("{line} body={body}"));
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"recorded")),
+                            ))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((recorded, task))
+}

@@ -18,11 +18,12 @@ use weft_proxy::{
 use crate::{
     access_log::{LoggedBody, RequestLog},
     backends::{Held, InFlight},
-    filters,
+    cors, filters,
     forward::{self, Budget, RequestBody, RetryPolicy},
     framing::{self, HeadVerdict, Verdicts},
     grpc,
     matcher::{matches, select, RequestInfo, Selection},
+    mirror,
     normalize::{normalize, PathNormalization},
     policy::{self, RequestAttrs, Verdict},
     proxy::{Target, Waypoint},
@@ -221,7 +222,7 @@ impl UpgradeSlot {
 }
 
 async fn handle(
-    wp: &Waypoint,
+    wp: &Arc<Waypoint>,
     down: &Downstream,
     verdict: Option<HeadVerdict>,
     mut req: Request<Incoming>,
@@ -241,7 +242,7 @@ async fn handle(
 }
 
 async fn handle_request(
-    wp: &Waypoint,
+    wp: &Arc<Waypoint>,
     down: &Downstream,
     verdict: Option<HeadVerdict>,
     req: Request<Incoming>,
@@ -414,6 +415,37 @@ async fn handle_request(
         Selection::Route(route) => route,
     };
     log.route = route.name.clone();
+    // CORS: a preflight from an allowed origin is answered here; other
+    // requests from it are told what is allowed on their response.
+    let mut cors_headers = None;
+    let cors = route.filters.iter().find_map(|f| match f {
+        Filter::Cors(c) => Some(c),
+        _ => None,
+    });
+    if let Some((policy, origin)) =
+        cors.and_then(|c| c.allowed_origin(req.headers()).map(|o| (c, o.to_owned())))
+    {
+        if cors::is_preflight(req.method(), req.headers()) {
+            let mut answer = Response::builder().status(StatusCode::OK);
+            for (name, value) in policy.preflight_headers(&origin, req.headers()) {
+                answer = answer.header(name, value);
+            }
+            let empty = Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed();
+            return finish(log, answer.body(empty).expect("valid preflight answer"));
+        }
+        let (vary, set): (Vec<_>, Vec<_>) = policy
+            .response_headers(&origin)
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .partition(|(name, _)| name == "vary");
+        cors_headers = Some(HeaderModifier {
+            set,
+            add: vary,
+            remove: Vec::new(),
+        });
+    }
     if let Some(status) = route.error_status {
         log.flags = "NC";
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -476,6 +508,24 @@ async fn handle_request(
         );
     };
     let req = apply_request_filters(req, route, backend, down.version);
+    let mirrors: Vec<mirror::Target> = route
+        .filters
+        .iter()
+        .chain(&backend.filters)
+        .filter_map(|f| match f {
+            Filter::Mirror {
+                service,
+                port,
+                percent,
+            } if chance(*percent) => Some((service.clone(), *port)),
+            _ => None,
+        })
+        .collect();
+    let req = if mirrors.is_empty() {
+        req
+    } else {
+        mirror::tee(wp, down.peer, down.version, req, mirrors).await
+    };
     let plan = Plan {
         response_filters: route
             .filters
@@ -503,6 +553,8 @@ async fn handle_request(
         },
         service_host: None,
     };
+    let mut plan = plan;
+    plan.response_filters.extend(cors_headers);
     to_service(wp, down, &backend_service, backend.port, req, plan, log).await
 }
 

@@ -71,11 +71,14 @@ pub enum Filter {
         hostname: Option<String>,
         path: Option<PathChange>,
     },
+    /// A copy of each request (of `percent` of them) sent to another
+    /// service, its answer ignored.
     Mirror {
         service: String,
         port: u16,
-        percent: u32,
+        percent: f64,
     },
+    Cors(crate::cors::Cors),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -201,10 +204,11 @@ impl TryFrom<pb::Filter> for Filter {
                 hostname: non_empty(r.hostname),
                 path: path_change(r.full_path, r.prefix, r.has_full_path, r.has_prefix),
             }),
+            Kind::Cors(c) => Ok(Filter::Cors(c.into())),
             Kind::Mirror(m) => Ok(Filter::Mirror {
                 service: m.service,
                 port: port(m.port, "mirror port")?,
-                percent: m.percent.min(100),
+                percent: f64::from(m.parts_per_million.min(1_000_000)) / 10_000.0,
             }),
         }
     }

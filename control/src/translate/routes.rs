@@ -236,7 +236,10 @@ impl Resolver<'_> {
                     has_prefix,
                 })
             }
-            HttpFilter::Mirror { backend, percent } => {
+            HttpFilter::Mirror {
+                backend,
+                parts_per_million,
+            } => {
                 let (b, refusal) = self.backend(route_namespace, backend);
                 if refusal.is_some() {
                     return None;
@@ -244,9 +247,17 @@ impl Resolver<'_> {
                 F::Mirror(l7::Mirror {
                     service: b.service,
                     port: b.port,
-                    percent: *percent,
+                    parts_per_million: *parts_per_million,
                 })
             }
+            HttpFilter::Cors(c) => F::Cors(l7::Cors {
+                allow_origins: c.allow_origins.clone(),
+                allow_credentials: c.allow_credentials,
+                allow_methods: c.allow_methods.clone(),
+                allow_headers: c.allow_headers.clone(),
+                expose_headers: c.expose_headers.clone(),
+                max_age_seconds: c.max_age_seconds,
+            }),
         };
         Some(l7::Filter { kind: Some(kind) })
     }

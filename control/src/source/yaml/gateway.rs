@@ -114,8 +114,8 @@ pub(super) fn reference_grant(
 // ---- HTTPRoute ----
 
 use crate::objects::{
-    BackendRef, HeaderModifier, HttpFilter, HttpMatch, HttpRetry, HttpRoute, HttpRule, ParentRef,
-    PathMatch, PathModifier, ValueMatch,
+    BackendRef, CorsPolicy, HeaderModifier, HttpFilter, HttpMatch, HttpRetry, HttpRoute, HttpRule,
+    ParentRef, PathMatch, PathModifier, ValueMatch,
 };
 
 #[derive(Deserialize, Default)]
@@ -194,8 +194,57 @@ struct FilterYaml {
     #[serde(rename = "urlRewrite")]
     url_rewrite: Option<RewriteYaml>,
     request_mirror: Option<MirrorYaml>,
-    cors: Option<serde_yaml::Value>,
+    cors: Option<CorsYaml>,
     extension_ref: Option<serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CorsYaml {
+    #[serde(default)]
+    allow_origins: Vec<String>,
+    #[serde(default)]
+    allow_credentials: bool,
+    #[serde(default)]
+    allow_methods: Vec<String>,
+    #[serde(default)]
+    allow_headers: Vec<String>,
+    #[serde(default)]
+    expose_headers: Vec<String>,
+    max_age: Option<i64>,
+}
+
+/// Checks an `allowOrigins` entry: `*`, or `http(s)://host[:port]` whose
+/// host may start with `*.`.
+fn cors_origin(origin: &str) -> Result<String, String> {
+    if origin == "*" {
+        return Ok(origin.to_owned());
+    }
+    let bad = || {
+        format!(
+            "CORS allowOrigins entry {origin:?} is not \"*\" or scheme://host[:port] \
+             (the host may start with \"*.\")"
+        )
+    };
+    let lower = origin.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://").ok_or_else(bad)?;
+    if scheme != "http" && scheme != "https" {
+        return Err(bad());
+    }
+    let host = rest.strip_prefix("*.").unwrap_or(rest);
+    let (host, port) = match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(']') || h.ends_with(']') => (h, Some(p)),
+        _ => (host, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'[' | b']' | b':'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    if !host_ok || !port_ok || rest.contains('/') {
+        return Err(bad());
+    }
+    Ok(lower)
 }
 
 #[derive(Deserialize, Default)]
@@ -247,7 +296,14 @@ struct PathModifierYaml {
 struct MirrorYaml {
     backend_ref: BackendRefYaml,
     percent: Option<u32>,
-    fraction: Option<serde_yaml::Value>,
+    fraction: Option<FractionYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FractionYaml {
+    numerator: u32,
+    denominator: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -480,19 +536,62 @@ fn filter(route_namespace: &str, f: FilterYaml) -> Result<HttpFilter, String> {
         }
         "RequestMirror" => {
             let m = f.request_mirror.ok_or_else(|| missing("requestMirror"))?;
-            let _ = m.fraction;
+            let parts_per_million = match (m.percent, m.fraction) {
+                (Some(_), Some(_)) => {
+                    return Err("requestMirror sets both percent and fraction; use one".into())
+                }
+                (Some(p), None) if p > 100 => {
+                    return Err(format!("requestMirror percent {p} is over 100"))
+                }
+                (Some(p), None) => p * 10_000,
+                (
+                    None,
+                    Some(FractionYaml {
+                        numerator,
+                        denominator,
+                    }),
+                ) => {
+                    let denominator = denominator.unwrap_or(100);
+                    if denominator == 0 || numerator > denominator {
+                        return Err(format!(
+                            "requestMirror fraction {numerator}/{denominator} is not between 0 and 1"
+                        ));
+                    }
+                    (u64::from(numerator) * 1_000_000 / u64::from(denominator)) as u32
+                }
+                (None, None) => 1_000_000,
+            };
             Ok(HttpFilter::Mirror {
                 backend: backend_ref(route_namespace, m.backend_ref)?,
-                percent: m.percent.unwrap_or(100).min(100),
+                parts_per_million,
             })
         }
-        "CORS" | "ExtensionRef" => {
-            let _ = (f.cors, f.extension_ref);
+        "CORS" => {
+            let c = f.cors.ok_or_else(|| missing("cors"))?;
+            let max_age = c.max_age.unwrap_or(5);
+            if !(0..=i64::from(i32::MAX)).contains(&max_age) {
+                return Err(format!("CORS maxAge {max_age} is not a number of seconds"));
+            }
+            Ok(HttpFilter::Cors(CorsPolicy {
+                allow_origins: c
+                    .allow_origins
+                    .iter()
+                    .map(|o| cors_origin(o))
+                    .collect::<Result<_, _>>()?,
+                allow_credentials: c.allow_credentials,
+                allow_methods: c.allow_methods,
+                allow_headers: c.allow_headers,
+                expose_headers: c.expose_headers,
+                max_age_seconds: max_age as u32,
+            }))
+        }
+        "ExtensionRef" => {
+            let _ = f.extension_ref;
             Err(format!("filter {} is not supported yet", f.kind))
         }
         other => Err(format!(
             "filter type {other:?} is not RequestHeaderModifier, ResponseHeaderModifier, \
-             RequestRedirect, URLRewrite or RequestMirror"
+             RequestRedirect, URLRewrite, RequestMirror or CORS"
         )),
     }
 }
@@ -602,6 +701,62 @@ pub(super) fn http_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_are_checked_as_the_spec_writes_them() {
+        let cases = [
+            ("*", Ok("*")),
+            ("https://shop.test", Ok("https://shop.test")),
+            ("HTTPS://Shop.Test", Ok("https://shop.test")),
+            ("https://*.example.com", Ok("https://*.example.com")),
+            ("http://shop.test:8080", Ok("http://shop.test:8080")),
+            ("ftp://shop.test", Err(())),
+            ("shop.test", Err(())),
+            ("https://", Err(())),
+            ("https://shop.test/path", Err(())),
+            ("https://shop.test:99999", Err(())),
+            ("https://sh*p.test", Err(())),
+        ];
+        for (origin, expected) in cases {
+            assert_eq!(
+                cors_origin(origin).map_err(|_| ()),
+                expected.map(str::to_owned),
+                "{origin}"
+            );
+        }
+    }
+
+    #[test]
+    fn mirror_shares_come_from_percent_or_fraction() {
+        let mirror = |extra: &str| {
+            let yaml = format!(
+                "type: RequestMirror\nrequestMirror: {{backendRef: {{name: sink, port: 80}}{extra}}}"
+            );
+            let f: FilterYaml = serde_yaml::from_str(&yaml).expect("filter YAML");
+            match filter("shop", f) {
+                Ok(HttpFilter::Mirror {
+                    parts_per_million, ..
+                }) => Ok(parts_per_million),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(mirror(""), Ok(1_000_000));
+        assert_eq!(mirror(", percent: 25"), Ok(250_000));
+        assert_eq!(mirror(", fraction: {numerator: 1}"), Ok(10_000));
+        assert_eq!(
+            mirror(", fraction: {numerator: 1, denominator: 3}"),
+            Ok(333_333)
+        );
+        for bad in [
+            ", percent: 101",
+            ", fraction: {numerator: 2, denominator: 1}",
+            ", fraction: {numerator: 1, denominator: 0}",
+            ", percent: 5, fraction: {numerator: 1}",
+        ] {
+            assert!(mirror(bad).is_err(), "{bad} must be refused");
+        }
+    }
 
     #[test]
     fn durations_follow_gep_2257() {
