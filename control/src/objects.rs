@@ -28,6 +28,7 @@ pub enum Kind {
     PeerAuthentication,
     Gateway,
     HttpRoute,
+    GrpcRoute,
     ReferenceGrant,
     VirtualService,
     DestinationRule,
@@ -43,6 +44,7 @@ impl fmt::Display for Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
@@ -337,6 +339,9 @@ pub struct HttpMatch {
     pub headers: Vec<ValueMatch>,
     pub query_params: Vec<ValueMatch>,
     pub method: Option<String>,
+    /// For a GRPCRoute's match: the characters of its service and method,
+    /// which order gRPC rules (the path above is compiled from them).
+    pub grpc_method: Option<(usize, usize)>,
 }
 
 impl Default for HttpMatch {
@@ -347,6 +352,7 @@ impl Default for HttpMatch {
             headers: Vec::new(),
             query_params: Vec::new(),
             method: None,
+            grpc_method: None,
         }
     }
 }
@@ -440,6 +446,20 @@ pub struct HttpRoute {
     /// `metadata.creationTimestamp`, for precedence between routes (the
     /// oldest first); files without one sort after those with one.
     pub created: Option<String>,
+    /// A GRPCRoute, compiled to the same rules: its matches name gRPC
+    /// methods as paths and match gRPC requests only.
+    pub grpc: bool,
+}
+
+impl HttpRoute {
+    /// `HTTPRoute` or `GRPCRoute`, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        if self.grpc {
+            "GRPCRoute"
+        } else {
+            "HTTPRoute"
+        }
+    }
 }
 
 /// A `ReferenceGrant`: objects of the `from` kinds in the `from`
@@ -748,6 +768,8 @@ pub enum Object {
     PeerAuthentication(PeerAuthentication),
     Gateway(Gateway),
     HttpRoute(HttpRoute),
+    /// A GRPCRoute, in HTTPRoute's terms (`grpc` set).
+    GrpcRoute(HttpRoute),
     ReferenceGrant(ReferenceGrant),
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
@@ -767,6 +789,7 @@ impl Object {
             }
             Object::Gateway(o) => (Kind::Gateway, o.namespace.as_str(), &o.name),
             Object::HttpRoute(o) => (Kind::HttpRoute, o.namespace.as_str(), &o.name),
+            Object::GrpcRoute(o) => (Kind::GrpcRoute, o.namespace.as_str(), &o.name),
             Object::ReferenceGrant(o) => (Kind::ReferenceGrant, o.namespace.as_str(), &o.name),
             Object::VirtualService(o) => (Kind::VirtualService, o.namespace.as_str(), &o.name),
             Object::DestinationRule(o) => (Kind::DestinationRule, o.namespace.as_str(), &o.name),

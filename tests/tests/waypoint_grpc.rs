@@ -13,7 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use support::shop::mesh;
+use support::shop::{curl, mesh, BASE};
 use weft_tests::{
     grpc::{spawn_grpc, CallReport},
     privilege::require_privileged,
@@ -247,5 +247,137 @@ async fn the_waypoint_answers_grpc_clients_in_grpc() -> anyhow::Result<()> {
         )
         .await?;
     }
+    Ok(())
+}
+
+const GRPC_ROUTES: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  clusterIP: 198.19.0.13
+  selector: {app: web}
+  ports: [{name: grpc, port: 9090, targetPort: 9090}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v1, namespace: shop}
+spec:
+  clusterIP: 198.19.0.16
+  selector: {app: web, version: v1}
+  ports: [{name: grpc, port: 9090}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: shop}
+spec:
+  clusterIP: 198.19.0.17
+  selector: {app: web, version: v2}
+  ports: [{name: grpc, port: 9090}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 9090}]
+  rules:
+  - matches: [{method: {service: weft.test.v1.Echo, method: Say}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-routed, value: say}]}
+    backendRefs: [{name: echo-v1, port: 9090}]
+  - matches: [{method: {type: RegularExpression, method: "F.*"}}]
+    backendRefs: [{name: echo-v2, port: 9090}]
+  - matches: [{method: {service: weft.test.v1.Other}}]
+    backendRefs: [{name: echo-v1, port: 9090}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_choose_backends_by_service_and_method() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, waypoint) = mesh(GRPC_ROUTES).await?;
+    for (qualified, name) in [("shop/web-v1", "v1"), ("shop/web-v2", "v2")] {
+        let pod = mesh.topology.pod(qualified);
+        let listener = pod.enter(|| std::net::TcpListener::bind((pod.ip(), 9090)))??;
+        spawn_grpc(listener, name)?;
+    }
+    let client = mesh.topology.pod("shop/client");
+    // Service and method, exactly: always v1, with the rule's filter.
+    for _ in 0..6 {
+        let said = grpc(client, &["say", "hi"]).await?;
+        assert_eq!(
+            (said.code, said.replies.as_slice()),
+            (0, ["v1: hi".to_owned()].as_slice()),
+            "{said:?}"
+        );
+        assert_eq!(
+            said.metadata.get("x-routed").map(String::as_str),
+            Some("say")
+        );
+    }
+    // A method by regular expression, on any service.
+    let failed = grpc(client, &["fail", "5"]).await?;
+    assert_eq!(failed.code, 5, "{failed:?}");
+    assert_eq!(
+        failed.metadata.get("x-failed-by").map(String::as_str),
+        Some("v2")
+    );
+    // A method no rule names: routes are attached, so it is not found —
+    // UNIMPLEMENTED to a gRPC client.
+    let counted = grpc(client, &["count", "3"]).await?;
+    assert_eq!(counted.code, 12, "{counted:?}");
+    eventually(
+        "the unrouted call's log line",
+        Duration::from_secs(5),
+        || async {
+            waypoint
+                .process
+                .lines_with(&["path=/weft.test.v1.Echo/Count", "response_flags=NR"])
+                .into_iter()
+                .next()
+        },
+    )
+    .await?;
+    // A GRPCRoute matches gRPC requests only: the same path, not gRPC.
+    let (status, _, _) = curl(
+        client,
+        &[
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "http://198.19.0.13:9090/weft.test.v1.Echo/Say",
+        ],
+    )
+    .await?;
+    assert_eq!(status, 404);
+
+    // A malformed GRPCRoute is refused by name; the others keep serving.
+    let broken = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: broken, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules:
+  - matches: [{method: {service: "not a service!"}}]
+    backendRefs: [{name: echo-v2, port: 9090}]
+"#;
+    mesh.update_config(&format!("{BASE}{GRPC_ROUTES}{broken}"))?;
+    eventually(
+        "the control service to name the bad route",
+        Duration::from_secs(10),
+        || async {
+            mesh.control
+                .process
+                .lines_with(&["GRPCRoute shop/broken", "is not a gRPC service name"])
+                .into_iter()
+                .next()
+        },
+    )
+    .await?;
+    let said = grpc(client, &["say", "still"]).await?;
+    assert_eq!(said.replies, ["v1: still"]);
     Ok(())
 }

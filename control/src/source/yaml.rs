@@ -94,6 +94,7 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         "PeerAuthentication" => Kind::PeerAuthentication,
         "Gateway" => Kind::Gateway,
         "HTTPRoute" => Kind::HttpRoute,
+        "GRPCRoute" => Kind::GrpcRoute,
         "ReferenceGrant" => Kind::ReferenceGrant,
         "VirtualService" => Kind::VirtualService,
         "DestinationRule" => Kind::DestinationRule,
@@ -102,7 +103,7 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
                 None,
                 format!(
                     "kind {other:?} is not supported here (supported: Namespace, Pod, Service, \
-                     AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, ReferenceGrant, \
+                     AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, \
                      VirtualService, DestinationRule)"
                 ),
             ))
@@ -110,7 +111,9 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
     };
     let expected_group = match kind {
         Kind::AuthorizationPolicy | Kind::PeerAuthentication => "security.istio.io/",
-        Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => "gateway.networking.k8s.io/",
+        Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute | Kind::ReferenceGrant => {
+            "gateway.networking.k8s.io/"
+        }
         Kind::VirtualService | Kind::DestinationRule => "networking.istio.io/",
         _ => "",
     };
@@ -175,6 +178,9 @@ fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
         }
         Kind::Gateway => {
             Object::Gateway(gateway::gateway(namespace, name, labels, spec).map_err(&fail)?)
+        }
+        Kind::GrpcRoute => {
+            Object::GrpcRoute(gateway::grpc_route(namespace, name, created, spec).map_err(&fail)?)
         }
         Kind::HttpRoute => {
             Object::HttpRoute(gateway::http_route(namespace, name, created, spec).map_err(&fail)?)

@@ -1,4 +1,4 @@
-//! HTTPRoutes → `weft.l7.v1.ServiceRoutes`, one per service behind a
+//! HTTPRoutes and GRPCRoutes → `weft.l7.v1.ServiceRoutes`, one per service behind a
 //! waypoint, and each route's status.
 //!
 //! Attachment follows the Gateway API's mesh profile (GAMMA): a route whose
@@ -76,8 +76,13 @@ fn path_rank(m: &PathMatch) -> (u8, usize) {
 
 fn precedence(a: &Entry<'_>, b: &Entry<'_>) -> Ordering {
     let (ma, mb) = (&a.matched, &b.matched);
-    path_rank(&mb.path)
-        .cmp(&path_rank(&ma.path))
+    // Between gRPC rules, the spec's order: the longer service, then the
+    // longer method.
+    let grpc = match (ma.grpc_method, mb.grpc_method) {
+        (Some(ra), Some(rb)) => rb.cmp(&ra),
+        _ => Ordering::Equal,
+    };
+    grpc.then_with(|| path_rank(&mb.path).cmp(&path_rank(&ma.path)))
         .then_with(|| mb.method.is_some().cmp(&ma.method.is_some()))
         .then_with(|| mb.headers.len().cmp(&ma.headers.len()))
         .then_with(|| mb.query_params.len().cmp(&ma.query_params.len()))
@@ -140,6 +145,7 @@ impl Resolver<'_> {
     /// requests is then answered 500).
     fn backend(
         &self,
+        route_kind: &str,
         route_namespace: &str,
         b: &BackendRef,
     ) -> (l7::Backend, Option<&'static str>) {
@@ -156,7 +162,7 @@ impl Resolver<'_> {
                 g.namespace == b.namespace
                     && g.allows(
                         "gateway.networking.k8s.io",
-                        "HTTPRoute",
+                        route_kind,
                         route_namespace,
                         "",
                         "Service",
@@ -166,7 +172,7 @@ impl Resolver<'_> {
         {
             out.error = format!(
                 "backend Service {}/{} is in another namespace and no ReferenceGrant there \
-                 lets HTTPRoutes of {route_namespace} refer to it",
+                 lets {route_kind}s of {route_namespace} refer to it",
                 b.namespace, b.name
             );
             Some("RefNotPermitted")
@@ -197,12 +203,17 @@ impl Resolver<'_> {
         out.filters = b
             .filters
             .iter()
-            .filter_map(|f| self.filter(route_namespace, f))
+            .filter_map(|f| self.filter(route_kind, route_namespace, f))
             .collect();
         (out, refusal)
     }
 
-    fn filter(&self, route_namespace: &str, f: &HttpFilter) -> Option<l7::Filter> {
+    fn filter(
+        &self,
+        route_kind: &str,
+        route_namespace: &str,
+        f: &HttpFilter,
+    ) -> Option<l7::Filter> {
         use l7::filter::Kind as F;
         let kind = match f {
             HttpFilter::RequestHeaders(m) => F::RequestHeaders(header_modifier(m)),
@@ -240,7 +251,7 @@ impl Resolver<'_> {
                 backend,
                 parts_per_million,
             } => {
-                let (b, refusal) = self.backend(route_namespace, backend);
+                let (b, refusal) = self.backend(route_kind, route_namespace, backend);
                 if refusal.is_some() {
                     return None;
                 }
@@ -336,8 +347,9 @@ pub fn translate(
     };
     let routes: Vec<&HttpRoute> = snapshot
         .of_kind(Kind::HttpRoute)
+        .chain(snapshot.of_kind(Kind::GrpcRoute))
         .filter_map(|o| match o {
-            Object::HttpRoute(r) => Some(r),
+            Object::HttpRoute(r) | Object::GrpcRoute(r) => Some(r),
             _ => None,
         })
         .collect();
@@ -345,6 +357,13 @@ pub fn translate(
     let mut status: BTreeMap<String, Vec<ParentStatus>> = BTreeMap::new();
     for route in &routes {
         let key = format!("{}/{}", route.namespace, route.name);
+        // An HTTPRoute and a GRPCRoute may share a name.
+        let status_key = if route.grpc {
+            format!("GRPCRoute/{key}")
+        } else {
+            key.clone()
+        };
+        let kind = route.kind_name();
         for parent in &route.parents {
             let (parent_name, accepted) = match parent {
                 ParentRef::Gateway {
@@ -395,7 +414,7 @@ pub fn translate(
             match accepted {
                 Err((reason, message)) => {
                     warnings.push(format!(
-                        "HTTPRoute {key}: not accepted by {parent_name}: {message}"
+                        "{kind} {key}: not accepted by {parent_name}: {message}"
                     ));
                     conditions.push(condition("Accepted", false, reason, message));
                 }
@@ -413,7 +432,7 @@ pub fn translate(
                     for (rule_index, rule) in route.rules.iter().enumerate() {
                         let mut backends = Vec::new();
                         for b in &rule.backends {
-                            let (backend, refusal) = resolver.backend(&route.namespace, b);
+                            let (backend, refusal) = resolver.backend(kind, &route.namespace, b);
                             if let Some(reason) = refusal {
                                 unresolved.push((reason, backend.error.clone()));
                             }
@@ -424,7 +443,7 @@ pub fn translate(
                         let filters: Vec<l7::Filter> = rule
                             .filters
                             .iter()
-                            .filter_map(|f| resolver.filter(&route.namespace, f))
+                            .filter_map(|f| resolver.filter(kind, &route.namespace, f))
                             .collect();
                         let redirects = filters
                             .iter()
@@ -480,7 +499,7 @@ pub fn translate(
                             "All references resolved".into(),
                         )),
                         Some((reason, message)) => {
-                            warnings.push(format!("HTTPRoute {key}: {message}"));
+                            warnings.push(format!("{kind} {key}: {message}"));
                             conditions.push(condition(
                                 "ResolvedRefs",
                                 false,
@@ -491,10 +510,13 @@ pub fn translate(
                     }
                 }
             }
-            status.entry(key.clone()).or_default().push(ParentStatus {
-                parent: parent_name,
-                conditions,
-            });
+            status
+                .entry(status_key.clone())
+                .or_default()
+                .push(ParentStatus {
+                    parent: parent_name,
+                    conditions,
+                });
         }
     }
     let services = entries

@@ -459,6 +459,7 @@ fn http_match(m: MatchYaml) -> Result<HttpMatch, String> {
         }
     }
     Ok(HttpMatch {
+        grpc_method: None,
         path: path_match(m.path)?,
         headers: m
             .headers
@@ -695,6 +696,220 @@ pub(super) fn http_route(
         parents,
         rules,
         created,
+        grpc: false,
+    })
+}
+
+// ---- GRPCRoute ----
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrpcRouteSpecYaml {
+    #[serde(default)]
+    parent_refs: Vec<ParentRefYaml>,
+    /// Accepted; mesh routes match by the service they attach to.
+    #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
+    rules: Vec<GrpcRuleYaml>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrpcRuleYaml {
+    name: Option<String>,
+    #[serde(default)]
+    matches: Vec<GrpcMatchYaml>,
+    #[serde(default)]
+    filters: Vec<FilterYaml>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRefYaml>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrpcMatchYaml {
+    method: Option<GrpcMethodYaml>,
+    #[serde(default)]
+    headers: Vec<NamedValueYaml>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GrpcMethodYaml {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    service: Option<String>,
+    method: Option<String>,
+}
+
+/// What makes a request gRPC: its content type.
+const GRPC_CONTENT_TYPE: &str = "application/grpc(\\+[^;]*)?(;.*)?";
+
+/// A GRPCMethodMatch as the path it names: `/<service>/<method>`.
+fn grpc_method(m: GrpcMethodYaml) -> Result<(PathMatch, (usize, usize)), String> {
+    let (service, method) = (m.service.unwrap_or_default(), m.method.unwrap_or_default());
+    if service.is_empty() && method.is_empty() {
+        return Err("method match needs a service, a method or both".into());
+    }
+    let rank = (service.len(), method.len());
+    match m.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => {
+            let service_ok = service.is_empty()
+                || service.split('.').all(|part| {
+                    !part.is_empty()
+                        && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        && !part.as_bytes()[0].is_ascii_digit()
+                });
+            if !service_ok {
+                return Err(format!(
+                    "method.service {service:?} is not a gRPC service name (package.Service)"
+                ));
+            }
+            let method_ok = method.is_empty()
+                || (method
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !method.as_bytes()[0].is_ascii_digit());
+            if !method_ok {
+                return Err(format!(
+                    "method.method {method:?} is not a gRPC method name"
+                ));
+            }
+            let path = match (service.is_empty(), method.is_empty()) {
+                (false, false) => PathMatch::Exact(format!("/{service}/{method}")),
+                (false, true) => PathMatch::Prefix(format!("/{service}")),
+                (true, _) => PathMatch::RegularExpression(format!("/[^/]+/{method}")),
+            };
+            Ok((path, rank))
+        }
+        "RegularExpression" => {
+            let part = |re: &str| -> Result<String, String> {
+                if re.is_empty() {
+                    Ok("[^/]+".into())
+                } else {
+                    regex_ok(re)?;
+                    Ok(format!("(?:{re})"))
+                }
+            };
+            let path = format!("/{}/{}", part(&service)?, part(&method)?);
+            Ok((PathMatch::RegularExpression(path), rank))
+        }
+        other => Err(format!(
+            "method match type {other:?} is not Exact or RegularExpression"
+        )),
+    }
+}
+
+fn grpc_match(m: GrpcMatchYaml) -> Result<HttpMatch, String> {
+    let (path, rank) = match m.method {
+        Some(method) => {
+            let (path, rank) = grpc_method(method)?;
+            (path, Some(rank))
+        }
+        None => (PathMatch::Prefix("/".into()), Some((0, 0))),
+    };
+    let mut headers: Vec<ValueMatch> = m
+        .headers
+        .into_iter()
+        .map(|h| value_match("header", h))
+        .collect::<Result<_, _>>()?;
+    headers.push(ValueMatch {
+        name: "content-type".into(),
+        value: GRPC_CONTENT_TYPE.into(),
+        regex: true,
+    });
+    Ok(HttpMatch {
+        path,
+        headers,
+        query_params: Vec::new(),
+        method: None,
+        grpc_method: rank,
+    })
+}
+
+fn grpc_rule(route_namespace: &str, index: usize, r: GrpcRuleYaml) -> Result<HttpRule, String> {
+    let at = |field: &str, e: String| format!("rules[{index}].{field}: {e}");
+    let _ = r.name;
+    let matches = if r.matches.is_empty() {
+        // Every gRPC request.
+        vec![GrpcMatchYaml::default()]
+    } else {
+        r.matches
+    };
+    let filters = r
+        .filters
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let at_filter = |e: String| at(&format!("filters[{i}]"), e);
+            if !matches!(
+                f.kind.as_str(),
+                "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror"
+            ) {
+                return Err(at_filter(format!(
+                    "filter type {:?} is not RequestHeaderModifier, ResponseHeaderModifier or \
+                     RequestMirror (what a GRPCRoute may use)",
+                    f.kind
+                )));
+            }
+            filter(route_namespace, f).map_err(at_filter)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(HttpRule {
+        matches: matches
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| grpc_match(m).map_err(|e| at(&format!("matches[{i}]"), e)))
+            .collect::<Result<_, _>>()?,
+        filters,
+        backends: r
+            .backend_refs
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                backend_ref(route_namespace, b).map_err(|e| at(&format!("backendRefs[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?,
+        request_timeout_ms: None,
+        backend_timeout_ms: None,
+        retry: None,
+    })
+}
+
+pub(super) fn grpc_route(
+    namespace: String,
+    name: String,
+    created: Option<String>,
+    spec: serde_yaml::Value,
+) -> Result<HttpRoute, String> {
+    let spec: GrpcRouteSpecYaml = from_spec(spec, "spec")?;
+    let _ = spec.hostnames;
+    if spec.parent_refs.is_empty() {
+        return Err("spec.parentRefs is empty: attach the route to a Service or a waypoint".into());
+    }
+    let parents = spec
+        .parent_refs
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| parent_ref(&namespace, p).map_err(|e| format!("spec.parentRefs[{i}]: {e}")))
+        .collect::<Result<_, _>>()?;
+    let rules = if spec.rules.is_empty() {
+        vec![grpc_rule(&namespace, 0, GrpcRuleYaml::default()).map_err(|e| format!("spec.{e}"))?]
+    } else {
+        spec.rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| grpc_rule(&namespace, i, r).map_err(|e| format!("spec.{e}")))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(HttpRoute {
+        namespace,
+        name,
+        parents,
+        rules,
+        created,
+        grpc: true,
     })
 }
 
