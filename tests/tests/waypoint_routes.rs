@@ -399,3 +399,73 @@ async fn retries_turn_failures_into_answers_and_timeouts_bound_each_attempt() ->
     );
     Ok(())
 }
+
+const ON_THE_WAYPOINT: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: everything, namespace: shop}
+spec:
+  parentRefs: [{name: waypoint}]
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-route, value: waypoint}]}
+    backendRefs: [{name: web-v2, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: own, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web-v1}]
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-route, value: own}]}
+    backendRefs: [{name: web-v1, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: intruder, namespace: other}
+spec:
+  parentRefs: [{name: waypoint, namespace: shop}]
+  rules:
+  - backendRefs: [{name: web-v1, namespace: shop, port: 80}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_on_the_waypoint_serves_every_service_without_its_own() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, _waypoint) = mesh(ON_THE_WAYPOINT).await?;
+    let client = mesh.topology.pod("shop/client");
+    let x_route = |head: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("x-route: "))
+            .map(|v| v.trim().to_owned())
+    };
+    // web and web-v2 have no routes of their own: the waypoint's applies.
+    for url in ["http://198.19.0.10/a", "http://198.19.0.12/b"] {
+        for _ in 0..4 {
+            let (status, head, body) = curl(client, &[url]).await?;
+            assert_eq!((status, served_by(&body)), (200, "v2"), "{url}: {body}");
+            assert_eq!(x_route(&head).as_deref(), Some("waypoint"), "{head}");
+        }
+    }
+    // web-v1 has its own route, which wins.
+    let (status, head, body) = curl(client, &["http://198.19.0.11/c"]).await?;
+    assert_eq!((status, served_by(&body)), (200, "v1"));
+    assert_eq!(x_route(&head).as_deref(), Some("own"), "{head}");
+    // A route from another namespace is not allowed on the waypoint.
+    eventually("the refusal", Duration::from_secs(10), || async {
+        mesh.control
+            .process
+            .lines_with(&[
+                "HTTPRoute other/intruder",
+                "takes routes from namespace shop only",
+            ])
+            .into_iter()
+            .next()
+    })
+    .await?;
+    Ok(())
+}

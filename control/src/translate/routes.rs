@@ -8,7 +8,9 @@
 //! namespace (a consumer route) only to callers from that namespace, and
 //! for them replaces the producer routes. Only a service with a waypoint
 //! can have its HTTP routed, so a route on any other service is refused
-//! with a reason, as is a route on a Gateway (not supported yet).
+//! with a reason. A route whose parentRef is a waypoint Gateway (from the
+//! waypoint's own namespace, as its listener allows by default) applies to
+//! every service bound to that waypoint that has no routes of its own.
 //!
 //! The rules of every route attached to a service are flattened — one
 //! entry per match — and ordered by the spec's precedence: an Exact path,
@@ -354,6 +356,8 @@ pub fn translate(
         })
         .collect();
     let mut entries: BTreeMap<String, Vec<Entry<'_>>> = BTreeMap::new();
+    // Routes attached to a waypoint, for each service behind it.
+    let mut gateway_entries: BTreeMap<String, Vec<Entry<'_>>> = BTreeMap::new();
     let mut status: BTreeMap<String, Vec<ParentStatus>> = BTreeMap::new();
     for route in &routes {
         let key = format!("{}/{}", route.namespace, route.name);
@@ -367,16 +371,55 @@ pub fn translate(
         for parent in &route.parents {
             let (parent_name, accepted) = match parent {
                 ParentRef::Gateway {
-                    namespace, name, ..
-                } => (
-                    format!("Gateway {namespace}/{name}"),
-                    Err((
-                        "UnsupportedValue",
-                        "routes attached to a Gateway are not supported yet; attach the route \
-                         to the Service (parentRefs: [{group: \"\", kind: Service, name: …}])"
-                            .to_string(),
-                    )),
-                ),
+                    namespace,
+                    name,
+                    port,
+                } => {
+                    let label = format!("Gateway {namespace}/{name}");
+                    let gateway = snapshot.of_kind(Kind::Gateway).find_map(|o| match o {
+                        Object::Gateway(g) if g.namespace == *namespace && g.name == *name => {
+                            Some(g)
+                        }
+                        _ => None,
+                    });
+                    let accepted = match gateway {
+                        None => Err(("NoMatchingParent", format!("{label} does not exist"))),
+                        Some(g) if !g.is_waypoint() => Err((
+                            "NoMatchingParent",
+                            format!(
+                                "{label} is not a waypoint (gatewayClassName istio-waypoint); \
+                                 only waypoints route mesh traffic here"
+                            ),
+                        )),
+                        // The waypoint's one listener (HBONE, 15008) takes
+                        // routes from its own namespace only (the default
+                        // allowedRoutes).
+                        Some(g)
+                            if port.is_some_and(|p| !g.listeners.iter().any(|l| l.port == p)) =>
+                        {
+                            Err((
+                                "NoMatchingParent",
+                                format!(
+                                    "{label} has no listener on port {}",
+                                    port.unwrap_or_default()
+                                ),
+                            ))
+                        }
+                        Some(_) if route.namespace != *namespace => Err((
+                            "NotAllowedByListeners",
+                            format!(
+                                "{label} takes routes from namespace {namespace} only; this \
+                                 route is in {}",
+                                route.namespace
+                            ),
+                        )),
+                        Some(_) => Ok(bound_to(services, namespace, name)
+                            .into_iter()
+                            .map(|s| (s, None, true))
+                            .collect::<Vec<_>>()),
+                    };
+                    (label, accepted)
+                }
                 ParentRef::Service {
                     namespace,
                     name,
@@ -405,7 +448,7 @@ pub fn translate(
                                 format!("{label} has no port {}", port.unwrap_or_default()),
                             ))
                         }
-                        Some(s) => Ok((s, *port)),
+                        Some(s) => Ok(vec![(s, *port, false)]),
                     };
                     (label, accepted)
                 }
@@ -418,77 +461,87 @@ pub fn translate(
                     ));
                     conditions.push(condition("Accepted", false, reason, message));
                 }
-                Ok((service, port)) => {
+                Ok(targets) => {
                     conditions.push(condition(
                         "Accepted",
                         true,
                         "Accepted",
                         "Route was valid".into(),
                     ));
-                    let service_key =
-                        format!("{}/{}", service.service.namespace, service.service.hostname);
-                    let consumer = route.namespace != service.source.namespace;
                     let mut unresolved = Vec::new();
-                    for (rule_index, rule) in route.rules.iter().enumerate() {
-                        let mut backends = Vec::new();
-                        for b in &rule.backends {
-                            let (backend, refusal) = resolver.backend(kind, &route.namespace, b);
-                            if let Some(reason) = refusal {
-                                unresolved.push((reason, backend.error.clone()));
-                            }
-                            if backend.weight > 0 {
-                                backends.push(backend);
-                            }
-                        }
-                        let filters: Vec<l7::Filter> = rule
-                            .filters
-                            .iter()
-                            .filter_map(|f| resolver.filter(kind, &route.namespace, f))
-                            .collect();
-                        let redirects = filters
-                            .iter()
-                            .any(|f| matches!(f.kind, Some(l7::filter::Kind::Redirect(_))));
-                        // Nothing to forward to and nothing that answers:
-                        // the spec's 500.
-                        let error_status = if backends.is_empty() && !redirects {
-                            500
+                    for (service, port, through_gateway) in targets {
+                        let service_key =
+                            format!("{}/{}", service.service.namespace, service.service.hostname);
+                        // A route on a waypoint applies to every caller.
+                        let consumer =
+                            !through_gateway && route.namespace != service.source.namespace;
+                        let entries = if through_gateway {
+                            &mut gateway_entries
                         } else {
-                            0
+                            &mut entries
                         };
-                        let matches: Vec<HttpMatch> = if rule.matches.is_empty() {
-                            vec![HttpMatch::default()]
-                        } else {
-                            rule.matches.clone()
-                        };
-                        for (match_index, m) in matches.into_iter().enumerate() {
-                            let compiled = l7::Route {
-                                route: key.clone(),
-                                rule: rule_index as u32,
-                                ports: port.map(|p| vec![u32::from(p)]).unwrap_or_default(),
-                                source_namespaces: if consumer {
-                                    vec![route.namespace.clone()]
-                                } else {
-                                    Vec::new()
-                                },
-                                r#match: Some(compile_match(&m)),
-                                filters: filters.clone(),
-                                backends: backends.clone(),
-                                request_timeout_ms: rule.request_timeout_ms.unwrap_or(0),
-                                backend_timeout_ms: rule.backend_timeout_ms.unwrap_or(0),
-                                retry: rule.retry.as_ref().map(|r| l7::Retry {
-                                    attempts: r.attempts.unwrap_or(2),
-                                    codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
-                                    backoff_ms: r.backoff_ms.unwrap_or(25),
-                                }),
-                                error_status,
+                        for (rule_index, rule) in route.rules.iter().enumerate() {
+                            let mut backends = Vec::new();
+                            for b in &rule.backends {
+                                let (backend, refusal) =
+                                    resolver.backend(kind, &route.namespace, b);
+                                if let Some(reason) = refusal {
+                                    unresolved.push((reason, backend.error.clone()));
+                                }
+                                if backend.weight > 0 {
+                                    backends.push(backend);
+                                }
+                            }
+                            let filters: Vec<l7::Filter> = rule
+                                .filters
+                                .iter()
+                                .filter_map(|f| resolver.filter(kind, &route.namespace, f))
+                                .collect();
+                            let redirects = filters
+                                .iter()
+                                .any(|f| matches!(f.kind, Some(l7::filter::Kind::Redirect(_))));
+                            // Nothing to forward to and nothing that answers:
+                            // the spec's 500.
+                            let error_status = if backends.is_empty() && !redirects {
+                                500
+                            } else {
+                                0
                             };
-                            entries.entry(service_key.clone()).or_default().push(Entry {
-                                route,
-                                rule: rule_index,
-                                match_index,
-                                compiled,
-                                matched: m,
-                            });
+                            let matches: Vec<HttpMatch> = if rule.matches.is_empty() {
+                                vec![HttpMatch::default()]
+                            } else {
+                                rule.matches.clone()
+                            };
+                            for (match_index, m) in matches.into_iter().enumerate() {
+                                let compiled = l7::Route {
+                                    route: key.clone(),
+                                    rule: rule_index as u32,
+                                    ports: port.map(|p| vec![u32::from(p)]).unwrap_or_default(),
+                                    source_namespaces: if consumer {
+                                        vec![route.namespace.clone()]
+                                    } else {
+                                        Vec::new()
+                                    },
+                                    r#match: Some(compile_match(&m)),
+                                    filters: filters.clone(),
+                                    backends: backends.clone(),
+                                    request_timeout_ms: rule.request_timeout_ms.unwrap_or(0),
+                                    backend_timeout_ms: rule.backend_timeout_ms.unwrap_or(0),
+                                    retry: rule.retry.as_ref().map(|r| l7::Retry {
+                                        attempts: r.attempts.unwrap_or(2),
+                                        codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
+                                        backoff_ms: r.backoff_ms.unwrap_or(25),
+                                    }),
+                                    error_status,
+                                };
+                                entries.entry(service_key.clone()).or_default().push(Entry {
+                                    route,
+                                    rule: rule_index,
+                                    match_index,
+                                    compiled,
+                                    matched: m,
+                                });
+                            }
                         }
                     }
                     match unresolved.first() {
@@ -519,6 +572,10 @@ pub fn translate(
                 });
         }
     }
+    // A service's own routes replace its waypoint's.
+    for (service, list) in gateway_entries {
+        entries.entry(service).or_insert(list);
+    }
     let services = entries
         .into_iter()
         .map(|(service, mut list)| {
@@ -537,4 +594,39 @@ pub fn translate(
         })
         .collect();
     Routes { services, status }
+}
+
+/// The services whose service-addressed traffic goes to waypoint
+/// `namespace/name`.
+fn bound_to<'a>(
+    services: &'a Services,
+    namespace: &str,
+    name: &str,
+) -> Vec<&'a super::services::TranslatedService> {
+    use weft_proto::istio::workload::gateway_address::Destination;
+    let vips: Vec<&Vec<u8>> = services
+        .services
+        .iter()
+        .filter(|s| s.source.namespace == namespace && s.source.name == name)
+        .flat_map(|s| s.service.addresses.iter().map(|a| &a.address))
+        .collect();
+    let host_prefix = format!("{name}.{namespace}.svc.");
+    services
+        .services
+        .iter()
+        .filter(|s| {
+            match s
+                .service
+                .waypoint
+                .as_ref()
+                .and_then(|w| w.destination.as_ref())
+            {
+                Some(Destination::Address(a)) => vips.contains(&&a.address),
+                Some(Destination::Hostname(h)) => {
+                    h.namespace == namespace && h.hostname.starts_with(&host_prefix)
+                }
+                None => false,
+            }
+        })
+        .collect()
 }
