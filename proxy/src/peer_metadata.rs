@@ -147,8 +147,14 @@ pub fn connect_headers(
 
 /// `forwarded` for a tunnel: the client's address, and the service host
 /// when a service was addressed.
+/// A client port of 0 names the client by address alone (a tunnel that
+/// carries many of its connections).
 pub fn forwarded(client: SocketAddr, service_host: Option<&str>) -> String {
-    let mut value = format!("for=\"{client}\"");
+    let mut value = match (client.port(), client.ip()) {
+        (0, std::net::IpAddr::V4(ip)) => format!("for={ip}"),
+        (0, std::net::IpAddr::V6(ip)) => format!("for=\"[{ip}]\""),
+        _ => format!("for=\"{client}\""),
+    };
     if let Some(host) = service_host {
         value.push_str(&format!(";host={host}"));
     }
@@ -256,6 +262,10 @@ mod tests {
         let client: SocketAddr = "198.18.0.5:40000".parse().unwrap();
         let v6: SocketAddr = "[fd00:198:18::5]:40000".parse().unwrap();
         assert_eq!(forwarded(client, None), "for=\"198.18.0.5:40000\"");
+        let ip_only = SocketAddr::new(client.ip(), 0);
+        assert_eq!(forwarded(ip_only, Some("a.b")), "for=198.18.0.5;host=a.b");
+        let v6_only = SocketAddr::new(v6.ip(), 0);
+        assert_eq!(forwarded(v6_only, None), "for=\"[fd00:198:18::5]\"");
         assert_eq!(
             forwarded(v6, Some("web.shop.svc.cluster.local")),
             "for=\"[fd00:198:18::5]:40000\";host=web.shop.svc.cluster.local"

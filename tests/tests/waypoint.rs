@@ -170,14 +170,24 @@ async fn service_traffic_goes_through_the_waypoint_and_pod_traffic_does_not(
         ],
     )
     .await?;
-    // The destination's ztunnel took the waypoint's tunnel, by identity.
-    logged(
-        mesh.ztunnel("n2"),
-        &[
-            "connection complete",
-            "inbound",
-            "src.identity=spiffe://cluster.local/ns/shop/sa/waypoint",
-        ],
+    // The destination's ztunnel took the waypoint's tunnel, by identity
+    // (the waypoint keeps that connection for its next requests, so it is
+    // seen opened, not closed).
+    eventually(
+        "an inbound connection from the waypoint",
+        Duration::from_secs(10),
+        || async {
+            let text = mesh.ztunnel("n2").metrics_text().await.ok()?;
+            text.lines()
+                .find(|l| {
+                    l.starts_with("istio_tcp_connections_opened_total{")
+                        && l.contains("reporter=\"destination\"")
+                        && l.contains(
+                            "source_principal=\"spiffe://cluster.local/ns/shop/sa/waypoint\"",
+                        )
+                })
+                .map(str::to_owned)
+        },
     )
     .await?;
 

@@ -134,6 +134,16 @@ async fn prometheus_sees_each_request_through_the_waypoint() -> anyhow::Result<(
         .filter(|l| l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/waypoint\""))
         .collect();
     assert!(!opened.is_empty(), "{text}");
+    // Fifteen requests from fifteen client connections, carried onward on
+    // kept connections: a few, not one per request.
+    let upstream_connections: f64 = opened
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        (1.0..=4.0).contains(&upstream_connections),
+        "{upstream_connections} connections onward for 15 requests: {opened:#?}"
+    );
     for line in opened {
         assert!(
             line.contains("destination_service=\"web.shop.svc.cluster.local\""),

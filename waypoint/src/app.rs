@@ -61,6 +61,12 @@ impl Drop for Started {
 }
 
 #[derive(Serialize)]
+struct UpstreamConnections {
+    idle_http1: usize,
+    shared_http2: usize,
+}
+
+#[derive(Serialize)]
 struct ConfigDump<'a> {
     waypoint: &'a str,
     identity: String,
@@ -70,6 +76,8 @@ struct ConfigDump<'a> {
     routes: std::collections::BTreeMap<String, Arc<crate::routes::ServiceRoutes>>,
     policies: Vec<Arc<crate::policy::Policy>>,
     backends: Vec<crate::backends::BackendView>,
+    /// Kept upstream HTTP connections: idle HTTP/1.1 ones, shared HTTP/2.
+    upstream_connections: UpstreamConnections,
     certificates: Vec<weft_proxy::identity::CertificateInfo>,
 }
 
@@ -186,6 +194,13 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
                 routes: dump.routes.dump(),
                 policies: dump.policies.dump(),
                 backends: dump.backends_view(),
+                upstream_connections: {
+                    let (idle_http1, shared_http2) = dump.http_pool.counts();
+                    UpstreamConnections {
+                        idle_http1,
+                        shared_http2,
+                    }
+                },
                 certificates: dump.certs.info(),
             })
         }),

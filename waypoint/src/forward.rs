@@ -16,6 +16,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+
+use crate::http_pool::{HttpPool, PoolKey, Sender};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_proxy::balance::Endpoint;
 
@@ -145,6 +147,8 @@ async fn attempt_all(
         .then(|| parts.headers.get(header::UPGRADE).cloned())
         .flatten();
     prepare_headers(&mut parts.headers, version);
+    // Upgraded connections are the client's alone; others are pooled.
+    let reusable = upgrade.is_none();
     if let Some(protocol) = upgrade {
         parts.headers.insert(header::UPGRADE, protocol);
         parts
@@ -155,6 +159,14 @@ async fn attempt_all(
     // one streams through once.
     let mut streaming = None;
     let mut kept = None;
+    // A request without a body can be sent again after a pooled
+    // connection turns out to have been closed under it.
+    let bodiless = http_body::Body::is_end_stream(&body);
+    let tunnel_text: String = tunnel
+        .iter()
+        .map(|(n, v)| format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let mut stale_retried = false;
     if retry.codes.is_empty() || too_large(&parts.headers) {
         streaming = Some(body);
     } else {
@@ -185,7 +197,25 @@ async fn attempt_all(
         *last.lock().expect("last lock") = Some(endpoint.clone());
         let retries_left = attempt < retry.attempts;
         let backoff = retry.backoff * 2u32.saturating_pow(attempt.min(4));
-        let connect = upstream::connect(wp, &endpoint, tunnel);
+        let pool_key = PoolKey {
+            endpoint: endpoint.addr,
+            version,
+            tunnel: tunnel_text.clone(),
+        };
+        let pooled = if reusable {
+            wp.http_pool.take(&pool_key)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let connect = async {
+            match pooled {
+                Some(sender) => Ok(Conn::Pooled(sender)),
+                None => upstream::connect(wp, &endpoint, tunnel)
+                    .await
+                    .map(Conn::Fresh),
+            }
+        };
         let connected = match per_try {
             Some(limit) => match tokio::time::timeout(limit, connect).await {
                 Ok(result) => result,
@@ -223,6 +253,9 @@ async fn attempt_all(
                 .map_err(|never| match never {})
                 .boxed(),
             (None, Some(body)) => body.boxed(),
+            (None, None) if bodiless => Full::new(bytes::Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
             (None, None) => {
                 return Sent::Failed {
                     error: ForwardError::NoEndpoint("the request body was already sent".into()),
@@ -232,7 +265,7 @@ async fn attempt_all(
             }
         };
         let request = Request::from_parts(parts.clone(), body);
-        let exchange = exchange(io, version, request);
+        let exchange = exchange(&wp.http_pool, pool_key, reusable, io, version, request);
         let result = match per_try {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
                 Ok(result) => result,
@@ -245,6 +278,13 @@ async fn attempt_all(
             },
             None => exchange.await,
         };
+        // A kept connection the server closed while it was idle: the
+        // request never reached it, so it is sent once more on a new one.
+        if reused && !stale_retried && result.is_err() && (kept.is_some() || bodiless) {
+            tracing::debug!(upstream = %endpoint.addr, "pooled connection was closed; retrying on a new one");
+            stale_retried = true;
+            continue;
+        }
         record(
             &endpoint,
             result.as_ref().is_ok_and(|r| r.status().as_u16() < 500),
@@ -315,31 +355,60 @@ fn prepare_headers(headers: &mut http::HeaderMap, version: Version) {
 }
 
 /// One request over a fresh connection to the upstream.
+/// How a request reaches its endpoint: a kept connection, or a new stream.
+enum Conn {
+    Pooled(Sender),
+    Fresh(upstream::UpstreamIo),
+}
+
+/// Sends `req` on `conn` (after an HTTP handshake on a new stream); a
+/// reusable connection is kept in `pool` for the next request.
 async fn exchange(
-    io: upstream::UpstreamIo,
+    pool: &std::sync::Arc<HttpPool>,
+    key: PoolKey,
+    reusable: bool,
+    conn: Conn,
     version: Version,
     req: Request<RequestBody>,
 ) -> Result<Response<Incoming>, ForwardError> {
-    let io = TokioIo::new(io);
-    match version {
-        Version::Http1 => {
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.with_upgrades().await {
-                    tracing::debug!(%err, "upstream HTTP/1.1 connection ended");
+    let sender = match conn {
+        Conn::Pooled(sender) => sender,
+        Conn::Fresh(io) => {
+            let io = TokioIo::new(io);
+            match version {
+                Version::Http1 => {
+                    let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.with_upgrades().await {
+                            tracing::debug!(%err, "upstream HTTP/1.1 connection ended");
+                        }
+                    });
+                    Sender::Http1(sender)
                 }
-            });
-            Ok(sender.send_request(req).await?)
-        }
-        Version::Http2 => {
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(%err, "upstream HTTP/2 connection ended");
+                Version::Http2 => {
+                    let (sender, connection) =
+                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.await {
+                            tracing::debug!(%err, "upstream HTTP/2 connection ended");
+                        }
+                    });
+                    if reusable {
+                        pool.share(key.clone(), &sender);
+                    }
+                    Sender::Http2(sender)
                 }
-            });
-            Ok(sender.send_request(req).await?)
+            }
         }
+    };
+    match sender {
+        Sender::Http1(mut sender) => {
+            let response = sender.send_request(req).await?;
+            if reusable {
+                pool.release(key, sender);
+            }
+            Ok(response)
+        }
+        Sender::Http2(mut sender) => Ok(sender.send_request(req).await?),
     }
 }

@@ -35,7 +35,7 @@ use crate::{
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The HTTP version spoken on a tunnel (both ways).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Version {
     Http1,
     Http2,
@@ -751,7 +751,10 @@ async fn send(
     if let Some(deadline) = log.grpc.then(|| grpc::timeout(req.headers())).flatten() {
         plan.budget.overall = Some(plan.budget.overall.map_or(deadline, |o| o.min(deadline)));
     }
-    let tunnel = wp.tunnel_headers(down.peer, plan.service_host.as_deref());
+    // Named by address alone: the connection onward may be kept and carry
+    // the client's other connections' requests too.
+    let client = SocketAddr::new(down.peer.ip(), 0);
+    let tunnel = wp.tunnel_headers(client, plan.service_host.as_deref());
     let sent = forward::send(wp, down.version, req, pick, record, &plan.budget, &tunnel).await;
     match sent {
         forward::Sent::Response {

@@ -23,6 +23,7 @@ pub mod forward;
 pub mod framing;
 pub mod grpc;
 pub mod http;
+pub mod http_pool;
 pub mod inbound;
 pub mod matcher;
 pub mod mirror;

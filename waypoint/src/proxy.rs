@@ -38,6 +38,8 @@ pub struct Waypoint {
     pub certs: CertificateManager,
     pub trust: TrustBundle,
     pub pool: Pool,
+    /// Upstream HTTP connections kept for reuse.
+    pub http_pool: Arc<crate::http_pool::HttpPool>,
     pub balancer: Balancer,
     /// The routes of the services behind the waypoint.
     pub routes: Arc<crate::routes::RouteTable>,
@@ -106,6 +108,7 @@ impl Waypoint {
             certs,
             trust,
             pool: Pool::default(),
+            http_pool: Arc::default(),
             balancer: Balancer::default(),
             routes,
             policies,

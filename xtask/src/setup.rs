@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "/usr/bin/iperf3"),
     ("nghttp2-client", "/usr/bin/nghttp"),
     ("wrk", "/usr/bin/wrk"),
+    ("nginx", "/usr/sbin/nginx"),
     ("containernetworking-plugins", "/usr/lib/cni/bridge"),
     ("prometheus", "/usr/bin/prometheus"),
     ("bpftool", "/usr/sbin/bpftool"),

@@ -2,6 +2,7 @@
 
 pub mod authz;
 pub mod l4;
+pub mod l7;
 pub mod xds_propagation;
 
 use std::time::Duration;

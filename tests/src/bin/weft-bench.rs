@@ -7,7 +7,13 @@
 
 use weft_tests::{bench, privilege::require_privileged};
 
-const CASES: &[&str] = &["xds-propagation", "authz-eval", "throughput", "rr-latency"];
+const CASES: &[&str] = &[
+    "xds-propagation",
+    "authz-eval",
+    "throughput",
+    "rr-latency",
+    "waypoint-l7",
+];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -36,6 +42,12 @@ async fn main() -> anyhow::Result<()> {
         if run("rr-latency") {
             bench::l4::rr_latency(&bed).await?;
         }
+    }
+    if run("waypoint-l7") {
+        require_privileged();
+        let exe = std::env::current_exe()?;
+        let bin_dir = exe.parent().expect("a binary lives in a directory");
+        bench::l7::run(bin_dir).await?;
     }
     Ok(())
 }

@@ -1,0 +1,400 @@
+//! `waypoint-l7`: HTTP/1.1 keep-alive requests (1 KiB responses) from wrk,
+//! through the waypoint and against baselines measured in the same run:
+//!
+//! - `direct`: unenrolled client to the backend;
+//! - `nginx proxy`: Debian's nginx as a reverse proxy (keep-alive to the
+//!   backend) in a pod of its own — one L7 hop, plaintext;
+//! - `mesh L4`: enrolled client to a service without a waypoint (both
+//!   ztunnels, HBONE), on a backend pod of its own (a pod behind a
+//!   waypoint takes its service's traffic from the waypoint only);
+//! - `mesh + waypoint`: the same through the namespace's waypoint (both
+//!   ztunnels, two HBONE hops, the L7 engine).
+//!
+//! The backend is nginx serving 1 KiB. Routes alternate, a few rounds
+//! each; the median round is reported, with the waypoint's CPU per 1000
+//! requests/s and its RSS (Istio's Envoy waypoint: about 0.25 vCPU and
+//! 60 MB per 1000 requests/s; targets ≤ 0.1 vCPU and ≤ 20 MB).
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::Context;
+
+use crate::{
+    mesh::{Binaries, Mesh, MeshOptions},
+    processes::WaypointProcess,
+    topology::{Pod, Topology},
+};
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: direct}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: mesh}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-0
+  namespace: mesh
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
+spec: {nodeName: n2, serviceAccountName: waypoint}
+status: {podIP: "${mesh/waypoint-0}"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: mesh}
+spec:
+  clusterIP: 198.19.0.20
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{name: mesh, port: 15008}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: mesh}
+spec: {nodeName: n1, serviceAccountName: client}
+status: {podIP: "${mesh/client}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: mesh, labels: {app: web}}
+spec: {nodeName: n2, serviceAccountName: web}
+status: {podIP: "${mesh/web}"}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: mesh
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 198.19.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: mesh, labels: {app: plain}}
+spec: {nodeName: n2, serviceAccountName: web}
+status: {podIP: "${mesh/plain}"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-l4, namespace: mesh}
+spec:
+  clusterIP: 198.19.0.11
+  selector: {app: plain}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: direct}
+spec: {nodeName: n1}
+status: {podIP: "${direct/client}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: direct}
+spec: {nodeName: n2}
+status: {podIP: "${direct/web}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: proxy, namespace: direct}
+spec: {nodeName: n2}
+status: {podIP: "${direct/proxy}"}
+"#;
+
+/// wrk's connections and the length of one round.
+const CONNECTIONS: u32 = 16;
+const ROUND: Duration = Duration::from_secs(5);
+const ROUNDS: usize = 3;
+
+/// nginx in `pod` (daemon off, its files in `dir`) with `server` as the
+/// body of its one `server {}` block, listening on `port` of the pod, and
+/// `http` added to its `http {}` block.
+fn nginx(
+    pod: &Pod,
+    dir: &Path,
+    port: u16,
+    server: &str,
+    http: &str,
+) -> anyhow::Result<tokio::process::Child> {
+    let id = format!("{}-{}-{port}", pod.namespace(), pod.name());
+    let conf = dir.join(format!("nginx-{id}.conf"));
+    let tmp = dir.join(format!("nginx-{id}"));
+    std::fs::create_dir_all(&tmp)?;
+    let t = tmp.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\n\
+             pid {t}/nginx.pid;\n\
+             error_log {t}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {t}/body;\n\
+               proxy_temp_path {t}/proxy;\n\
+               fastcgi_temp_path {t}/fastcgi;\n\
+               uwsgi_temp_path {t}/uwsgi;\n\
+               scgi_temp_path {t}/scgi;\n\
+               keepalive_requests 1000000;\n\
+               {http}\n\
+               server {{\n\
+                 listen {}:{port};\n\
+                 {server}\n\
+               }}\n\
+             }}\n",
+            pod.ip()
+        ),
+    )?;
+    let mut cmd = tokio::process::Command::from(pod.command("/usr/sbin/nginx")?);
+    cmd.arg("-c")
+        .arg(&conf)
+        .args(["-p", &t.to_string(), "-g", "daemon off;"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd.spawn()
+        .context("starting nginx (cargo xtask setup installs it)")
+}
+
+/// What one wrk round measured.
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn wrk_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let value: f64 = number.parse().ok()?;
+    let secs = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// One wrk round from `client` to `url`.
+async fn wrk(client: &Pod, url: &str) -> anyhow::Result<Round> {
+    let out = tokio::process::Command::from(client.command("wrk")?)
+        .args([
+            "-t1",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{}s", ROUND.as_secs()),
+            "--latency",
+            url,
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running wrk (cargo xtask setup installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(out.status.success(), "wrk {url}: {text}");
+    anyhow::ensure!(
+        !text.contains("Non-2xx"),
+        "wrk {url} got errors; the route is broken: {text}"
+    );
+    let field = |prefix: &str| {
+        text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(prefix)
+                .map(str::trim)
+                .map(str::to_owned)
+        })
+    };
+    Ok(Round {
+        rps: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no Requests/sec in {text}"))?,
+        p50: field("50%")
+            .and_then(|v| wrk_duration(&v))
+            .with_context(|| format!("no p50 in {text}"))?,
+        p99: field("99%")
+            .and_then(|v| wrk_duration(&v))
+            .with_context(|| format!("no p99 in {text}"))?,
+    })
+}
+
+/// CPU seconds (user + system) and RSS (bytes) of process `pid`.
+fn usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // utime and stime are fields 14 and 15 (1-based), 11 and 12 here.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Ok((cpu, rss_kb * 1024))
+}
+
+fn median_round(rounds: &mut [Round]) -> Round {
+    rounds.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    rounds[rounds.len() / 2]
+}
+
+pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
+    let topology = Topology::builder()
+        .control_plane()
+        .node("n1")
+        .node("n2")
+        .pod("mesh/client", "n1")
+        .pod("mesh/web", "n2")
+        .pod("mesh/plain", "n2")
+        .pod("mesh/waypoint-0", "n2")
+        .pod("direct/client", "n1")
+        .pod("direct/web", "n2")
+        .pod("direct/proxy", "n2")
+        .build()?;
+    let mesh = Mesh::start_with(
+        topology,
+        CONFIG,
+        Binaries {
+            control: &bin_dir.join("wt-control"),
+            ztunnel: &bin_dir.join("wt-ztunnel"),
+        },
+        MeshOptions::default(),
+    )
+    .await?;
+    mesh.enroll("mesh/client", "client").await?;
+    mesh.enroll("mesh/web", "web").await?;
+    mesh.enroll("mesh/plain", "web").await?;
+    let waypoint: WaypointProcess = mesh
+        .start_waypoint("mesh/waypoint-0", "waypoint", &bin_dir.join("wt-waypoint"))
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let body = "x".repeat(1024);
+    let backend = format!("location / {{ default_type text/plain; return 200 '{body}'; }}");
+    let pod = |q: &str| mesh.topology.pod(q);
+    let _servers = [
+        nginx(pod("mesh/web"), dir.path(), 8080, &backend, "")?,
+        nginx(pod("mesh/plain"), dir.path(), 8080, &backend, "")?,
+        nginx(pod("direct/web"), dir.path(), 8080, &backend, "")?,
+        // Keep-alive to the backend, as the waypoint's pooled HBONE is.
+        nginx(
+            pod("direct/proxy"),
+            dir.path(),
+            8080,
+            "location / { proxy_pass http://backend; proxy_http_version 1.1; \
+             proxy_set_header Connection \"\"; }",
+            &format!(
+                "upstream backend {{ server {}:8080; keepalive 64; }}",
+                pod("direct/web").ip()
+            ),
+        )?,
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let routes: [(&str, &Pod, String); 4] = [
+        (
+            "direct",
+            pod("direct/client"),
+            format!(
+                "http://{}/",
+                SocketAddr::from((pod("direct/web").ip(), 8080))
+            ),
+        ),
+        (
+            "nginx proxy",
+            pod("direct/client"),
+            format!(
+                "http://{}/",
+                SocketAddr::from((pod("direct/proxy").ip(), 8080))
+            ),
+        ),
+        ("mesh L4", pod("mesh/client"), "http://198.19.0.11/".into()),
+        (
+            "mesh + waypoint",
+            pod("mesh/client"),
+            "http://198.19.0.10/".into(),
+        ),
+    ];
+    // Warm every path (connections, certificates, pools) before measuring.
+    for (label, client, url) in &routes {
+        let probe = tokio::process::Command::from(client.command("curl")?)
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+                url,
+            ])
+            .output()
+            .await?;
+        let code = String::from_utf8_lossy(&probe.stdout).into_owned();
+        anyhow::ensure!(code == "200", "{label} ({url}) answered {code:?}");
+    }
+    let pid = waypoint.process.pid().context("the waypoint's pid")?;
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(); routes.len()];
+    let mut waypoint_cpu = 0.0;
+    let mut waypoint_requests = 0.0;
+    let mut rss_peak = 0;
+    for _ in 0..ROUNDS {
+        for (i, (_, client, url)) in routes.iter().enumerate() {
+            let before = usage(pid)?;
+            let round = wrk(client, url).await?;
+            let after = usage(pid)?;
+            if i == 3 {
+                waypoint_cpu += after.0 - before.0;
+                waypoint_requests += round.rps * ROUND.as_secs_f64();
+                rss_peak = rss_peak.max(after.1);
+            }
+            results[i].push(round);
+        }
+    }
+    let medians: Vec<Round> = results.iter_mut().map(|r| median_round(r)).collect();
+    let (direct, nginx_proxy) = (medians[0], medians[1]);
+    println!(
+        "waypoint-l7: HTTP/1.1 keep-alive, 1 KiB responses, wrk {CONNECTIONS} connections, \
+         median of {ROUNDS} × {} s",
+        ROUND.as_secs()
+    );
+    for ((label, _, _), m) in routes.iter().zip(&medians) {
+        println!(
+            "  {label:<16} {:>8.0} req/s ({:.2}× direct, {:.2}× nginx)  p50 {:>9} ({:.2}×)  p99 {:>9} ({:.2}×)",
+            m.rps,
+            m.rps / direct.rps,
+            m.rps / nginx_proxy.rps,
+            super::ms(m.p50),
+            m.p50.as_secs_f64() / direct.p50.as_secs_f64(),
+            super::ms(m.p99),
+            m.p99.as_secs_f64() / direct.p99.as_secs_f64(),
+        );
+    }
+    // CPU-seconds per second of load, per 1000 requests/s of that load.
+    let seconds = ROUNDS as f64 * ROUND.as_secs_f64();
+    let rate = waypoint_requests / seconds;
+    let vcpu_per_krps = (waypoint_cpu / seconds) / (rate / 1000.0);
+    println!(
+        "  waypoint: {vcpu_per_krps:.3} vCPU per 1000 req/s (target ≤ 0.1; Istio's Envoy ~0.25), \
+         RSS {:.1} MB (target ≤ 20; Envoy ~60)",
+        rss_peak as f64 / 1e6
+    );
+    Ok(())
+}
