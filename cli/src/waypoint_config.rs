@@ -67,7 +67,12 @@ fn tagged(v: &Value) -> String {
 }
 
 fn route_match(m: &Value) -> String {
-    let mut parts = vec![tagged(&m["path"])];
+    // A prefix is kept without its trailing `/`: `/` itself is empty.
+    let path = match m["path"].get("Prefix").and_then(Value::as_str) {
+        Some("") => "Prefix /".to_owned(),
+        _ => tagged(&m["path"]),
+    };
+    let mut parts = vec![path];
     if let Some(method) = m["method"].as_str() {
         parts.push(format!("method={method}"));
     }
