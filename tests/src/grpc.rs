@@ -36,12 +36,22 @@ impl Echo for Server {
 
     async fn count(&self, req: Request<CountRequest>) -> Result<Response<Replies>, Status> {
         let name = self.name.clone();
-        let count = req.into_inner().count;
-        let replies = tokio_stream::iter((1..=count).map(move |i| {
-            Ok(SayReply {
-                text: format!("{name} #{i}"),
-            })
-        }));
+        let CountRequest { count, interval_ms } = req.into_inner();
+        let replies = futures::stream::unfold(1u32, move |i| {
+            let name = name.clone();
+            async move {
+                if i > count {
+                    return None;
+                }
+                if i > 1 && interval_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+                }
+                let reply = Ok(SayReply {
+                    text: format!("{name} #{i}"),
+                });
+                Some((reply, i + 1))
+            }
+        });
         Ok(Response::new(Box::pin(replies)))
     }
 
@@ -97,7 +107,8 @@ pub struct CallReport {
 #[derive(Debug)]
 pub enum Call {
     Say(String),
-    Count(u32),
+    /// `count` replies, `interval_ms` apart.
+    Count(u32, u64),
     Fail(i32),
     Slow(u64),
 }
@@ -169,8 +180,8 @@ pub async fn call(
                 .slow(with_deadline(SlowRequest { delay_ms }, timeout))
                 .await,
         ),
-        Call::Count(count) => match client
-            .count(with_deadline(CountRequest { count }, timeout))
+        Call::Count(count, interval_ms) => match client
+            .count(with_deadline(CountRequest { count, interval_ms }, timeout))
             .await
         {
             Err(status) => failed(status),

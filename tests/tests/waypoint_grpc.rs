@@ -194,6 +194,21 @@ async fn the_waypoint_answers_grpc_clients_in_grpc() -> anyhow::Result<()> {
         "{:?}",
         started.elapsed()
     );
+    // The route's timeout covers the whole stream: a stream still going
+    // when it passes is ended with DEADLINE_EXCEEDED, after what did
+    // arrive in time.
+    let started = Instant::now();
+    let cut = grpc(client, &["count", "10/300"]).await?;
+    assert_eq!(cut.code, 4, "{cut:?}");
+    assert!(
+        (2..=5).contains(&cut.replies.len()),
+        "replies before the cut at 1 s: {cut:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // A client's grpc-timeout is enforced by the waypoint: the backend
     // here (plain HTTP/2, not gRPC) would answer after 3 s.
     let mut cmd = client.command("curl")?;

@@ -174,7 +174,7 @@ impl<B> LoggedBody<B> {
 
 impl<B> Body for LoggedBody<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes, Error = crate::http::BodyError> + Unpin,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -194,8 +194,13 @@ where
                     this.log.grpc_status = Some(code);
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
-                this.log.flags = "UPE";
+            Poll::Ready(Some(Err(err))) => {
+                this.log.flags = if err.is::<crate::deadline::ResponseTimeout>() {
+                    "UT"
+                } else {
+                    "UPE"
+                };
+                this.log.error = Some(err.to_string());
                 this.log.write();
             }
             Poll::Ready(None) => this.log.write(),

@@ -32,7 +32,11 @@ use crate::{
 };
 
 /// A response body: the upstream's, or one the waypoint made.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// Why a response body ended early: the upstream's failure, or the
+/// route's timeout.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The HTTP version spoken on a tunnel (both ways).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -755,6 +759,12 @@ async fn send(
     // the client's other connections' requests too.
     let client = SocketAddr::new(down.peer.ip(), 0);
     let tunnel = wp.tunnel_headers(client, plan.service_host.as_deref());
+    // The route's timeout runs from here to the response's last byte.
+    let grpc = log.grpc;
+    let deadline = plan
+        .budget
+        .overall
+        .map(|limit| tokio::time::Instant::now() + limit);
     let sent = forward::send(wp, down.version, req, pick, record, &plan.budget, &tunnel).await;
     match sent {
         forward::Sent::Response {
@@ -793,7 +803,15 @@ async fn send(
             }
             finish(
                 log,
-                Response::from_parts(parts, Held::new(body, held).boxed()),
+                Response::from_parts(parts, {
+                    let body = Held::new(body, held).map_err(BodyError::from);
+                    match deadline {
+                        Some(at) if !switching => {
+                            BodyExt::boxed(crate::deadline::Deadline::new(body.boxed(), at, grpc))
+                        }
+                        _ => body.boxed(),
+                    }
+                }),
             )
         }
         forward::Sent::TimedOut { upstream, attempts } => {

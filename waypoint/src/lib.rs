@@ -18,6 +18,7 @@ pub mod app;
 pub mod backends;
 pub mod config;
 pub mod cors;
+pub mod deadline;
 pub mod filters;
 pub mod forward;
 pub mod framing;

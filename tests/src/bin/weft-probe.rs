@@ -22,7 +22,7 @@
 //! (`{"open":…,"closed":…,"refused":…}`), prints `held` and keeps them until
 //! its stdin closes.
 //!
-//! `grpc ADDR say TEXT|count N|fail CODE|slow MS [--timeout-ms N]` makes one
+//! `grpc ADDR say TEXT|count N[/MS]|fail CODE|slow MS [--timeout-ms N]` makes one
 //! call to the test gRPC service and reports
 //! `{"code":…,"message":…,"replies":[…],"metadata":{…}}`.
 
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<serde_json::Value, String> {
     let usage = "usage: weft-probe connect ADDR [--send TEXT | --send-size N] [--write-size N] [--hold]\n       \
          weft-probe flood ADDR --count N\n       weft-probe hold ADDR --count N\n       \
-         weft-probe grpc ADDR say TEXT|count N|fail CODE|slow MS [--timeout-ms N]";
+         weft-probe grpc ADDR say TEXT|count N[/MS]|fail CODE|slow MS [--timeout-ms N]";
     let (Some(verb), Some(addr)) = (args.first().map(String::as_str), args.get(1)) else {
         return Err(usage.into());
     };
@@ -133,7 +133,8 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
 /// status code, message, replies and response metadata.
 fn grpc(addr: SocketAddr, args: &[String]) -> Result<serde_json::Value, String> {
     use weft_tests::grpc::{call, Call};
-    let usage = "usage: weft-probe grpc ADDR say TEXT|count N|fail CODE|slow MS [--timeout-ms N]";
+    let usage =
+        "usage: weft-probe grpc ADDR say TEXT|count N[/MS]|fail CODE|slow MS [--timeout-ms N]";
     let (Some(verb), Some(arg)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
@@ -143,7 +144,15 @@ fn grpc(addr: SocketAddr, args: &[String]) -> Result<serde_json::Value, String> 
     };
     let request = match verb.as_str() {
         "say" => Call::Say(arg.clone()),
-        "count" => Call::Count(number("count")? as u32),
+        // `N`, or `N/MS` for replies MS milliseconds apart.
+        "count" => {
+            let (n, ms) = arg.split_once('/').unwrap_or((arg, "0"));
+            let parse = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("count: {arg:?} is not N or N/MS"))
+            };
+            Call::Count(parse(n)? as u32, parse(ms)?)
+        }
         "fail" => Call::Fail(number("code")? as i32),
         "slow" => Call::Slow(number("delay")?),
         _ => return Err(usage.into()),
