@@ -306,12 +306,16 @@ pub enum ParentRef {
         namespace: String,
         name: String,
         port: Option<u16>,
+        /// `sectionName`: a port of the Service, by name.
+        section: Option<String>,
     },
     /// A Gateway (a waypoint, or another gateway).
     Gateway {
         namespace: String,
         name: String,
         port: Option<u16>,
+        /// `sectionName`: a listener, by name.
+        section: Option<String>,
     },
 }
 

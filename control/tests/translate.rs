@@ -822,3 +822,71 @@ spec:
     // Node proxies never receive them.
     assert!(!r.authorizations.contains_key("shop/on-web"));
 }
+
+#[test]
+fn section_names_pick_a_service_port_or_a_waypoint_listener() {
+    let r = resources(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 198.19.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80}, {name: admin, port: 81}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: sections, namespace: shop}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: web, sectionName: http}
+  - {group: "", kind: Service, name: web, sectionName: nope}
+  - {group: "", kind: Service, name: web, sectionName: http, port: 81}
+  - {name: waypoint, sectionName: mesh}
+  - {name: waypoint, sectionName: other}
+  rules:
+  - backendRefs: [{name: web, port: 80}]
+"#,
+    );
+    let accepted: Vec<(String, bool)> = r.route_status["shop/sections"]
+        .iter()
+        .map(|p| {
+            (
+                p.parent.clone(),
+                p.conditions
+                    .iter()
+                    .any(|c| c.kind == "Accepted" && c.status),
+            )
+        })
+        .collect();
+    assert_eq!(
+        accepted,
+        [
+            ("Service shop/web".to_string(), true),
+            ("Service shop/web".to_string(), false),
+            ("Service shop/web".to_string(), false),
+            ("Gateway shop/waypoint".to_string(), true),
+            ("Gateway shop/waypoint".to_string(), false),
+        ]
+    );
+    // The port named `http` is 80: the route applies there only.
+    let routes = &r.routes["shop/web.shop.svc.cluster.local"].routes;
+    assert!(
+        routes
+            .iter()
+            .any(|route| route.route == "shop/sections" && route.ports == [80]),
+        "{routes:#?}"
+    );
+}

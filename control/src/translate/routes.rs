@@ -374,6 +374,7 @@ pub fn translate(
                     namespace,
                     name,
                     port,
+                    section,
                 } => {
                     let label = format!("Gateway {namespace}/{name}");
                     let gateway = snapshot.of_kind(Kind::Gateway).find_map(|o| match o {
@@ -405,6 +406,19 @@ pub fn translate(
                                 ),
                             ))
                         }
+                        Some(g)
+                            if section
+                                .as_ref()
+                                .is_some_and(|sec| !g.listeners.iter().any(|l| l.name == *sec)) =>
+                        {
+                            Err((
+                                "NoMatchingParent",
+                                format!(
+                                    "{label} has no listener named {}",
+                                    section.as_deref().unwrap_or_default()
+                                ),
+                            ))
+                        }
                         Some(_) if route.namespace != *namespace => Err((
                             "NotAllowedByListeners",
                             format!(
@@ -424,6 +438,7 @@ pub fn translate(
                     namespace,
                     name,
                     port,
+                    section,
                 } => {
                     let label = format!("Service {namespace}/{name}");
                     let source = services
@@ -447,6 +462,34 @@ pub fn translate(
                                 "NoMatchingParent",
                                 format!("{label} has no port {}", port.unwrap_or_default()),
                             ))
+                        }
+                        // `sectionName` names one of the Service's ports;
+                        // with `port` too, both must agree.
+                        Some(s) if section.is_some() => {
+                            let named = s
+                                .source
+                                .ports
+                                .iter()
+                                .find(|sp| Some(&sp.name) == section.as_ref());
+                            match named {
+                                None => Err((
+                                    "NoMatchingParent",
+                                    format!(
+                                        "{label} has no port named {}",
+                                        section.as_deref().unwrap_or_default()
+                                    ),
+                                )),
+                                Some(sp) if port.is_some_and(|p| p != sp.port) => Err((
+                                    "NoMatchingParent",
+                                    format!(
+                                        "{label}'s port {} is {}, not {}",
+                                        sp.name,
+                                        sp.port,
+                                        port.unwrap_or_default()
+                                    ),
+                                )),
+                                Some(sp) => Ok(vec![(s, Some(sp.port), false)]),
+                            }
                         }
                         Some(s) => Ok(vec![(s, *port, false)]),
                     };

@@ -371,7 +371,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 }
 
 fn parent_ref(route_namespace: &str, p: ParentRefYaml) -> Result<ParentRef, String> {
-    let _ = p.section_name;
+    let section = p.section_name;
     let namespace = p.namespace.unwrap_or_else(|| route_namespace.to_owned());
     let group = p
         .group
@@ -382,11 +382,13 @@ fn parent_ref(route_namespace: &str, p: ParentRefYaml) -> Result<ParentRef, Stri
             namespace,
             name: p.name,
             port: p.port,
+            section,
         }),
         ("gateway.networking.k8s.io", "Gateway") => Ok(ParentRef::Gateway {
             namespace,
             name: p.name,
             port: p.port,
+            section,
         }),
         _ => Err(format!(
             "parentRef {group}/{kind} {:?} is neither a Service (group \"\") nor a Gateway",
