@@ -37,6 +37,24 @@ pub fn spawn_echo(listener: std::net::TcpListener, name: &str) -> std::io::Resul
 /// gets `200` with the body `"<name> saw <peer>: <method> <path>"`, and the
 /// connection closes.
 pub fn spawn_http(listener: std::net::TcpListener, name: &str) -> std::io::Result<JoinHandle<()>> {
+    serve_http_once(listener, name, true)
+}
+
+/// As [`spawn_http`], but the answer does not say `connection: close`
+/// before the connection closes: a server whose keep-alive ends without
+/// warning, as an idle timeout ends it.
+pub fn spawn_http_closing_silently(
+    listener: std::net::TcpListener,
+    name: &str,
+) -> std::io::Result<JoinHandle<()>> {
+    serve_http_once(listener, name, false)
+}
+
+fn serve_http_once(
+    listener: std::net::TcpListener,
+    name: &str,
+    say_close: bool,
+) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let name = name.to_owned();
@@ -59,8 +77,13 @@ pub fn spawn_http(listener: std::net::TcpListener, name: &str) -> std::io::Resul
                 let request_line = head.lines().next().unwrap_or_default();
                 let target: Vec<&str> = request_line.split_whitespace().take(2).collect();
                 let body = echo_reply(&name, peer, &target.join(" "));
+                let close = if say_close {
+                    "connection: close\r\n"
+                } else {
+                    ""
+                };
                 let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{close}\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(response.as_bytes()).await;

@@ -283,3 +283,48 @@ spec:
     .await?;
     Ok(())
 }
+
+/// The waypoint keeps upstream connections; one the server closed without
+/// saying so is never used for a request, or the request is sent again
+/// when that is safe. Every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_the_server_closed_cost_no_request() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, waypoint) = mesh(
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: rude, namespace: shop}
+spec:
+  clusterIP: 198.19.0.14
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 7100}]
+"#,
+    )
+    .await?;
+    for qualified in ["shop/web-v1", "shop/web-v2"] {
+        let pod = mesh.topology.pod(qualified);
+        let listener = pod.enter(|| std::net::TcpListener::bind((pod.ip(), 7100)))??;
+        weft_tests::apps::spawn_http_closing_silently(listener, qualified)?;
+    }
+    let client = mesh.topology.pod("shop/client");
+    for i in 0..10 {
+        let (status, _, body) = curl(client, &["http://198.19.0.14/get"]).await?;
+        assert_eq!(status, 200, "GET {i}: {body}");
+        let (status, _, body) = curl(client, &["-d", "x", "http://198.19.0.14/post"]).await?;
+        assert_eq!(status, 200, "POST {i}: {body}");
+    }
+    assert!(
+        waypoint
+            .process
+            .lines_with(&[
+                "request complete",
+                "authority=198.19.0.14",
+                "response_code=503"
+            ])
+            .is_empty(),
+        "no request failed"
+    );
+    Ok(())
+}

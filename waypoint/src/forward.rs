@@ -16,12 +16,16 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-
-use crate::http_pool::{HttpPool, PoolKey, Sender};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_proxy::balance::Endpoint;
 
-use crate::{backends::InFlight, http::Version, proxy::Waypoint, upstream};
+use crate::{
+    backends::InFlight,
+    http::Version,
+    http_pool::{HttpPool, PoolKey, Sender},
+    proxy::Waypoint,
+    upstream,
+};
 
 /// The largest request body kept for replaying on a status retry.
 const REPLAY_LIMIT: usize = 64 * 1024;
@@ -278,9 +282,17 @@ async fn attempt_all(
             },
             None => exchange.await,
         };
-        // A kept connection the server closed while it was idle: the
-        // request never reached it, so it is sent once more on a new one.
-        if reused && !stale_retried && result.is_err() && (kept.is_some() || bodiless) {
+        // A kept connection the server closed while it was idle: sent once
+        // more on a new one when the request was never written, or when
+        // it may safely be repeated (an idempotent method, as HTTP clients
+        // retry on a stale keep-alive connection).
+        let stale = match &result {
+            Err(ForwardError::Http(e)) => {
+                e.is_canceled() || (e.is_incomplete_message() && idempotent(&parts.method))
+            }
+            _ => false,
+        };
+        if reused && stale && !stale_retried && (kept.is_some() || bodiless) {
             tracing::debug!(upstream = %endpoint.addr, "pooled connection was closed; retrying on a new one");
             stale_retried = true;
             continue;
@@ -320,6 +332,20 @@ async fn attempt_all(
     }
 }
 
+/// RFC 9110 9.2.2: a request that can be repeated with the same effect.
+fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
 /// A body declared larger than what is kept for replay.
 fn too_large(headers: &http::HeaderMap) -> bool {
     headers
@@ -354,7 +380,6 @@ fn prepare_headers(headers: &mut http::HeaderMap, version: Version) {
     }
 }
 
-/// One request over a fresh connection to the upstream.
 /// How a request reaches its endpoint: a kept connection, or a new stream.
 enum Conn {
     Pooled(Sender),
