@@ -666,6 +666,19 @@ fn rule(route_namespace: &str, index: usize, r: RuleYaml) -> Result<HttpRule, St
     })
 }
 
+/// A route's `spec.parentRefs`: at least one, each a Service or a Gateway.
+fn parents(route_namespace: &str, refs: Vec<ParentRefYaml>) -> Result<Vec<ParentRef>, String> {
+    if refs.is_empty() {
+        return Err("spec.parentRefs is empty: attach the route to a Service or a waypoint".into());
+    }
+    refs.into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            parent_ref(route_namespace, p).map_err(|e| format!("spec.parentRefs[{i}]: {e}"))
+        })
+        .collect()
+}
+
 pub(super) fn http_route(
     namespace: String,
     name: String,
@@ -674,15 +687,7 @@ pub(super) fn http_route(
 ) -> Result<HttpRoute, String> {
     let spec: HttpRouteSpecYaml = from_spec(spec, "spec")?;
     let _ = spec.hostnames;
-    if spec.parent_refs.is_empty() {
-        return Err("spec.parentRefs is empty: attach the route to a Service or a waypoint".into());
-    }
-    let parents = spec
-        .parent_refs
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| parent_ref(&namespace, p).map_err(|e| format!("spec.parentRefs[{i}]: {e}")))
-        .collect::<Result<_, _>>()?;
+    let parents = parents(&namespace, spec.parent_refs)?;
     let rules = if spec.rules.is_empty() {
         vec![HttpRule::default()]
     } else {
@@ -887,15 +892,7 @@ pub(super) fn grpc_route(
 ) -> Result<HttpRoute, String> {
     let spec: GrpcRouteSpecYaml = from_spec(spec, "spec")?;
     let _ = spec.hostnames;
-    if spec.parent_refs.is_empty() {
-        return Err("spec.parentRefs is empty: attach the route to a Service or a waypoint".into());
-    }
-    let parents = spec
-        .parent_refs
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| parent_ref(&namespace, p).map_err(|e| format!("spec.parentRefs[{i}]: {e}")))
-        .collect::<Result<_, _>>()?;
+    let parents = parents(&namespace, spec.parent_refs)?;
     let rules = if spec.rules.is_empty() {
         vec![grpc_rule(&namespace, 0, GrpcRuleYaml::default()).map_err(|e| format!("spec.{e}"))?]
     } else {
