@@ -824,6 +824,78 @@ spec:
 }
 
 #[test]
+fn a_grpc_route_wins_over_an_http_route_on_the_same_parent() {
+    let r = resources(&format!(
+        "{ROUTED}{}",
+        r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {clusterIP: 198.19.0.12, selector: {app: web}, ports: [{port: 80}, {port: 9090}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}, {group: "", kind: Service, name: api, port: 9090}]
+  rules:
+  - backendRefs: [{name: web, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: page, namespace: shop}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: web}
+  - {group: "", kind: Service, name: api, port: 80}
+  - {group: "", kind: Service, name: api, port: 9090}
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /page}}]
+    backendRefs: [{name: web, port: 80}]
+"#
+    ));
+    let accepted = |key: &str| -> Vec<(String, bool, String)> {
+        r.route_status[key]
+            .iter()
+            .map(|p| {
+                let c = p.conditions.iter().find(|c| c.kind == "Accepted").unwrap();
+                (p.parent.clone(), c.status, c.reason.to_owned())
+            })
+            .collect()
+    };
+    let row = |parent: &str, ok: bool, reason: &str| (parent.to_owned(), ok, reason.to_owned());
+    assert_eq!(
+        accepted("GRPCRoute/shop/rpc"),
+        [
+            row("Service shop/web", true, "Accepted"),
+            row("Service shop/api", true, "Accepted"),
+        ]
+    );
+    // Refused where the GRPCRoute is (the whole Service, or the same
+    // port), taken on another port.
+    assert_eq!(
+        accepted("shop/page"),
+        [
+            row("Service shop/web", false, "Conflicted"),
+            row("Service shop/api", true, "Accepted"),
+            row("Service shop/api", false, "Conflicted"),
+        ]
+    );
+    let web = &r.routes["shop/web.shop.svc.cluster.local"].routes;
+    assert!(
+        web.iter().all(|route| route.route == "shop/rpc"),
+        "{web:#?}"
+    );
+    let api = &r.routes["shop/api.shop.svc.cluster.local"].routes;
+    let on: Vec<(&str, &[u32])> = api
+        .iter()
+        .map(|route| (route.route.as_str(), route.ports.as_slice()))
+        .collect();
+    assert_eq!(on, [("shop/page", &[80][..]), ("shop/rpc", &[9090][..])]);
+}
+
+#[test]
 fn section_names_pick_a_service_port_or_a_waypoint_listener() {
     let r = resources(
         r#"

@@ -12,6 +12,10 @@
 //! waypoint's own namespace, as its listener allows by default) applies to
 //! every service bound to that waypoint that has no routes of its own.
 //!
+//! A GRPCRoute and an HTTPRoute on the same parent (and port) conflict: the
+//! GRPCRoute is taken and the HTTPRoute refused there with reason
+//! `Conflicted` (GEP-1426).
+//!
 //! The rules of every route attached to a service are flattened — one
 //! entry per match — and ordered by the spec's precedence: an Exact path,
 //! then a RegularExpression (longest first; the spec leaves regular
@@ -347,9 +351,11 @@ pub fn translate(
             })
             .collect(),
     };
+    // GRPCRoutes first: an HTTPRoute on a parent a GRPCRoute holds is
+    // refused (below).
     let routes: Vec<&HttpRoute> = snapshot
-        .of_kind(Kind::HttpRoute)
-        .chain(snapshot.of_kind(Kind::GrpcRoute))
+        .of_kind(Kind::GrpcRoute)
+        .chain(snapshot.of_kind(Kind::HttpRoute))
         .filter_map(|o| match o {
             Object::HttpRoute(r) | Object::GrpcRoute(r) => Some(r),
             _ => None,
@@ -359,6 +365,9 @@ pub fn translate(
     // Routes attached to a waypoint, for each service behind it.
     let mut gateway_entries: BTreeMap<String, Vec<Entry<'_>>> = BTreeMap::new();
     let mut status: BTreeMap<String, Vec<ParentStatus>> = BTreeMap::new();
+    // The parents accepted GRPCRoutes hold: label, port (none: all) and
+    // the GRPCRoute.
+    let mut grpc_parents: Vec<(String, Option<u16>, String)> = Vec::new();
     for route in &routes {
         let key = format!("{}/{}", route.namespace, route.name);
         // An HTTPRoute and a GRPCRoute may share a name.
@@ -495,6 +504,31 @@ pub fn translate(
                     };
                     (label, accepted)
                 }
+            };
+            // GEP-1426: where a GRPCRoute and an HTTPRoute attach to the
+            // same parent (and port), the GRPCRoute wins and the HTTPRoute
+            // is not accepted there.
+            let accepted = match accepted {
+                Ok(targets) => {
+                    let port = targets.first().and_then(|(_, port, _)| *port);
+                    if route.grpc {
+                        grpc_parents.push((parent_name.clone(), port, key.clone()));
+                        Ok(targets)
+                    } else if let Some((_, _, grpc)) = grpc_parents.iter().find(|(label, p, _)| {
+                        *label == parent_name && (p.is_none() || port.is_none() || *p == port)
+                    }) {
+                        Err((
+                            "Conflicted",
+                            format!(
+                                "GRPCRoute {grpc} is attached to {parent_name} too, and a \
+                                 GRPCRoute takes precedence over an HTTPRoute on the same parent"
+                            ),
+                        ))
+                    } else {
+                        Ok(targets)
+                    }
+                }
+                Err(refusal) => Err(refusal),
             };
             let mut conditions = Vec::new();
             match accepted {
