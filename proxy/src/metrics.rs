@@ -210,14 +210,38 @@ impl RequestMetrics {
 
     /// Records one finished request.
     pub fn record(&self, labels: &RequestLabels, duration_ms: f64, received: u64, sent: u64) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(duration_ms);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(received as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(sent as f64);
+        self.series(labels).record(duration_ms, received, sent);
+    }
+
+    /// The series `labels` name in the four families (created if new),
+    /// to record requests in without looking them up again.
+    pub fn series(&self, labels: &RequestLabels) -> RequestSeries {
+        RequestSeries {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+}
+
+/// One label set's series in the `istio_request*` families: handles that
+/// share their values with the registered families.
+#[derive(Clone, Debug)]
+pub struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl RequestSeries {
+    /// Records one finished request.
+    pub fn record(&self, duration_ms: f64, received: u64, sent: u64) {
+        self.requests.inc();
+        self.duration.observe(duration_ms);
+        self.request_bytes.observe(received as f64);
+        self.response_bytes.observe(sent as f64);
     }
 }
 

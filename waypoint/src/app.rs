@@ -33,6 +33,8 @@ pub enum StartError {
     Tracing(#[from] weft_proxy::otlp::OtlpError),
     #[error("--trace-sampling {0} is not a percentage between 0 and 100")]
     Sampling(f64),
+    #[error(transparent)]
+    Workers(#[from] crate::workers::WorkersError),
     #[error("binding the {what} endpoint on {addr}: {source}; is another process using it?")]
     Bind {
         what: &'static str,
@@ -50,6 +52,8 @@ pub struct Started {
     pub readiness_address: std::net::SocketAddr,
     pub waypoint: Arc<Waypoint>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The worker threads besides the caller's runtime (stopped with it).
+    _workers: crate::workers::Workers,
 }
 
 impl Drop for Started {
@@ -181,6 +185,14 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         metrics,
         weft_proxy::admin::metrics_routes(move || registry.render()),
     )));
+    // HBONE is served by every worker: the caller's runtime and one more
+    // thread per core.
+    let served = wp.clone();
+    let workers = crate::workers::Workers::start(
+        crate::workers::count(config.concurrency).saturating_sub(1),
+        &hbone,
+        move |listener| inbound::serve(served.clone(), listener),
+    )?;
     tasks.push(tokio::spawn(inbound::serve(wp.clone(), hbone)));
     let dump = wp.clone();
     tasks.push(tokio::spawn(weft_proxy::admin::serve(
@@ -229,7 +241,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
             }
         }),
     )));
-    tracing::info!(waypoint = %wp.name, identity = %identity, %hbone_address, %admin_address, "waypoint started");
+    tracing::info!(waypoint = %wp.name, identity = %identity, %hbone_address, %admin_address, workers = workers.len() + 1, "waypoint started");
     Ok(Started {
         hbone_address,
         admin_address,
@@ -237,6 +249,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         readiness_address,
         waypoint: wp,
         tasks,
+        _workers: workers,
     })
 }
 
@@ -245,13 +258,13 @@ pub fn main() -> anyhow::Result<()> {
     main_from(std::env::args_os())
 }
 
-/// Runs the waypoint with `args` (the first is the program name).
-pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+/// Logs (access lines included) to stdout as `format` (`text` or
+/// `json`), filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(format: &str) {
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
-    let config = <Config as clap::Parser>::parse_from(args);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let format = match config.log_format.as_str() {
+    let format = match format {
         "json" => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
@@ -262,7 +275,14 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
         .with(filter)
         .with(format)
         .init();
-    tokio::runtime::Builder::new_multi_thread()
+}
+
+/// Runs the waypoint with `args` (the first is the program name).
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    let config = <Config as clap::Parser>::parse_from(args);
+    init_logging(&config.log_format);
+    // The first worker: the control side runs here too (see `workers`).
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async move {

@@ -82,6 +82,10 @@ pub struct Config {
     /// sampled trace (Istio's default is 1).
     #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value_t = 1.0)]
     pub trace_sampling: f64,
+    /// Worker threads serving traffic, each with a runtime of its own
+    /// (Istio's proxy `concurrency`; 0: one per core).
+    #[arg(long, env = "WEFT_CONCURRENCY", default_value_t = 0)]
+    pub concurrency: usize,
     /// Log format: `text` or `json`.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -23,7 +23,7 @@ use crate::{
     backends::InFlight,
     http::Version,
     http_pool::{HttpPool, PoolKey, Sender},
-    proxy::Waypoint,
+    proxy::{Tunnel, Waypoint},
     upstream,
 };
 
@@ -108,7 +108,7 @@ pub async fn send(
     pick: impl Pick,
     record: impl Fn(&Endpoint, bool),
     budget: &Budget,
-    tunnel: &[(http::HeaderName, HeaderValue)],
+    tunnel: &Tunnel,
 ) -> Sent {
     let attempts_made = std::sync::atomic::AtomicU32::new(0);
     let last = std::sync::Mutex::new(None::<Endpoint>);
@@ -141,7 +141,7 @@ async fn attempt_all(
     pick: &impl Pick,
     record: &impl Fn(&Endpoint, bool),
     budget: &Budget,
-    tunnel: &[(http::HeaderName, HeaderValue)],
+    tunnel: &Tunnel,
     attempts_made: &std::sync::atomic::AtomicU32,
     last: &std::sync::Mutex<Option<Endpoint>>,
 ) -> Sent {
@@ -166,10 +166,6 @@ async fn attempt_all(
     // A request without a body can be sent again after a pooled
     // connection turns out to have been closed under it.
     let bodiless = http_body::Body::is_end_stream(&body);
-    let tunnel_text: String = tunnel
-        .iter()
-        .map(|(n, v)| format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())))
-        .collect();
     let mut stale_retried = false;
     if retry.codes.is_empty() || too_large(&parts.headers) {
         streaming = Some(body);
@@ -201,11 +197,7 @@ async fn attempt_all(
         *last.lock().expect("last lock") = Some(endpoint.clone());
         let retries_left = attempt < retry.attempts;
         let backoff = retry.backoff * 2u32.saturating_pow(attempt.min(4));
-        let pool_key = PoolKey {
-            endpoint: endpoint.addr,
-            version,
-            tunnel: tunnel_text.clone(),
-        };
+        let pool_key = PoolKey::new(endpoint.addr, version, tunnel.key.clone());
         let pooled = if reusable {
             wp.http_pool.take(&pool_key)
         } else {
@@ -215,7 +207,7 @@ async fn attempt_all(
         let connect = async {
             match pooled {
                 Some(sender) => Ok(Conn::Pooled(sender)),
-                None => upstream::connect(wp, &endpoint, tunnel)
+                None => upstream::connect(wp, &endpoint, &tunnel.headers)
                     .await
                     .map(Conn::Fresh),
             }

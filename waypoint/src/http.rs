@@ -11,8 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use weft_proto::spiffe::Identity;
 use weft_proxy::{
-    balance::Endpoint, hbone::io::H2Io, peer_metadata::PeerClaims, state::Service,
-    trace_context::TraceContext,
+    balance::Endpoint, peer_metadata::PeerClaims, state::Service, trace_context::TraceContext,
 };
 
 use crate::{
@@ -26,9 +25,9 @@ use crate::{
     mirror,
     normalize::{normalize, PathNormalization},
     policy::{self, RequestAttrs, Verdict},
-    proxy::{Target, Waypoint},
+    proxy::{Target, Tunnel, Waypoint},
     routes::{Backend, Filter, HeaderModifier, Route},
-    telemetry::{RequestMeter, RequestSpan},
+    telemetry::{RequestMeter, RequestSpan, SourceMeter},
 };
 
 /// A response body: the upstream's, or one the waypoint made.
@@ -64,10 +63,73 @@ pub struct Downstream {
     pub version: Version,
     /// What the source said on its CONNECT.
     pub claims: PeerClaims,
+    /// What every request's log line says of the caller and destination,
+    /// written out once.
+    src_addr: Arc<str>,
+    src_identity: Arc<str>,
+    destination: Arc<str>,
+    /// The caller's side of the requests' metrics.
+    meter: Arc<SourceMeter>,
+    /// The onward tunnels made for its requests, by service host.
+    tunnels: std::sync::Mutex<Vec<(Option<String>, Arc<Tunnel>)>>,
 }
 
-/// Serves the requests of one tunnel until the client is done.
-pub async fn serve(wp: Arc<Waypoint>, io: H2Io, down: Arc<Downstream>) -> Result<(), hyper::Error> {
+impl Downstream {
+    pub fn new(
+        wp: &Waypoint,
+        peer: SocketAddr,
+        identity: Identity,
+        authority: SocketAddr,
+        target: Target,
+        version: Version,
+        claims: PeerClaims,
+    ) -> Self {
+        let meter = SourceMeter::new(
+            wp.request_metrics.clone(),
+            wp.state.workload_by_ip(peer.ip()),
+            identity.clone(),
+            claims.metadata.clone(),
+        );
+        Self {
+            src_addr: peer.to_string().into(),
+            src_identity: identity.to_string().into(),
+            destination: target.name().into(),
+            meter: Arc::new(meter),
+            tunnels: Default::default(),
+            peer,
+            identity,
+            authority,
+            target,
+            version,
+            claims,
+        }
+    }
+
+    /// The tunnel onward for this caller's requests to `service_host`.
+    fn tunnel(&self, wp: &Waypoint, service_host: Option<&str>) -> Arc<Tunnel> {
+        let mut tunnels = self.tunnels.lock().expect("tunnels lock");
+        if let Some((_, tunnel)) = tunnels.iter().find(|(h, _)| h.as_deref() == service_host) {
+            return tunnel.clone();
+        }
+        // Named by address alone: the connection onward may be kept and
+        // carry the client's other connections' requests too.
+        let client = SocketAddr::new(self.peer.ip(), 0);
+        let tunnel = Arc::new(wp.tunnel(client, service_host));
+        // A connection's requests name a handful of services at most.
+        if tunnels.len() < 16 {
+            tunnels.push((service_host.map(str::to_owned), tunnel.clone()));
+        }
+        tunnel
+    }
+}
+
+/// Serves the requests of one tunnel until the client is done. `io` is
+/// the tunnel's stream (any byte stream: the benchmark's same-hop
+/// comparison with nginx serves plain TCP).
+pub async fn serve<IO>(wp: Arc<Waypoint>, io: IO, down: Arc<Downstream>) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let version = down.version;
     let service = |verdicts: Option<Verdicts>| {
         hyper::service::service_fn(move |req| {
@@ -259,16 +321,13 @@ async fn handle_request(
             .unwrap_or_else(|| "/".into()),
         down.version.name(),
         authority_of(&req).unwrap_or_default(),
-        down.peer.to_string(),
-        down.identity.to_string(),
-        down.target.name(),
+        down.src_addr.clone(),
+        down.src_identity.clone(),
+        down.destination.clone(),
     );
     log.grpc = grpc::is_grpc(req.headers());
     log.meter = Some(RequestMeter::new(
-        wp.request_metrics.clone(),
-        wp.state.workload_by_ip(down.peer.ip()),
-        down.identity.clone(),
-        down.claims.metadata.clone(),
+        down.meter.clone(),
         match &down.target {
             Target::Service { service, .. } => Some(service.clone()),
             Target::Workload { .. } => None,
@@ -755,10 +814,7 @@ async fn send(
     if let Some(deadline) = log.grpc.then(|| grpc::timeout(req.headers())).flatten() {
         plan.budget.overall = Some(plan.budget.overall.map_or(deadline, |o| o.min(deadline)));
     }
-    // Named by address alone: the connection onward may be kept and carry
-    // the client's other connections' requests too.
-    let client = SocketAddr::new(down.peer.ip(), 0);
-    let tunnel = wp.tunnel_headers(client, plan.service_host.as_deref());
+    let tunnel = down.tunnel(wp, plan.service_host.as_deref());
     // The route's timeout runs from here to the response's last byte.
     let grpc = log.grpc;
     let deadline = plan

@@ -28,8 +28,22 @@ const MAX_IDLE: usize = 64;
 pub struct PoolKey {
     pub endpoint: SocketAddr,
     pub version: Version,
-    /// The onward tunnel's headers, as text.
-    pub tunnel: String,
+    /// The onward tunnel's headers, as text ([`crate::proxy::Tunnel`]).
+    pub tunnel: Arc<str>,
+    /// The worker thread using it.
+    pub worker: std::thread::ThreadId,
+}
+
+impl PoolKey {
+    /// The key for the calling worker thread.
+    pub fn new(endpoint: SocketAddr, version: Version, tunnel: Arc<str>) -> Self {
+        Self {
+            endpoint,
+            version,
+            tunnel,
+            worker: std::thread::current().id(),
+        }
+    }
 }
 
 /// A connection's request sender.

@@ -188,14 +188,9 @@ async fn tunnel(wp: Arc<Waypoint>, connect: InboundConnect) {
     };
     match sniffed {
         Sniffed::Http(version) => {
-            let down = Arc::new(Downstream {
-                peer,
-                identity,
-                authority,
-                target,
-                version,
-                claims,
-            });
+            let down = Arc::new(Downstream::new(
+                &wp, peer, identity, authority, target, version, claims,
+            ));
             if let Err(err) = crate::http::serve(wp, io, down).await {
                 tracing::debug!(%peer, %err, "HTTP connection ended with an error");
             }

@@ -35,3 +35,4 @@ pub mod routes;
 pub mod tcp;
 pub mod telemetry;
 pub mod upstream;
+pub mod workers;

@@ -156,7 +156,7 @@ async fn send_copy(
             parts.uri = rebuilt;
         }
     }
-    let tunnel = wp.tunnel_headers(SocketAddr::new(client.ip(), 0), Some(&service.hostname));
+    let tunnel = wp.tunnel(SocketAddr::new(client.ip(), 0), Some(&service.hostname));
     let pick = || {
         wp.balancer
             .service_endpoint(&wp.state, &service, port)

@@ -58,6 +58,29 @@ pub struct Waypoint {
     xds: tokio::sync::watch::Receiver<XdsStatus>,
 }
 
+/// What an onward tunnel's CONNECT says of the traffic it carries.
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The headers as text: part of the key kept upstream connections are
+    /// pooled by, so a reused one says the same of its requests as a new
+    /// one would.
+    pub key: Arc<str>,
+}
+
+impl Tunnel {
+    pub fn new(headers: Vec<(http::HeaderName, http::HeaderValue)>) -> Self {
+        let key: String = headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        Self {
+            headers,
+            key: key.into(),
+        }
+    }
+}
+
 /// Where a CONNECT through the waypoint is headed.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -122,14 +145,10 @@ impl Waypoint {
         }
     }
 
-    /// The headers of a tunnel onward for `client`'s traffic: `forwarded`
-    /// with the client and the service it reached, and the waypoint's own
+    /// The tunnel onward for `client`'s traffic: `forwarded` with the
+    /// client and the service it reached, and the waypoint's own
     /// `baggage`.
-    pub fn tunnel_headers(
-        &self,
-        client: SocketAddr,
-        service_host: Option<&str>,
-    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    pub fn tunnel(&self, client: SocketAddr, service_host: Option<&str>) -> Tunnel {
         let own = PeerMetadata {
             cluster: String::new(),
             namespace: self.namespace.clone(),
@@ -137,7 +156,11 @@ impl Waypoint {
             canonical_service: self.gateway.clone(),
             canonical_revision: "latest".into(),
         };
-        weft_proxy::peer_metadata::connect_headers(client, service_host, Some(&own))
+        Tunnel::new(weft_proxy::peer_metadata::connect_headers(
+            client,
+            service_host,
+            Some(&own),
+        ))
     }
 
     /// Waits until the first full configuration has arrived.

@@ -51,7 +51,7 @@ pub async fn forward(
             return;
         }
     }
-    let tunnel = wp.tunnel_headers(
+    let tunnel = wp.tunnel(
         peer,
         match target {
             Target::Service { service, .. } => Some(service.hostname.as_str()),
@@ -68,7 +68,7 @@ pub async fn forward(
         }),
     };
     let result = match endpoint {
-        Ok(endpoint) => match upstream::connect(wp, &endpoint, &tunnel).await {
+        Ok(endpoint) => match upstream::connect(wp, &endpoint, &tunnel.headers).await {
             Ok(mut upstream) => tokio::io::copy_bidirectional(&mut io, &mut upstream)
                 .await
                 .map(|(sent, received)| (endpoint.addr, sent, received))

@@ -4,11 +4,14 @@
 //! endpoint chosen and the service routed to. And the request's span, for
 //! OTLP.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use weft_proto::spiffe::Identity;
 use weft_proxy::{
-    metrics::{Ends, Reporter, RequestLabels, RequestMetrics, TcpLabels},
+    metrics::{Ends, Reporter, RequestLabels, RequestMetrics, RequestSeries, TcpLabels},
     otlp::{Exporter, FinishedSpan, Value},
     peer_metadata::PeerMetadata,
     state::{Service, Workload},
@@ -17,13 +20,102 @@ use weft_proxy::{
 
 use crate::access_log::RequestLog;
 
+/// The caller's side of one connection's request metrics, worked out
+/// once for all its requests, and the series they were counted in, kept
+/// for the next ones (a keep-alive connection's requests mostly share
+/// one).
+pub struct SourceMeter {
+    metrics: RequestMetrics,
+    source: Option<Arc<Workload>>,
+    identity: Identity,
+    metadata: PeerMetadata,
+    series: Mutex<Vec<(SeriesKey, RequestSeries)>>,
+}
+
+/// Series kept per connection, at most.
+const SERIES_KEPT: usize = 16;
+
+/// What, besides the caller, decides a request's labels. Service and
+/// workload compare by pointer: a changed one (new labels) is a new
+/// `Arc` from the state, so a series is never reused for what it no longer
+/// describes.
+struct SeriesKey {
+    service: Option<Arc<Service>>,
+    destination: Option<Arc<Workload>>,
+    grpc: bool,
+    flags: &'static str,
+    status: u16,
+    grpc_status: Option<u16>,
+}
+
+impl SeriesKey {
+    fn same(&self, other: &SeriesKey) -> bool {
+        fn same_arc<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        same_arc(&self.service, &other.service)
+            && same_arc(&self.destination, &other.destination)
+            && (self.grpc, self.flags, self.status, self.grpc_status)
+                == (other.grpc, other.flags, other.status, other.grpc_status)
+    }
+}
+
+impl SourceMeter {
+    pub fn new(
+        metrics: RequestMetrics,
+        source: Option<Arc<Workload>>,
+        identity: Identity,
+        metadata: PeerMetadata,
+    ) -> Self {
+        Self {
+            metrics,
+            source,
+            identity,
+            metadata,
+            series: Mutex::default(),
+        }
+    }
+
+    /// The series for `key`: a kept one, or one labelled afresh.
+    fn series(&self, key: SeriesKey) -> RequestSeries {
+        let mut kept = self.series.lock().expect("series lock");
+        if let Some((_, series)) = kept.iter().find(|(k, _)| k.same(&key)) {
+            return series.clone();
+        }
+        let mut ends = TcpLabels::new(&Ends {
+            reporter: Reporter::Waypoint,
+            source: self.source.as_deref(),
+            source_identity: Some(&self.identity),
+            destination: key.destination.as_deref(),
+            destination_identity: key.destination.as_deref().map(|w| &w.identity),
+            service: key.service.as_deref(),
+            mtls: true,
+        })
+        .with_source_metadata(&self.metadata);
+        ends.request_protocol = if key.grpc { "grpc" } else { "http" }.into();
+        ends.response_flags = key.flags.into();
+        let labels = RequestLabels {
+            ends,
+            response_code: key.status.to_string(),
+            grpc_response_status: key.grpc_status.map(|c| c.to_string()).unwrap_or_default(),
+        };
+        let series = self.metrics.series(&labels);
+        if kept.len() >= SERIES_KEPT {
+            kept.remove(0);
+        }
+        kept.push((key, series.clone()));
+        series
+    }
+}
+
 /// What one request's metrics are labelled with, filled in as the
 /// request is routed.
 pub struct RequestMeter {
-    metrics: RequestMetrics,
-    source: Option<Arc<Workload>>,
-    source_identity: Identity,
-    source_metadata: PeerMetadata,
+    source: Arc<SourceMeter>,
     /// The service the request went to (the addressed one until a route
     /// chooses a backend).
     pub service: Option<Arc<Service>>,
@@ -32,18 +124,9 @@ pub struct RequestMeter {
 }
 
 impl RequestMeter {
-    pub fn new(
-        metrics: RequestMetrics,
-        source: Option<Arc<Workload>>,
-        source_identity: Identity,
-        source_metadata: PeerMetadata,
-        service: Option<Arc<Service>>,
-    ) -> Self {
+    pub fn new(source: Arc<SourceMeter>, service: Option<Arc<Service>>) -> Self {
         Self {
-            metrics,
             source,
-            source_identity,
-            source_metadata,
             service,
             destination: None,
         }
@@ -51,36 +134,22 @@ impl RequestMeter {
 
     /// Counts the finished request `log` describes.
     pub fn record(&self, log: &RequestLog, duration_ms: f64) {
-        let mut ends = TcpLabels::new(&Ends {
-            reporter: Reporter::Waypoint,
-            source: self.source.as_deref(),
-            source_identity: Some(&self.source_identity),
-            destination: self.destination.as_deref(),
-            destination_identity: self.destination.as_deref().map(|w| &w.identity),
-            service: self.service.as_deref(),
-            mtls: true,
-        })
-        .with_source_metadata(&self.source_metadata);
-        ends.request_protocol = if log.grpc { "grpc" } else { "http" }.into();
-        ends.response_flags = log.flags.into();
-        let labels = RequestLabels {
-            ends,
-            response_code: log.status.to_string(),
-            grpc_response_status: log
-                .grpc
-                .then(|| log.grpc_status.map(|c| c.to_string()))
-                .flatten()
-                .unwrap_or_default(),
-        };
-        self.metrics
-            .record(&labels, duration_ms, log.bytes_received(), log.bytes_sent);
+        let series = self.source.series(SeriesKey {
+            service: self.service.clone(),
+            destination: self.destination.clone(),
+            grpc: log.grpc,
+            flags: log.flags,
+            status: log.status,
+            grpc_status: log.grpc.then_some(log.grpc_status).flatten(),
+        });
+        series.record(duration_ms, log.bytes_received(), log.bytes_sent);
     }
 }
 
 impl std::fmt::Debug for RequestMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestMeter")
-            .field("source", &self.source.as_ref().map(|w| &w.name))
+            .field("source", &self.source.source.as_ref().map(|w| &w.name))
             .field("service", &self.service.as_ref().map(|s| s.key()))
             .field("destination", &self.destination.as_ref().map(|w| &w.name))
             .finish_non_exhaustive()
