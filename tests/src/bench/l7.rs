@@ -3,7 +3,12 @@
 //!
 //! - `direct`: unenrolled client to the backend;
 //! - `nginx proxy`: Debian's nginx as a reverse proxy (keep-alive to the
-//!   backend) in a pod of its own — one L7 hop, plaintext;
+//!   backend, a worker per core, an access line per request) in a pod of
+//!   its own — one L7 hop, plaintext;
+//! - `L7 engine`: the waypoint's request path in the same place, on
+//!   plaintext (`wt-l7-engine`: no tunnel in or out, everything else the
+//!   waypoint does per request) — hop for hop against nginx (target:
+//!   ≥ 1.0× its requests/s, a p99 no worse);
 //! - `mesh L4`: enrolled client to a service without a waypoint (both
 //!   ztunnels, HBONE), on a backend pod of its own (a pod behind a
 //!   waypoint takes its service's traffic from the waypoint only);
@@ -11,8 +16,9 @@
 //!   ztunnels, two HBONE hops, the L7 engine).
 //!
 //! The backend is nginx serving 1 KiB. Routes alternate, a few rounds
-//! each; the median round is reported, with the waypoint's CPU per 1000
-//! requests/s and its RSS (Istio's Envoy waypoint: about 0.25 vCPU and
+//! each; the median round is reported, with the CPU per 1000 requests/s
+//! of the proxies (nginx's workers, the engine, the waypoint) and the
+//! waypoint's RSS (Istio's Envoy waypoint: about 0.25 vCPU and
 //! 60 MB per 1000 requests/s; targets ≤ 0.1 vCPU and ≤ 20 MB).
 
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -112,6 +118,12 @@ kind: Pod
 metadata: {name: proxy, namespace: direct}
 spec: {nodeName: n2}
 status: {podIP: "${direct/proxy}"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: engine, namespace: direct}
+spec: {nodeName: n2}
+status: {podIP: "${direct/engine}"}
 "#;
 
 /// wrk's connections and the length of one round.
@@ -119,13 +131,14 @@ const CONNECTIONS: u32 = 16;
 const ROUND: Duration = Duration::from_secs(5);
 const ROUNDS: usize = 3;
 
-/// nginx in `pod` (daemon off, its files in `dir`) with `server` as the
-/// body of its one `server {}` block, listening on `port` of the pod, and
-/// `http` added to its `http {}` block.
+/// nginx in `pod` (daemon off, its files in `dir`, `workers` worker
+/// processes) with `server` as the body of its one `server {}` block,
+/// listening on `port` of the pod, and `http` added to its `http {}` block.
 fn nginx(
     pod: &Pod,
     dir: &Path,
     port: u16,
+    workers: &str,
     server: &str,
     http: &str,
 ) -> anyhow::Result<tokio::process::Child> {
@@ -137,7 +150,7 @@ fn nginx(
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\n\
+            "worker_processes {workers};\n\
              pid {t}/nginx.pid;\n\
              error_log {t}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
@@ -232,14 +245,19 @@ async fn wrk(client: &Pod, url: &str) -> anyhow::Result<Round> {
     })
 }
 
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces, and closes with ')'): field 3 (1-based) is index 0.
+fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    Ok(stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default())
+}
+
 /// CPU seconds (user + system) and RSS (bytes) of process `pid`.
 fn usage(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) close with ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
+    let fields = stat_fields(pid)?;
     let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
     // utime and stime are fields 14 and 15 (1-based), 11 and 12 here.
     let cpu = (ticks(11) + ticks(12)) / 100.0;
@@ -250,6 +268,40 @@ fn usage(pid: u32) -> anyhow::Result<(f64, u64)> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     Ok((cpu, rss_kb * 1024))
+}
+
+/// CPU seconds of `pid` and its children (nginx's master and workers).
+fn tree_cpu(pid: u32) -> anyhow::Result<f64> {
+    let mut cpu = usage(pid)?.0;
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(child) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // The parent's pid is field 4 (1-based), index 1 here.
+        let parent = stat_fields(child)
+            .ok()
+            .and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()));
+        if parent == Some(pid) {
+            cpu += usage(child).map(|u| u.0).unwrap_or(0.0);
+        }
+    }
+    Ok(cpu)
+}
+
+/// The L7 engine on plaintext in `pod`, proxying to `backend`.
+fn engine(bin_dir: &Path, pod: &Pod, backend: SocketAddr) -> anyhow::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::from(pod.command(bin_dir.join("wt-l7-engine"))?);
+    cmd.arg(SocketAddr::from((pod.ip(), 8080)).to_string())
+        .arg(backend.to_string())
+        // Its access lines cost what nginx's cost: a write per request.
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd.spawn().context("starting wt-l7-engine")
 }
 
 fn median_round(rounds: &mut [Round]) -> Round {
@@ -269,6 +321,7 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
         .pod("direct/client", "n1")
         .pod("direct/web", "n2")
         .pod("direct/proxy", "n2")
+        .pod("direct/engine", "n2")
         .build()?;
     let mesh = Mesh::start_with(
         topology,
@@ -290,39 +343,47 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
     let body = "x".repeat(1024);
     let backend = format!("location / {{ default_type text/plain; return 200 '{body}'; }}");
     let pod = |q: &str| mesh.topology.pod(q);
+    let web = SocketAddr::from((pod("direct/web").ip(), 8080));
+    let proxy = nginx(
+        pod("direct/proxy"),
+        dir.path(),
+        8080,
+        // A worker per core, as the engine has a thread per core; keep-alive
+        // to the backend, as the waypoint's pooled connections are; an
+        // access line per request, as the waypoint writes.
+        "auto",
+        "access_log /dev/null; \
+         location / { proxy_pass http://backend; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }",
+        &format!("upstream backend {{ server {web}; keepalive 64; }}"),
+    )?;
+    let proxy_pid = proxy.id().context("nginx's pid")?;
+    let engine = engine(bin_dir, pod("direct/engine"), web)?;
+    let engine_pid = engine.id().context("the engine's pid")?;
     let _servers = [
-        nginx(pod("mesh/web"), dir.path(), 8080, &backend, "")?,
-        nginx(pod("mesh/plain"), dir.path(), 8080, &backend, "")?,
-        nginx(pod("direct/web"), dir.path(), 8080, &backend, "")?,
-        // Keep-alive to the backend, as the waypoint's pooled HBONE is.
-        nginx(
-            pod("direct/proxy"),
-            dir.path(),
-            8080,
-            "location / { proxy_pass http://backend; proxy_http_version 1.1; \
-             proxy_set_header Connection \"\"; }",
-            &format!(
-                "upstream backend {{ server {}:8080; keepalive 64; }}",
-                pod("direct/web").ip()
-            ),
-        )?,
+        nginx(pod("mesh/web"), dir.path(), 8080, "1", &backend, "")?,
+        nginx(pod("mesh/plain"), dir.path(), 8080, "1", &backend, "")?,
+        nginx(pod("direct/web"), dir.path(), 8080, "1", &backend, "")?,
+        proxy,
+        engine,
     ];
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let routes: [(&str, &Pod, String); 4] = [
-        (
-            "direct",
-            pod("direct/client"),
-            format!(
-                "http://{}/",
-                SocketAddr::from((pod("direct/web").ip(), 8080))
-            ),
-        ),
+    let routes: [(&str, &Pod, String); 5] = [
+        ("direct", pod("direct/client"), format!("http://{web}/")),
         (
             "nginx proxy",
             pod("direct/client"),
             format!(
                 "http://{}/",
                 SocketAddr::from((pod("direct/proxy").ip(), 8080))
+            ),
+        ),
+        (
+            "L7 engine",
+            pod("direct/client"),
+            format!(
+                "http://{}/",
+                SocketAddr::from((pod("direct/engine").ip(), 8080))
             ),
         ),
         ("mesh L4", pod("mesh/client"), "http://198.19.0.11/".into()),
@@ -350,20 +411,29 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
         let code = String::from_utf8_lossy(&probe.stdout).into_owned();
         anyhow::ensure!(code == "200", "{label} ({url}) answered {code:?}");
     }
-    let pid = waypoint.process.pid().context("the waypoint's pid")?;
+    let waypoint_pid = waypoint.process.pid().context("the waypoint's pid")?;
+    // Whose CPU each route's proxying costs (none for direct and L4).
+    let proxies: [Option<u32>; 5] = [
+        None,
+        Some(proxy_pid),
+        Some(engine_pid),
+        None,
+        Some(waypoint_pid),
+    ];
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); routes.len()];
-    let mut waypoint_cpu = 0.0;
-    let mut waypoint_requests = 0.0;
+    // CPU seconds and requests, per route.
+    let mut cost = vec![(0.0, 0.0); routes.len()];
     let mut rss_peak = 0;
     for _ in 0..ROUNDS {
         for (i, (_, client, url)) in routes.iter().enumerate() {
-            let before = usage(pid)?;
+            let before = proxies[i].map(tree_cpu).transpose()?;
             let round = wrk(client, url).await?;
-            let after = usage(pid)?;
-            if i == 3 {
-                waypoint_cpu += after.0 - before.0;
-                waypoint_requests += round.rps * ROUND.as_secs_f64();
-                rss_peak = rss_peak.max(after.1);
+            if let (Some(pid), Some(before)) = (proxies[i], before) {
+                cost[i].0 += tree_cpu(pid)? - before;
+                cost[i].1 += round.rps * ROUND.as_secs_f64();
+            }
+            if i == 4 {
+                rss_peak = rss_peak.max(usage(waypoint_pid)?.1);
             }
             results[i].push(round);
         }
@@ -375,9 +445,16 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
          median of {ROUNDS} × {} s",
         ROUND.as_secs()
     );
-    for ((label, _, _), m) in routes.iter().zip(&medians) {
+    // CPU-seconds per second of load, per 1000 requests/s of that load.
+    let vcpu_per_krps = |(cpu, requests): (f64, f64)| cpu / (requests / 1000.0);
+    for (((label, _, _), m), cost) in routes.iter().zip(&medians).zip(&cost) {
+        let cpu = if cost.1 > 0.0 {
+            format!("  {:.3} vCPU/1000 req/s", vcpu_per_krps(*cost))
+        } else {
+            String::new()
+        };
         println!(
-            "  {label:<16} {:>8.0} req/s ({:.2}× direct, {:.2}× nginx)  p50 {:>9} ({:.2}×)  p99 {:>9} ({:.2}×)",
+            "  {label:<16} {:>8.0} req/s ({:.2}× direct, {:.2}× nginx)  p50 {:>9} ({:.2}×)  p99 {:>9} ({:.2}× direct, {:.2}× nginx){cpu}",
             m.rps,
             m.rps / direct.rps,
             m.rps / nginx_proxy.rps,
@@ -385,15 +462,19 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
             m.p50.as_secs_f64() / direct.p50.as_secs_f64(),
             super::ms(m.p99),
             m.p99.as_secs_f64() / direct.p99.as_secs_f64(),
+            m.p99.as_secs_f64() / nginx_proxy.p99.as_secs_f64(),
         );
     }
-    // CPU-seconds per second of load, per 1000 requests/s of that load.
-    let seconds = ROUNDS as f64 * ROUND.as_secs_f64();
-    let rate = waypoint_requests / seconds;
-    let vcpu_per_krps = (waypoint_cpu / seconds) / (rate / 1000.0);
     println!(
-        "  waypoint: {vcpu_per_krps:.3} vCPU per 1000 req/s (target ≤ 0.1; Istio's Envoy ~0.25), \
+        "  L7 engine vs nginx: {:.2}× requests/s (target ≥ 1.0), {:.2}× p99 (target ≤ 1.0), {:.2}× CPU per request",
+        medians[2].rps / nginx_proxy.rps,
+        medians[2].p99.as_secs_f64() / nginx_proxy.p99.as_secs_f64(),
+        vcpu_per_krps(cost[2]) / vcpu_per_krps(cost[1]),
+    );
+    println!(
+        "  waypoint: {:.3} vCPU per 1000 req/s (target ≤ 0.1; Istio's Envoy ~0.25), \
          RSS {:.1} MB (target ≤ 20; Envoy ~60)",
+        vcpu_per_krps(cost[4]),
         rss_peak as f64 / 1e6
     );
     Ok(())
