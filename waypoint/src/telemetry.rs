@@ -218,3 +218,96 @@ impl std::fmt::Debug for RequestSpan {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use weft_proxy::{metrics::Metrics, state::TunnelProtocol};
+
+    use super::*;
+
+    fn workload(revision: &str) -> Arc<Workload> {
+        Arc::new(Workload {
+            uid: "shop/web-0".into(),
+            name: "web-0".into(),
+            namespace: "shop".into(),
+            ips: vec!["198.18.0.9".parse().unwrap()],
+            identity: "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap(),
+            node: "n1".into(),
+            protocol: TunnelProtocol::Hbone,
+            canonical_name: "web".into(),
+            canonical_revision: revision.into(),
+            workload_name: "web".into(),
+            cluster_id: "c".into(),
+            services: BTreeMap::new(),
+            authorization_policies: Vec::new(),
+            healthy: true,
+            waypoint: None,
+        })
+    }
+
+    /// `istio_requests_total` samples: (destination revision, code, count).
+    fn totals(metrics: &Metrics) -> Vec<(String, String, String)> {
+        let label = |line: &str, name: &str| {
+            let start = line.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            line[start..].split('"').next().unwrap().to_owned()
+        };
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .map(|l| {
+                (
+                    label(l, "destination_canonical_revision"),
+                    label(l, "response_code"),
+                    l.rsplit(' ').next().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_connections_requests_share_series_until_what_labels_them_changes() {
+        let metrics = Metrics::default();
+        let source = Arc::new(SourceMeter::new(
+            RequestMetrics::register(&metrics),
+            None,
+            "spiffe://cluster.local/ns/shop/sa/client".parse().unwrap(),
+            PeerMetadata::default(),
+        ));
+        let record = |destination: &Arc<Workload>, status: u16| {
+            let mut log = RequestLog::new(
+                "GET".into(),
+                "/".into(),
+                "HTTP/1.1",
+                "web".into(),
+                "198.18.0.1:1".into(),
+                "client".into(),
+                "shop/web".into(),
+            );
+            log.status = status;
+            let mut meter = RequestMeter::new(source.clone(), None);
+            meter.destination = Some(destination.clone());
+            meter.record(&log, 1.0);
+        };
+        let v1 = workload("v1");
+        for status in [200, 200, 503, 200] {
+            record(&v1, status);
+        }
+        // The same endpoint, relabelled: a new `Arc` from the state.
+        let v2 = workload("v2");
+        record(&v2, 200);
+        let mut seen = totals(&metrics);
+        seen.sort();
+        let row = |rev: &str, code: &str, n: &str| (rev.to_owned(), code.to_owned(), n.to_owned());
+        assert_eq!(
+            seen,
+            [
+                row("v1", "200", "3"),
+                row("v1", "503", "1"),
+                row("v2", "200", "1")
+            ]
+        );
+    }
+}

@@ -132,3 +132,74 @@ where
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeSet,
+        sync::{Arc, Mutex},
+    };
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_worker_accepts_from_the_shared_listener_and_stops_when_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let record = seen.clone();
+        let workers = Workers::start(2, &listener, move |listener: TcpListener| {
+            let seen = record.clone();
+            async move {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let name = std::thread::current().name().unwrap_or("?").to_owned();
+                    let _ = stream.write_all(name.as_bytes()).await;
+                    seen.lock().unwrap().insert(name);
+                }
+            }
+        })
+        .unwrap();
+        assert_eq!(workers.len(), 2);
+        // The caller's runtime keeps its own handle and does not accept
+        // here, so the two workers share every connection between them.
+        for _ in 0..1000 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut name = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut name)
+                .await
+                .unwrap();
+            assert!(name.starts_with("worker-"), "{name:?}");
+            if seen.lock().unwrap().len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            BTreeSet::from(["worker-1".to_owned(), "worker-2".to_owned()]),
+            "both workers accepted connections"
+        );
+        drop(workers);
+        // Stopped: nothing accepts any more (the connection waits in the
+        // backlog of the caller's listener, unanswered).
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+        )
+        .await;
+        assert!(read.is_err(), "a stopped worker still answered: {read:?}");
+    }
+
+    #[test]
+    fn concurrency_zero_is_a_worker_per_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(count(0), cores);
+        assert_eq!(count(3), 3);
+    }
+}
