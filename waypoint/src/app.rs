@@ -176,7 +176,22 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
             .await
             .map_err(|source| StartError::Bind { what, addr, source })
     };
-    let (hbone, hbone_address) = bind("HBONE", config.hbone_address).await?;
+    // HBONE: a listening socket per worker (see `workers`).
+    let mut hbone = crate::workers::bind(
+        config.hbone_address,
+        crate::workers::count(config.concurrency),
+    )?;
+    let first = hbone.remove(0);
+    let hbone_address = first.local_addr().map_err(|source| StartError::Bind {
+        what: "HBONE",
+        addr: config.hbone_address,
+        source,
+    })?;
+    let first = tokio::net::TcpListener::from_std(first).map_err(|source| StartError::Bind {
+        what: "HBONE",
+        addr: config.hbone_address,
+        source,
+    })?;
     let (admin, admin_address) = bind("admin", config.admin_address).await?;
     let (ready, readiness_address) = bind("readiness", config.readiness_address).await?;
     let (metrics, metrics_address) = bind("metrics", config.metrics_address).await?;
@@ -185,15 +200,13 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
         metrics,
         weft_proxy::admin::metrics_routes(move || registry.render()),
     )));
-    // HBONE is served by every worker: the caller's runtime and one more
-    // thread per core.
+    // HBONE is served by every worker: this runtime and one more thread
+    // per core.
     let served = wp.clone();
-    let workers = crate::workers::Workers::start(
-        crate::workers::count(config.concurrency).saturating_sub(1),
-        &hbone,
-        move |listener| inbound::serve(served.clone(), listener),
-    )?;
-    tasks.push(tokio::spawn(inbound::serve(wp.clone(), hbone)));
+    let workers = crate::workers::Workers::start(hbone, move |listener| {
+        inbound::serve(served.clone(), listener)
+    })?;
+    tasks.push(tokio::spawn(inbound::serve(wp.clone(), first)));
     let dump = wp.clone();
     tasks.push(tokio::spawn(weft_proxy::admin::serve(
         admin,
@@ -264,6 +277,10 @@ pub fn init_logging(format: &str) {
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    crate::access_log::set_format(match format {
+        "json" => crate::access_log::Format::Json,
+        _ => crate::access_log::Format::Text,
+    });
     let format = match format {
         "json" => tracing_subscriber::fmt::layer()
             .json()

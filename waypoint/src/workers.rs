@@ -1,22 +1,30 @@
 //! The waypoint's worker threads, as Envoy and nginx run theirs: one per
-//! core, each a single-threaded runtime accepting from the shared listener
-//! and serving what it accepted whole. A tunnel's requests, the upstream
-//! connections they use and the tasks they spawn stay on the thread that
-//! accepted the tunnel, so handing a request to its upstream connection
-//! and the response back never wakes another thread — which, on a
-//! work-stealing runtime, costs more CPU than the request's own work.
-//! The first worker is the caller's runtime, which also runs the control
-//! side (xDS, certificates, admin).
+//! core, each a single-threaded runtime with a listening socket of its own
+//! on the shared address (`SO_REUSEPORT`: the kernel spreads new
+//! connections across them; a shared socket would let whichever thread
+//! wakes first take a whole burst), serving what it accepted whole. A
+//! tunnel's requests, the upstream connections they use and the tasks they
+//! spawn stay on the thread that accepted the tunnel, so handing a request
+//! to its upstream connection and the response back never wakes another
+//! thread — which, on a work-stealing runtime, costs more CPU than the
+//! request's own work. The first worker is the caller's runtime, which
+//! also runs the control side (xDS, certificates, admin).
 
-use std::{future::Future, net::TcpListener as StdListener, thread::JoinHandle};
+use std::{
+    future::Future,
+    net::{SocketAddr, TcpListener as StdListener},
+    thread::JoinHandle,
+};
 
+use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, sync::oneshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
-    #[error("sharing the listener with worker {index}: {source}")]
-    Listener {
-        index: usize,
+    #[error("binding {addr} for {count} workers: {source}; is another process using it?")]
+    Bind {
+        addr: SocketAddr,
+        count: usize,
         #[source]
         source: std::io::Error,
     },
@@ -32,8 +40,35 @@ pub enum WorkersError {
 pub fn count(concurrency: usize) -> usize {
     match concurrency {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
+        n => n.max(1),
     }
+}
+
+/// `count` listening sockets on `addr` (one port for all, when `addr`'s
+/// is 0), each for one worker.
+pub fn bind(addr: SocketAddr, count: usize) -> Result<Vec<StdListener>, WorkersError> {
+    let failed = |source| WorkersError::Bind {
+        addr,
+        count,
+        source,
+    };
+    let first = listen(addr).map_err(failed)?;
+    let bound = first.local_addr().map_err(failed)?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(listen(bound).map_err(failed)?);
+    }
+    Ok(listeners)
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Worker threads besides the caller's runtime; stopped when dropped.
@@ -43,14 +78,9 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `extra` threads, each serving `listener` with `serve` on a
-    /// runtime of its own (`serve` is called once per thread, with that
-    /// thread's handle on the listener).
-    pub fn start<F, Fut>(
-        extra: usize,
-        listener: &TcpListener,
-        serve: F,
-    ) -> Result<Self, WorkersError>
+    /// Starts a thread for each of `listeners`, serving it with `serve` on
+    /// a runtime of its own.
+    pub fn start<F, Fut>(listeners: Vec<StdListener>, serve: F) -> Result<Self, WorkersError>
     where
         F: Fn(TcpListener) -> Fut + Send + Clone + 'static,
         Fut: Future<Output = ()> + 'static,
@@ -59,14 +89,13 @@ impl Workers {
             stops: Vec::new(),
             threads: Vec::new(),
         };
-        for index in 1..=extra {
-            let shared =
-                share(listener).map_err(|source| WorkersError::Listener { index, source })?;
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let index = i + 1;
             let (stop, stopped) = oneshot::channel();
             let serve = serve.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
-                .spawn(move || run(index, shared, serve, stopped))
+                .spawn(move || run(index, listener, serve, stopped))
                 .map_err(|source| WorkersError::Thread { index, source })?;
             workers.stops.push(stop);
             workers.threads.push(thread);
@@ -95,14 +124,6 @@ impl Drop for Workers {
     }
 }
 
-/// Another handle on the same listening socket, for another runtime.
-fn share(listener: &TcpListener) -> std::io::Result<StdListener> {
-    let fd = std::os::fd::AsFd::as_fd(listener).try_clone_to_owned()?;
-    let shared = StdListener::from(fd);
-    shared.set_nonblocking(true)?;
-    Ok(shared)
-}
-
 fn run<F, Fut>(index: usize, listener: StdListener, serve: F, stopped: oneshot::Receiver<()>)
 where
     F: Fn(TcpListener) -> Fut,
@@ -122,7 +143,7 @@ where
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(err) => {
-                tracing::error!(worker = index, %err, "worker cannot watch the listener");
+                tracing::error!(worker = index, %err, "worker cannot watch its listener");
                 return;
             }
         };
@@ -136,21 +157,22 @@ where
 #[cfg(test)]
 mod tests {
     use std::{
-        collections::BTreeSet,
+        collections::BTreeMap,
         sync::{Arc, Mutex},
     };
 
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
     #[tokio::test]
-    async fn every_worker_accepts_from_the_shared_listener_and_stops_when_dropped() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    async fn connections_are_spread_over_the_workers_which_stop_when_dropped() {
+        let listeners = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        assert!(listeners.iter().all(|l| l.local_addr().unwrap() == addr));
+        let seen: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
         let record = seen.clone();
-        let workers = Workers::start(2, &listener, move |listener: TcpListener| {
+        let workers = Workers::start(listeners, move |listener: TcpListener| {
             let seen = record.clone();
             async move {
                 loop {
@@ -159,41 +181,29 @@ mod tests {
                     };
                     let name = std::thread::current().name().unwrap_or("?").to_owned();
                     let _ = stream.write_all(name.as_bytes()).await;
-                    seen.lock().unwrap().insert(name);
+                    *seen.lock().unwrap().entry(name).or_default() += 1;
                 }
             }
         })
         .unwrap();
-        assert_eq!(workers.len(), 2);
-        // The caller's runtime keeps its own handle and does not accept
-        // here, so the two workers share every connection between them.
-        for _ in 0..1000 {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut name = String::new();
-            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut name)
-                .await
-                .unwrap();
-            assert!(name.starts_with("worker-"), "{name:?}");
-            if seen.lock().unwrap().len() == 2 {
-                break;
-            }
+        assert_eq!(workers.len(), 3);
+        // A burst of connections, as a load generator opens them.
+        let mut streams = Vec::new();
+        for _ in 0..60 {
+            streams.push(tokio::net::TcpStream::connect(addr).await.unwrap());
         }
-        assert_eq!(
-            *seen.lock().unwrap(),
-            BTreeSet::from(["worker-1".to_owned(), "worker-2".to_owned()]),
-            "both workers accepted connections"
-        );
+        for mut stream in streams {
+            let mut name = String::new();
+            stream.read_to_string(&mut name).await.unwrap();
+            assert!(name.starts_with("worker-"), "{name:?}");
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "every worker took connections: {seen:?}");
+        assert_eq!(seen.values().sum::<usize>(), 60);
         drop(workers);
-        // Stopped: nothing accepts any more (the connection waits in the
-        // backlog of the caller's listener, unanswered).
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut buf = [0u8; 8];
-        let read = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
-        )
-        .await;
-        assert!(read.is_err(), "a stopped worker still answered: {read:?}");
+        // Stopped: the address is free, nothing accepts any more.
+        let refused = tokio::net::TcpStream::connect(addr).await;
+        assert!(refused.is_err(), "a stopped worker still listens");
     }
 
     #[test]

@@ -117,15 +117,10 @@ async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
         xds,
     ));
     let client = identity("client")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let mut listeners = waypoint::workers::bind(listen, waypoint::workers::count(0))?;
+    let listener = tokio::net::TcpListener::from_std(listeners.remove(0))?;
     let accept = move |listener| accept(wp.clone(), client.clone(), service.clone(), listener);
-    let _workers = waypoint::workers::Workers::start(
-        waypoint::workers::count(0).saturating_sub(1),
-        &listener,
-        accept.clone(),
-    )?;
+    let _workers = waypoint::workers::Workers::start(listeners, accept.clone())?;
     println!("listening={listen}");
     accept(listener).await;
     Ok(())
