@@ -12,11 +12,6 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc, as the proxies' many short-lived request allocations are
-/// cheaper there than in glibc's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "weft", version, about = "Weft: an ambient service mesh")]
 struct Cli {

@@ -28,10 +28,6 @@ use weft_proxy::{
     state::{AddressResource, PortMapping, ProxyState, Service, TunnelProtocol, Workload},
 };
 
-/// mimalloc, the allocator the waypoint's binaries run on.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const TRUST_DOMAIN: &str = "cluster.local";
 const SERVICE: &str = "web.bench.svc.cluster.local";
 
