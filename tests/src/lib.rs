@@ -11,6 +11,9 @@
 //! and the creating process's pid, so a later run can find and remove what a
 //! killed run left behind; [`topology::leftovers`] lists anything remaining.
 //!
+//! [`kube`] runs a real Kubernetes API server (etcd, kube-apiserver,
+//! kube-controller-manager) on loopback for the tests that read a cluster.
+//!
 //! [`privilege`] makes tests that need root and kernel features fail with an
 //! explanation rather than skip.
 
@@ -19,6 +22,7 @@ pub mod bench;
 pub mod capture;
 pub mod forge;
 pub mod grpc;
+pub mod kube;
 pub mod mesh;
 pub mod otlp;
 pub mod privilege;

@@ -12,6 +12,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod kube;
 mod setup;
 mod test;
 

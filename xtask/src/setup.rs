@@ -27,6 +27,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "/usr/sbin/bpftool"),
     ("util-linux", "/usr/bin/unshare"),
     ("procps", "/usr/sbin/sysctl"),
+    // The tests' API server: etcd, and what builds kube-apiserver (`kube`).
+    ("etcd-server", "/usr/bin/etcd"),
+    ("golang-1.19-go", "/usr/lib/go-1.19/bin/go"),
+    (
+        "golang-github-modern-go-reflect2-dev",
+        "/usr/share/gocode/src/github.com/modern-go/reflect2/reflect2.go",
+    ),
+    ("rsync", "/usr/bin/rsync"),
+    ("jq", "/usr/bin/jq"),
 ];
 
 /// The cargo-fuzz release known to work with this toolchain.
@@ -53,10 +62,16 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     if let Err(err) = bpffs(root_user) {
         problems.push(format!("{err:#}"));
     }
+    // After the packages: it builds with Debian's Go.
+    if problems.is_empty() {
+        if let Err(err) = crate::kube::ensure(root_user) {
+            problems.push(format!("{err:#}"));
+        }
+    }
     problems.extend(kernel_checks(root_user));
     if problems.is_empty() {
         println!(
-            "setup: ready (packages, rust-src, bpf-linker, cargo-fuzz, bpffs, kernel features)"
+            "setup: ready (packages, rust-src, bpf-linker, cargo-fuzz, bpffs, kernel features, kube-apiserver)"
         );
         return Ok(());
     }

@@ -22,7 +22,13 @@ pub fn run(root: &Path, lint: bool, cargo_args: &[String]) -> anyhow::Result<()>
     // missing, so a green run means every test really ran.
     // A mesh the developer runs (say, `cargo xtask demo`) is not the tests'.
     let before = leftovers(root)?;
-    run_cmd(cargo(root).args(["test", "--workspace"]).args(cargo_args))?;
+    let mut test = cargo(root);
+    test.args(["test", "--workspace"]).args(cargo_args);
+    // The API server `setup` built (or the one KUBEBUILDER_ASSETS names).
+    if let Some(assets) = crate::kube::assets() {
+        test.env("KUBEBUILDER_ASSETS", assets);
+    }
+    run_cmd(&mut test)?;
     let left: Vec<String> = leftovers(root)?
         .into_iter()
         .filter(|item| !before.contains(item))

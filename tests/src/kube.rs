@@ -1,0 +1,256 @@
+//! A real Kubernetes API server for tests: etcd, kube-apiserver and
+//! kube-controller-manager (namespace deletion, garbage collection, default
+//! service accounts) on loopback, with a fresh data directory,
+//! service-account signing keys and a service range inside Weft's own
+//! address plan. The binaries come from `KUBEBUILDER_ASSETS`
+//! (controller-runtime's envtest convention), which `cargo xtask test`
+//! points at the server `cargo xtask setup` builds. Everything is in one
+//! temporary directory, removed with the processes when the server is
+//! dropped.
+
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+use crate::processes::eventually;
+
+/// The services' ClusterIP range: the harness's service VIPs (never
+/// 10.0.0.0/8, which may be the machine's own network).
+pub const SERVICE_RANGE: &str = "198.19.0.0/20";
+
+/// The service-account tokens' issuer.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A running API server.
+pub struct ApiServer {
+    /// `https://127.0.0.1:port`.
+    pub url: String,
+    /// A kubeconfig for a cluster administrator (`system:masters`).
+    pub kubeconfig: PathBuf,
+    /// The server's serving certificate, which the kubeconfig trusts.
+    pub ca: PathBuf,
+    /// The key service-account tokens are signed with (PKCS#8 PEM).
+    pub service_account_key: PathBuf,
+    // Dropped in order: the processes, then their directory.
+    _controllers: Child,
+    _apiserver: Child,
+    _etcd: Child,
+    dir: tempfile::TempDir,
+}
+
+/// The directory of binaries to run.
+fn assets() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("KUBEBUILDER_ASSETS")
+        .map(PathBuf::from)
+        .context(
+            "KUBEBUILDER_ASSETS is not set: run the tests with `cargo xtask test` (its setup \
+             builds kube-apiserver), or point it at a directory with kube-apiserver, \
+             kube-controller-manager and etcd",
+        )?;
+    for binary in ["kube-apiserver", "kube-controller-manager", "etcd"] {
+        anyhow::ensure!(
+            dir.join(binary).is_file(),
+            "KUBEBUILDER_ASSETS ({}) has no {binary}",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// `binary` with `args`, its output in `dir/<name>.log`.
+fn spawn(dir: &Path, name: &str, binary: &Path, args: &[String]) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+impl ApiServer {
+    /// Starts etcd, the API server and the controller manager, and waits
+    /// until the server is ready.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = assets()?;
+        let dir = tempfile::Builder::new().prefix("weft-kube-").tempdir()?;
+        let d = dir.path();
+        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
+        let etcd = spawn(
+            d,
+            "etcd",
+            &bin.join("etcd"),
+            &[
+                format!("--data-dir={}", d.join("etcd").display()),
+                "--name=weft-test".into(),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster=weft-test=http://127.0.0.1:{peer}"),
+                "--unsafe-no-fsync".into(),
+            ],
+        )?;
+        // Service-account tokens: an ECDSA key of the test's own.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let service_account_key = d.join("sa.key");
+        std::fs::write(&service_account_key, key.serialize_pem())?;
+        std::fs::write(d.join("sa.pub"), key.public_key_pem())?;
+        let token = format!("weft-test-{:016x}", rand_u64());
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{token},weft-admin,weft-admin,\"system:masters\"\n"),
+        )?;
+        let certs = d.join("certs");
+        let apiserver = spawn(
+            d,
+            "kube-apiserver",
+            &bin.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{client}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={secure}"),
+                format!("--cert-dir={}", certs.display()),
+                format!("--token-auth-file={}", d.join("tokens.csv").display()),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+                format!("--service-account-issuer={ISSUER}"),
+                format!("--service-account-key-file={}", d.join("sa.pub").display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    service_account_key.display()
+                ),
+                "--allow-privileged=true".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--profiling=false".into(),
+            ],
+        )?;
+        let url = format!("https://127.0.0.1:{secure}");
+        let ca = certs.join("apiserver.crt");
+        let kubeconfig = d.join("kubeconfig");
+        eventually(
+            "the API server's serving certificate",
+            Duration::from_secs(30),
+            || async { ca.is_file().then_some(()) },
+        )
+        .await
+        .with_context(|| log_tail(d, "kube-apiserver"))?;
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters: [{{name: weft-test, cluster: {{server: \"{url}\", certificate-authority: \"{}\"}}}}]\n\
+                 users: [{{name: weft-admin, user: {{token: \"{token}\"}}}}]\n\
+                 contexts: [{{name: weft-test, context: {{cluster: weft-test, user: weft-admin}}}}]\n\
+                 current-context: weft-test\n",
+                ca.display()
+            ),
+        )?;
+        let controllers = spawn(
+            d,
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={}", kubeconfig.display()),
+                format!(
+                    "--service-account-private-key-file={}",
+                    service_account_key.display()
+                ),
+                format!("--root-ca-file={}", ca.display()),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+                "--controllers=*".into(),
+            ],
+        )?;
+        let server = ApiServer {
+            url,
+            kubeconfig,
+            ca,
+            service_account_key,
+            _controllers: controllers,
+            _apiserver: apiserver,
+            _etcd: etcd,
+            dir,
+        };
+        eventually("the API server ready", Duration::from_secs(60), || async {
+            let out = server
+                .kubectl(&["get", "--raw", "/readyz"])
+                .output()
+                .await
+                .ok()?;
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok")
+                .then_some(())
+        })
+        .await
+        .with_context(|| log_tail(server.dir.path(), "kube-apiserver"))?;
+        Ok(server)
+    }
+
+    /// `kubectl` with `args`, as the cluster administrator.
+    pub fn kubectl(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `kubectl args` (with `stdin`, if given) and returns its
+    /// stdout; a failure is an error with kubectl's own message.
+    pub async fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = self.kubectl(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("running kubectl")?;
+        if let Some(mut input) = child.stdin.take() {
+            if let Some(text) = stdin {
+                input.write_all(text.as_bytes()).await?;
+            }
+        }
+        let out = child.wait_with_output().await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The last lines a component logged, for an error.
+fn log_tail(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "{name}'s last lines:\n{}",
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    )
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::process::id().into());
+    hasher.finish()
+}
