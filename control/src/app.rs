@@ -14,8 +14,23 @@ use clap::Parser;
 )]
 struct Args {
     /// Directory of Kubernetes-style YAML to serve (watched for changes).
-    #[arg(long, env = "WEFT_CONFIG_DIR")]
-    config_dir: PathBuf,
+    #[arg(
+        long,
+        env = "WEFT_CONFIG_DIR",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    config_dir: Option<PathBuf>,
+    /// Read the mesh from a Kubernetes API server (kubeconfig as kubectl
+    /// finds it, or the pod's service account).
+    #[arg(long, env = "WEFT_KUBERNETES")]
+    kubernetes: bool,
+    /// With --kubernetes: the kubeconfig file.
+    #[arg(long, env = "KUBECONFIG", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the kubeconfig context.
+    #[arg(long, requires = "kubernetes")]
+    context: Option<String>,
     /// Directory for the CA root and node credentials.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
@@ -49,7 +64,16 @@ pub async fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> an
         )
         .init();
     let args = Args::parse_from(args);
-    let mut config = ControlConfig::new(&args.config_dir, &args.state_dir);
+    let mut config = match args.config_dir {
+        Some(dir) => ControlConfig::new(dir, &args.state_dir),
+        None => ControlConfig::kubernetes(
+            crate::source::KubeConnection {
+                kubeconfig: args.kubeconfig,
+                context: args.context,
+            },
+            &args.state_dir,
+        ),
+    };
     config.listen = args.listen;
     config.mesh.trust_domain = args.trust_domain;
     config.cert_lifetime = Duration::from_secs(args.cert_lifetime_secs);

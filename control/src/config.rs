@@ -2,7 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::translate::MeshConfig;
+use crate::{
+    source::{KubeConnection, SourceConfig},
+    translate::MeshConfig,
+};
 
 /// Default gRPC port (TLS) for xDS and the CA: istiod's.
 pub const DEFAULT_PORT: u16 = 15012;
@@ -11,8 +14,8 @@ pub const DEFAULT_PORT: u16 = 15012;
 pub struct ControlConfig {
     /// Address of the gRPC (TLS) listener serving xDS and the CA.
     pub listen: SocketAddr,
-    /// The directory of Kubernetes-style YAML to serve.
-    pub config_dir: PathBuf,
+    /// Where the mesh's objects come from.
+    pub source: SourceConfig,
     /// Where the root CA lives (created on first start).
     pub ca_dir: PathBuf,
     /// Where node tokens (`<node>.token`) are read from.
@@ -30,10 +33,19 @@ pub struct ControlConfig {
 impl ControlConfig {
     /// Defaults for serving `config_dir`, keeping state under `state_dir`.
     pub fn new(config_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        Self::with_source(SourceConfig::Directory(config_dir.into()), state_dir)
+    }
+
+    /// Defaults for serving what a Kubernetes API server holds.
+    pub fn kubernetes(connection: KubeConnection, state_dir: impl Into<PathBuf>) -> Self {
+        Self::with_source(SourceConfig::Kubernetes(connection), state_dir)
+    }
+
+    fn with_source(source: SourceConfig, state_dir: impl Into<PathBuf>) -> Self {
         let state_dir = state_dir.into();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
-            config_dir: config_dir.into(),
+            source,
             ca_dir: state_dir.join("ca"),
             node_credentials_dir: state_dir.join("nodes"),
             mesh: MeshConfig::default(),

@@ -15,6 +15,9 @@ pub type Labels = BTreeMap<String, String>;
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 /// The value of [`DATAPLANE_MODE_LABEL`] that enrolls.
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
+/// The name of Istio's injected sidecar container: a pod that has one is
+/// never enrolled in ambient mode.
+pub const SIDECAR_CONTAINER: &str = "istio-proxy";
 /// The value of [`DATAPLANE_MODE_LABEL`] that opts a pod out.
 pub const DATAPLANE_MODE_NONE: &str = "none";
 
@@ -101,6 +104,9 @@ pub struct Pod {
     pub node_name: String,
     pub service_account: String,
     pub containers: Vec<Container>,
+    /// Runs Istio's sidecar proxy (a container named
+    /// [`SIDECAR_CONTAINER`]): its traffic is the sidecar's, never ambient's.
+    pub has_sidecar: bool,
     /// Assigned by the runtime; a pod without one is not yet addressable.
     pub ips: Vec<IpAddr>,
     /// Finished (`status.phase` Succeeded or Failed): no longer a workload,
@@ -112,6 +118,9 @@ impl Pod {
     /// Whether the pod is in the mesh: its own `istio.io/dataplane-mode`
     /// label wins (`none` opts out), else its namespace's.
     pub fn is_enrolled(&self, namespace: Option<&Namespace>) -> bool {
+        if self.has_sidecar {
+            return false;
+        }
         match self.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
             Some(DATAPLANE_MODE_AMBIENT) => true,
             Some(DATAPLANE_MODE_NONE) => false,

@@ -15,7 +15,7 @@ use crate::{
     auth::NodeCredentials,
     ca::{service::CaService, Authority, CaError},
     config::ControlConfig,
-    source::{local::LocalSource, ConfigSnapshot},
+    source::{self, ConfigSnapshot, RunningSource},
     translate::translate,
     xds::{ClientStatus, XdsServer, XdsStore},
 };
@@ -33,7 +33,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Source(#[from] crate::source::local::LocalSourceError),
+    Source(#[from] crate::source::SourceError),
 }
 
 /// A running control service.
@@ -43,6 +43,7 @@ pub struct Control {
     store: Arc<XdsStore>,
     xds: XdsServer,
     snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
+    _source: RunningSource,
     tasks: Vec<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
@@ -78,17 +79,11 @@ impl Control {
         // Config pipeline: the first snapshot is loaded before serving, so
         // the first xDS response is already complete.
         let store = Arc::new(XdsStore::default());
-        let mut source = LocalSource::new(&config.config_dir);
-        let first = Arc::new(source.load()?);
+        let running = source::start(&config.source, config.debounce).await?;
+        let snapshot_rx = running.snapshots.clone();
+        let first = snapshot_rx.borrow().clone();
         store.update(translate(&first, &config.mesh));
-        let (snapshot_tx, snapshot_rx) = watch::channel(first);
         let mut tasks = Vec::new();
-        let debounce = config.debounce;
-        tasks.push(tokio::spawn(async move {
-            if let Err(err) = source.watch(snapshot_tx, debounce).await {
-                tracing::error!(%err, "config source stopped; serving the last snapshot");
-            }
-        }));
         let mut updates = snapshot_rx.clone();
         let pipeline_store = store.clone();
         let mesh = config.mesh.clone();
@@ -120,13 +115,14 @@ impl Control {
                 tracing::error!(%err, "gRPC server stopped");
             }
         });
-        tracing::info!(%addr, config_dir = %config.config_dir.display(), "control service serving xDS and CA");
+        tracing::info!(%addr, source = %config.source, "control service serving xDS and CA");
         Ok(Self {
             addr,
             root_pem: authority.root_pem().to_owned(),
             store,
             xds,
             snapshots: snapshot_rx,
+            _source: running,
             tasks,
             shutdown,
         })

@@ -39,7 +39,9 @@ pub struct ApiServer {
     pub service_account_key: PathBuf,
     // Dropped in order: the processes, then their directory.
     _controllers: Child,
-    _apiserver: Child,
+    apiserver: Child,
+    apiserver_bin: PathBuf,
+    apiserver_args: Vec<String>,
     _etcd: Child,
     dir: tempfile::TempDir,
 }
@@ -117,30 +119,27 @@ impl ApiServer {
             format!("{token},weft-admin,weft-admin,\"system:masters\"\n"),
         )?;
         let certs = d.join("certs");
-        let apiserver = spawn(
-            d,
-            "kube-apiserver",
-            &bin.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{client}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={secure}"),
-                format!("--cert-dir={}", certs.display()),
-                format!("--token-auth-file={}", d.join("tokens.csv").display()),
-                "--authorization-mode=RBAC".into(),
-                format!("--service-cluster-ip-range={SERVICE_RANGE}"),
-                format!("--service-account-issuer={ISSUER}"),
-                format!("--service-account-key-file={}", d.join("sa.pub").display()),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    service_account_key.display()
-                ),
-                "--allow-privileged=true".into(),
-                "--enable-priority-and-fairness=false".into(),
-                "--profiling=false".into(),
-            ],
-        )?;
+        let apiserver_bin = bin.join("kube-apiserver");
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers=http://127.0.0.1:{client}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={secure}"),
+            format!("--cert-dir={}", certs.display()),
+            format!("--token-auth-file={}", d.join("tokens.csv").display()),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+            format!("--service-account-issuer={ISSUER}"),
+            format!("--service-account-key-file={}", d.join("sa.pub").display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                service_account_key.display()
+            ),
+            "--allow-privileged=true".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+        ];
+        let apiserver = spawn(d, "kube-apiserver", &apiserver_bin, &apiserver_args)?;
         let url = format!("https://127.0.0.1:{secure}");
         let ca = certs.join("apiserver.crt");
         let kubeconfig = d.join("kubeconfig");
@@ -185,12 +184,19 @@ impl ApiServer {
             ca,
             service_account_key,
             _controllers: controllers,
-            _apiserver: apiserver,
+            apiserver,
+            apiserver_bin,
+            apiserver_args,
             _etcd: etcd,
             dir,
         };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
         eventually("the API server ready", Duration::from_secs(60), || async {
-            let out = server
+            let out = self
                 .kubectl(&["get", "--raw", "/readyz"])
                 .output()
                 .await
@@ -199,8 +205,98 @@ impl ApiServer {
                 .then_some(())
         })
         .await
-        .with_context(|| log_tail(server.dir.path(), "kube-apiserver"))?;
-        Ok(server)
+        .with_context(|| log_tail(self.dir.path(), "kube-apiserver"))
+    }
+
+    /// Kills the API server (etcd and its data stay), keeps it down for
+    /// `down`, then starts it again on the same address and waits until it
+    /// is ready: every client's watches break and must be re-established.
+    pub async fn restart_apiserver(&mut self, down: Duration) -> anyhow::Result<()> {
+        self.apiserver.kill().await?;
+        tokio::time::sleep(down).await;
+        self.apiserver = spawn(
+            self.dir.path(),
+            "kube-apiserver-restarted",
+            &self.apiserver_bin,
+            &self.apiserver_args,
+        )?;
+        self.wait_ready().await
+    }
+
+    /// Installs CRDs for every Gateway API and Istio kind Weft reads, with
+    /// open schemas (fields kept, not validated), and waits until they are
+    /// served. They stand in for the Gateway API's own CRDs, a
+    /// prerequisite users install from upstream.
+    pub async fn install_open_crds(&self) -> anyhow::Result<()> {
+        const KINDS: [(&str, &str, &[&str]); 8] = [
+            ("gateway.networking.k8s.io", "Gateway", &["v1", "v1beta1"]),
+            ("gateway.networking.k8s.io", "HTTPRoute", &["v1", "v1beta1"]),
+            ("gateway.networking.k8s.io", "GRPCRoute", &["v1"]),
+            ("gateway.networking.k8s.io", "ReferenceGrant", &["v1beta1"]),
+            (
+                "security.istio.io",
+                "AuthorizationPolicy",
+                &["v1", "v1beta1"],
+            ),
+            (
+                "security.istio.io",
+                "PeerAuthentication",
+                &["v1", "v1beta1"],
+            ),
+            (
+                "networking.istio.io",
+                "VirtualService",
+                &["v1", "v1beta1", "v1alpha3"],
+            ),
+            (
+                "networking.istio.io",
+                "DestinationRule",
+                &["v1", "v1beta1", "v1alpha3"],
+            ),
+        ];
+        let mut yaml = String::new();
+        for (group, kind, versions) in KINDS {
+            let plural = format!("{}s", kind.to_lowercase());
+            yaml.push_str(&format!(
+                "---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+                 metadata: {{name: {plural}.{group}, annotations: {{{approval}}}}}\n\
+                 spec:\n  group: {group}\n  scope: Namespaced\n\
+                 \x20 names: {{kind: {kind}, plural: {plural}, singular: {}, listKind: {kind}List}}\n\
+                 \x20 versions:\n",
+                kind.to_lowercase(),
+                // Groups under k8s.io are Kubernetes' own: the API server
+                // wants to see where the API was approved.
+                approval = if group.ends_with(".k8s.io") {
+                    "api-approved.kubernetes.io: \"https://github.com/kubernetes-sigs/gateway-api/pull/1538\""
+                } else {
+                    ""
+                },
+            ));
+            for (index, version) in versions.iter().enumerate() {
+                yaml.push_str(&format!(
+                    "  - name: {version}\n    served: true\n    storage: {}\n\
+                     \x20   subresources: {{status: {{}}}}\n\
+                     \x20   schema: {{openAPIV3Schema: {{type: object, properties: {{\
+                     spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}, \
+                     status: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}}}\n",
+                    index == 0
+                ));
+            }
+        }
+        self.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(&yaml))
+            .await?;
+        self.kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd",
+                "--all",
+            ],
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     /// `kubectl` with `args`, as the cluster administrator.

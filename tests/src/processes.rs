@@ -188,9 +188,29 @@ impl ControlProcess {
     ) -> anyhow::Result<Self> {
         let mut cmd = command_in(netns, bin)?;
         cmd.args(extra);
-        cmd.arg("--config-dir")
-            .arg(config_dir)
-            .arg("--state-dir")
+        cmd.arg("--config-dir").arg(config_dir);
+        Self::launch(cmd, state_dir, listen).await
+    }
+
+    /// Starts the control service reading a Kubernetes API server through
+    /// `kubeconfig`.
+    pub async fn start_kubernetes(
+        bin: &Path,
+        kubeconfig: &Path,
+        state_dir: &Path,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--kubernetes").arg("--kubeconfig").arg(kubeconfig);
+        Self::launch(cmd, state_dir, listen).await
+    }
+
+    async fn launch(
+        mut cmd: Command,
+        state_dir: &Path,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        cmd.arg("--state-dir")
             .arg(state_dir)
             .arg("--listen")
             .arg(listen.to_string());

@@ -25,8 +25,9 @@ use crate::objects::{
 /// A document that could not become an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocumentError {
+    /// The file, or where else the object came from.
     pub file: String,
-    /// 1-based position of the document in its file.
+    /// 1-based position of the document in its file (0 when not from a file).
     pub document: usize,
     /// The object, when its kind, namespace and name could be read.
     pub key: Option<ObjectKey>,
@@ -35,11 +36,15 @@ pub struct DocumentError {
 
 impl fmt::Display for DocumentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (document {}", self.file, self.document)?;
-        if let Some(key) = &self.key {
-            write!(f, ", {key}")?;
+        // Document 0: the object did not come from a file (the Kubernetes
+        // source names the API server here).
+        match (self.document, &self.key) {
+            (0, Some(key)) => write!(f, "{} ({key})", self.file)?,
+            (0, None) => write!(f, "{}", self.file)?,
+            (n, Some(key)) => write!(f, "{} (document {n}, {key})", self.file)?,
+            (n, None) => write!(f, "{} (document {n})", self.file)?,
         }
-        write!(f, "): {}", self.reason)
+        write!(f, ": {}", self.reason)
     }
 }
 
@@ -73,7 +78,9 @@ pub fn parse_file(path: &Path, text: &str) -> Vec<Result<Object, DocumentError>>
 
 type DocResult<T> = Result<T, (Option<ObjectKey>, String)>;
 
-fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
+/// Converts one document (already parsed into a value) into an object, or
+/// says what is wrong and, when it could be read, which object it was.
+pub(crate) fn parse_document(value: serde_yaml::Value) -> DocResult<Object> {
     let header: Header = serde_path_to_error::deserialize(value.clone()).map_err(|err| {
         let path = err.path().to_string();
         let at = if path == "." {
@@ -262,6 +269,8 @@ struct PodSpecYaml {
     service_account_name: Option<String>,
     #[serde(default)]
     containers: Vec<ContainerYaml>,
+    #[serde(default)]
+    init_containers: Vec<ContainerYaml>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +333,12 @@ fn pod(
             ips.push(ip);
         }
     }
+    // Istio's injected proxy, as a container or a native sidecar.
+    let has_sidecar = spec
+        .containers
+        .iter()
+        .chain(&spec.init_containers)
+        .any(|c| c.name == crate::objects::SIDECAR_CONTAINER);
     let containers = spec
         .containers
         .into_iter()
@@ -348,6 +363,7 @@ fn pod(
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
         containers,
+        has_sidecar,
         ips,
         // A pod that has finished keeps its IP in its status, but the IP
         // is free for another pod.

@@ -82,7 +82,10 @@ impl TestControl {
     }
 
     pub fn config_dir(&self) -> PathBuf {
-        self.config.config_dir.clone()
+        match &self.config.source {
+            weft_control::source::SourceConfig::Directory(dir) => dir.clone(),
+            other => panic!("the harness serves a directory, not {other}"),
+        }
     }
 
     pub fn token(&self, node: &str) -> String {
