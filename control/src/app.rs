@@ -31,6 +31,20 @@ struct Args {
     /// With --kubernetes: the kubeconfig context.
     #[arg(long, requires = "kubernetes")]
     context: Option<String>,
+    /// With --kubernetes: the audience of the service-account tokens
+    /// proxies present.
+    #[arg(
+        long,
+        env = "WEFT_CA_AUDIENCE",
+        default_value = "istio-ca",
+        requires = "kubernetes"
+    )]
+    ca_audience: String,
+    /// With --kubernetes: a service account (`namespace/name`) ztunnel runs
+    /// as; repeat for more (default: weft-system/ztunnel and
+    /// istio-system/ztunnel).
+    #[arg(long = "ztunnel-service-account", requires = "kubernetes")]
+    ztunnel_service_accounts: Vec<String>,
     /// Directory for the CA root and node credentials.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
@@ -75,6 +89,18 @@ pub async fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> an
         ),
     };
     config.listen = args.listen;
+    config.token_review.audience = args.ca_audience;
+    if !args.ztunnel_service_accounts.is_empty() {
+        for account in &args.ztunnel_service_accounts {
+            anyhow::ensure!(
+                account
+                    .split_once('/')
+                    .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty()),
+                "--ztunnel-service-account {account:?} is not namespace/name"
+            );
+        }
+        config.token_review.ztunnel_accounts = args.ztunnel_service_accounts;
+    }
     config.mesh.trust_domain = args.trust_domain;
     config.cert_lifetime = Duration::from_secs(args.cert_lifetime_secs);
     anyhow::ensure!(

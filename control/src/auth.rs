@@ -1,5 +1,9 @@
 //! Who is calling: node credentials for node proxies.
 //!
+//! [`Authenticator`] answers "which node does this caller speak for",
+//! from a node token (local mode, below) or from a Kubernetes
+//! service-account token the API server reviews ([`token_review`]).
+//!
 //! In local mode every node has a bearer token, a file `<node>.token` in the
 //! credentials directory (written by `weft local` when it creates the node,
 //! or by [`issue_node_token`]). A proxy sends `authorization: Bearer <token>`
@@ -19,7 +23,42 @@ use std::{
 
 use tonic::{metadata::MetadataMap, Status};
 
+pub mod token_review;
+
 const SUFFIX: &str = ".token";
+
+/// How callers are authenticated.
+#[derive(Debug)]
+pub enum Authenticator {
+    /// Node tokens from a directory (`weft local`, tests).
+    Nodes(NodeCredentials),
+    /// Service-account tokens, reviewed by the API server.
+    Kubernetes(token_review::TokenReviewer),
+}
+
+impl Authenticator {
+    /// The node the caller speaks for.
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        match self {
+            Authenticator::Nodes(nodes) => nodes.authenticate(metadata),
+            Authenticator::Kubernetes(reviewer) => reviewer.node_of(bearer(metadata)?).await,
+        }
+    }
+}
+
+/// The token of `authorization: Bearer <token>`.
+fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
+    let header = metadata.get("authorization").ok_or_else(|| {
+        Status::unauthenticated("no credentials: send `authorization: Bearer <token>`")
+    })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Status::unauthenticated("the authorization header is not `Bearer <token>`"))
+}
 
 /// Writes a fresh token for `node` into `dir` (mode 0600) and returns it.
 pub fn issue_node_token(dir: &Path, node: &str) -> std::io::Result<String> {
@@ -83,18 +122,7 @@ impl NodeCredentials {
 
     /// The node the caller's bearer token belongs to.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
-        let header = metadata.get("authorization").ok_or_else(|| {
-            Status::unauthenticated("no credentials: send `authorization: Bearer <node token>`")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header is not `Bearer <node token>`")
-            })?;
+        let token = bearer(metadata)?;
         if let Some(node) = self.lookup(token) {
             return Ok(node);
         }

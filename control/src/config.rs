@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
+    auth::token_review::TokenReviewConfig,
     source::{KubeConnection, SourceConfig},
     translate::MeshConfig,
 };
@@ -18,8 +19,11 @@ pub struct ControlConfig {
     pub source: SourceConfig,
     /// Where the root CA lives (created on first start).
     pub ca_dir: PathBuf,
-    /// Where node tokens (`<node>.token`) are read from.
+    /// Where node tokens (`<node>.token`) are read from (not on
+    /// Kubernetes, where service-account tokens are reviewed instead).
     pub node_credentials_dir: PathBuf,
+    /// On Kubernetes: the token audience and ztunnel's service accounts.
+    pub token_review: TokenReviewConfig,
     pub mesh: MeshConfig,
     /// Default and maximum lifetime of workload certificates.
     pub cert_lifetime: Duration,
@@ -48,6 +52,7 @@ impl ControlConfig {
             source,
             ca_dir: state_dir.join("ca"),
             node_credentials_dir: state_dir.join("nodes"),
+            token_review: TokenReviewConfig::default(),
             mesh: MeshConfig::default(),
             cert_lifetime: Duration::from_secs(24 * 3600),
             debounce: Duration::from_millis(20),

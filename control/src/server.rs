@@ -12,7 +12,7 @@ use weft_proto::{
 };
 
 use crate::{
-    auth::NodeCredentials,
+    auth::{token_review::TokenReviewer, Authenticator, NodeCredentials},
     ca::{service::CaService, Authority, CaError},
     config::ControlConfig,
     source::{self, ConfigSnapshot, RunningSource},
@@ -94,7 +94,16 @@ impl Control {
             }
         }));
 
-        let credentials = Arc::new(NodeCredentials::new(&config.node_credentials_dir));
+        // On Kubernetes, proxies prove their node with service-account
+        // tokens; elsewhere with node tokens.
+        let credentials = Arc::new(match running.kube_client() {
+            Some(client) => Authenticator::Kubernetes(TokenReviewer::new(
+                client.clone(),
+                config.token_review.clone(),
+                snapshot_rx.clone(),
+            )),
+            None => Authenticator::Nodes(NodeCredentials::new(&config.node_credentials_dir)),
+        });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let xds = XdsServer::new(store.clone(), credentials.clone(), shutdown_rx.clone());
         let ca = CaService::new(authority.clone(), credentials, store.subscribe());

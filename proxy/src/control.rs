@@ -1,7 +1,11 @@
 //! How a proxy reaches the control service: one TLS gRPC endpoint for xDS
 //! and the CA, authenticated with the node's credential.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tonic::{
     metadata::MetadataValue,
@@ -19,8 +23,29 @@ pub struct ControlPlane {
     pub server_name: String,
     /// The mesh root certificate, PEM.
     pub root_pem: String,
-    /// This node's bearer token.
-    pub token: String,
+    /// The bearer credential sent on every call.
+    pub token: Token,
+}
+
+/// The proxy's bearer credential: a node token, or a projected Kubernetes
+/// service-account token, which the kubelet rotates in its file — so a
+/// file is read again for every call.
+#[derive(Clone, Debug)]
+pub enum Token {
+    Value(String),
+    File(PathBuf),
+}
+
+impl From<String> for Token {
+    fn from(value: String) -> Self {
+        Token::Value(value)
+    }
+}
+
+impl From<&str> for Token {
+    fn from(value: &str) -> Self {
+        Token::Value(value.to_owned())
+    }
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -58,17 +83,48 @@ pub enum ControlPlaneError {
     },
 }
 
-/// The interceptor adding the node credential to every call.
+/// The interceptor adding the proxy's credential to every call.
 #[derive(Clone)]
 pub struct NodeAuth {
-    header: MetadataValue<tonic::metadata::Ascii>,
+    token: Token,
+    /// The last header built from the token file, used while the file
+    /// cannot be read (mid-rotation).
+    last: Arc<Mutex<Option<MetadataValue<tonic::metadata::Ascii>>>>,
+}
+
+fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
+    format!("Bearer {}", token.trim())
+        .parse()
+        .unwrap_or_else(|_| MetadataValue::from_static("Bearer invalid-token-characters"))
+}
+
+impl NodeAuth {
+    fn header(&self) -> MetadataValue<tonic::metadata::Ascii> {
+        match &self.token {
+            Token::Value(token) => bearer(token),
+            Token::File(path) => {
+                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+                match std::fs::read_to_string(path) {
+                    Ok(token) => {
+                        let header = bearer(&token);
+                        *last = Some(header.clone());
+                        header
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), %err, "cannot read the token file; sending the last token read");
+                        last.clone().unwrap_or_else(|| bearer(""))
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Interceptor for NodeAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         request
             .metadata_mut()
-            .insert("authorization", self.header.clone());
+            .insert("authorization", self.header());
         Ok(request)
     }
 }
@@ -94,7 +150,11 @@ impl ControlPlane {
             address: address.into(),
             server_name: "weft-control".into(),
             root_pem: read("the mesh root certificate", root_pem)?,
-            token: read("the node token", token)?.trim().to_owned(),
+            token: {
+                // Readable now, so a wrong path fails at start.
+                read("the token", token)?;
+                Token::File(token.to_owned())
+            },
         })
     }
 
@@ -130,9 +190,9 @@ impl ControlPlane {
     }
 
     fn auth(&self) -> NodeAuth {
-        let header = format!("Bearer {}", self.token)
-            .parse()
-            .unwrap_or_else(|_| MetadataValue::from_static("Bearer invalid-token-characters"));
-        NodeAuth { header }
+        NodeAuth {
+            token: self.token.clone(),
+            last: Arc::default(),
+        }
     }
 }

@@ -350,3 +350,42 @@ fn rand_u64() -> u64 {
     hasher.write_u64(std::process::id().into());
     hasher.finish()
 }
+
+impl ApiServer {
+    /// A service-account token (ES256 JWT) with `claims`, signed with the
+    /// server's own key: how a test makes tokens the API server would never
+    /// issue (already expired, say) but whose signature it accepts.
+    pub fn sign_token(&self, claims: &serde_json::Value) -> anyhow::Result<String> {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+        use rcgen::SigningKey;
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&self.service_account_key)?)?;
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?);
+        let signed = format!("{header}.{body}");
+        let der = key.sign(signed.as_bytes())?;
+        let raw = ecdsa_der_to_raw(&der).context("the key's ECDSA signature is not DER")?;
+        Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(raw)))
+    }
+}
+
+/// An ECDSA P-256 signature, DER `SEQUENCE { r INTEGER, s INTEGER }` → the
+/// 64 bytes `r || s` JWTs carry.
+fn ecdsa_der_to_raw(der: &[u8]) -> Option<[u8; 64]> {
+    let (&0x30, rest) = der.split_first()? else {
+        return None;
+    };
+    let (_, mut rest) = rest.split_first()?; // short-form length: P-256 fits
+    let mut out = [0u8; 64];
+    for half in out.chunks_mut(32) {
+        let (&0x02, after) = rest.split_first()? else {
+            return None;
+        };
+        let (&len, after) = after.split_first()?;
+        let (int, after) = after.split_at_checked(len as usize)?;
+        let int = &int[int.iter().take_while(|b| **b == 0).count()..];
+        half.get_mut(32usize.checked_sub(int.len())?..)?
+            .copy_from_slice(int);
+        rest = after;
+    }
+    Some(out)
+}

@@ -19,21 +19,21 @@ use weft_proto::istio::{
 };
 
 use super::{Authority, CaError};
-use crate::{auth::NodeCredentials, xds::XdsSnapshot};
+use crate::{auth::Authenticator, xds::XdsSnapshot};
 
 /// Metadata key naming the identity a node proxy requests for a workload.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
 pub struct CaService {
     authority: Arc<Authority>,
-    credentials: Arc<NodeCredentials>,
+    credentials: Arc<Authenticator>,
     snapshots: watch::Receiver<Arc<XdsSnapshot>>,
 }
 
 impl CaService {
     pub fn new(
         authority: Arc<Authority>,
-        credentials: Arc<NodeCredentials>,
+        credentials: Arc<Authenticator>,
         snapshots: watch::Receiver<Arc<XdsSnapshot>>,
     ) -> Self {
         Self {
@@ -68,7 +68,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = self.credentials.authenticate(request.metadata())?;
+        let node = self.credentials.authenticate(request.metadata()).await?;
         let request = request.into_inner();
         let (identity, _) = self.authority.csr_identity(&request.csr).map_err(|err| {
             tracing::warn!(%node, %err, "refused a certificate request");

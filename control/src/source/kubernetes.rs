@@ -176,6 +176,8 @@ impl Shared {
 /// (stopped when this is dropped).
 pub struct KubeSource {
     pub snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
+    /// The client the watchers use (for others who talk to the same server).
+    pub client: Client,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -231,7 +233,11 @@ impl KubeSource {
                 ),
             }
         };
-        Self { snapshots, tasks }
+        Self {
+            snapshots,
+            client,
+            tasks,
+        }
     }
 }
 

@@ -60,13 +60,23 @@ pub enum SourceError {
 /// (stopped when this is dropped).
 pub struct RunningSource {
     pub snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
-    _running: Running,
+    running: Running,
+}
+
+impl RunningSource {
+    /// The Kubernetes client, when the source is an API server.
+    pub fn kube_client(&self) -> Option<&kube::Client> {
+        match &self.running {
+            Running::Kubernetes(source) => Some(&source.client),
+            Running::Local(_) => None,
+        }
+    }
 }
 
 enum Running {
     Local(JoinHandle<()>),
     /// Held for its watchers, which stop when it is dropped.
-    Kubernetes(#[allow(dead_code)] kubernetes::KubeSource),
+    Kubernetes(kubernetes::KubeSource),
 }
 
 impl Drop for Running {
@@ -94,7 +104,7 @@ pub async fn start(
             });
             Ok(RunningSource {
                 snapshots,
-                _running: Running::Local(task),
+                running: Running::Local(task),
             })
         }
         SourceConfig::Kubernetes(connection) => {
@@ -102,7 +112,7 @@ pub async fn start(
             let source = kubernetes::KubeSource::start(client, debounce).await;
             Ok(RunningSource {
                 snapshots: source.snapshots.clone(),
-                _running: Running::Kubernetes(source),
+                running: Running::Kubernetes(source),
             })
         }
     }

@@ -35,7 +35,7 @@ use weft_proto::envoy::service::discovery::v3::{
 };
 
 use super::store::{XdsSnapshot, XdsStore};
-use crate::auth::NodeCredentials;
+use crate::auth::Authenticator;
 
 /// What the server knows about one connected proxy.
 #[derive(Clone, Debug)]
@@ -55,7 +55,7 @@ pub struct ClientStatus {
 #[derive(Clone)]
 pub struct XdsServer {
     store: Arc<XdsStore>,
-    credentials: Arc<NodeCredentials>,
+    credentials: Arc<Authenticator>,
     clients: Arc<Mutex<BTreeMap<u64, ClientStatus>>>,
     next_id: Arc<AtomicU64>,
     shutdown: watch::Receiver<bool>,
@@ -65,7 +65,7 @@ impl XdsServer {
     /// `shutdown` turning true ends every open stream.
     pub fn new(
         store: Arc<XdsStore>,
-        credentials: Arc<NodeCredentials>,
+        credentials: Arc<Authenticator>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -98,7 +98,7 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let node = self.credentials.authenticate(request.metadata())?;
+        let node = self.credentials.authenticate(request.metadata()).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.clients.lock().expect("clients lock").insert(
             id,

@@ -102,7 +102,7 @@ impl TestControl {
             address: self.config.listen.to_string(),
             server_name: "weft-control".into(),
             root_pem: std::fs::read_to_string(self.config.ca_dir.join("root-cert.pem")).unwrap(),
-            token: self.token(node),
+            token: self.token(node).into(),
         }
     }
 

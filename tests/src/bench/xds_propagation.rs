@@ -37,7 +37,7 @@ async fn measure(clients: usize) -> anyhow::Result<Summary> {
         address: control.addr().to_string(),
         server_name: "weft-control".into(),
         root_pem: control.root_pem().to_owned(),
-        token,
+        token: token.into(),
     };
     let mut states = Vec::new();
     let mut tasks = Vec::new();

@@ -96,7 +96,7 @@ async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
         address: "127.0.0.1:1".into(),
         server_name: "weft-control".into(),
         root_pem: root.cert.pem(),
-        token: String::new(),
+        token: String::new().into(),
     };
     let (_status, xds) = tokio::sync::watch::channel(Default::default());
     let wp = Arc::new(Waypoint::new(
