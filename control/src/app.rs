@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, env = "WEFT_KUBERNETES")]
     kubernetes: bool,
     /// With --kubernetes: the kubeconfig file.
-    #[arg(long, env = "KUBECONFIG", requires = "kubernetes")]
+    #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// With --kubernetes: the kubeconfig context.
     #[arg(long, requires = "kubernetes")]
@@ -45,6 +45,13 @@ struct Args {
     /// istio-system/ztunnel).
     #[arg(long = "ztunnel-service-account", requires = "kubernetes")]
     ztunnel_service_accounts: Vec<String>,
+    /// With --kubernetes: the namespace of the leader Lease (default: the
+    /// pod's own, else weft-system).
+    #[arg(long, requires = "kubernetes")]
+    lease_namespace: Option<String>,
+    /// With --kubernetes: how long the leader's Lease lasts unrenewed.
+    #[arg(long, default_value_t = 15, requires = "kubernetes")]
+    lease_duration_secs: u64,
     /// Directory for the CA root and node credentials.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
@@ -90,6 +97,15 @@ pub async fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> an
     };
     config.listen = args.listen;
     config.token_review.audience = args.ca_audience;
+    if let Some(namespace) = args.lease_namespace {
+        config.lease.namespace = namespace;
+    }
+    anyhow::ensure!(
+        args.lease_duration_secs >= 2,
+        "--lease-duration-secs must be at least 2"
+    );
+    config.lease.duration = Duration::from_secs(args.lease_duration_secs);
+    config.lease.retry = config.lease.retry.min(config.lease.duration / 3);
     if !args.ztunnel_service_accounts.is_empty() {
         for account in &args.ztunnel_service_accounts {
             anyhow::ensure!(

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     auth::token_review::TokenReviewConfig,
+    cluster::leader::LeaseConfig,
     source::{KubeConnection, SourceConfig},
     translate::MeshConfig,
 };
@@ -24,6 +25,8 @@ pub struct ControlConfig {
     pub node_credentials_dir: PathBuf,
     /// On Kubernetes: the token audience and ztunnel's service accounts.
     pub token_review: TokenReviewConfig,
+    /// On Kubernetes: the leader Lease (only the leader writes status).
+    pub lease: LeaseConfig,
     pub mesh: MeshConfig,
     /// Default and maximum lifetime of workload certificates.
     pub cert_lifetime: Duration,
@@ -53,10 +56,23 @@ impl ControlConfig {
             ca_dir: state_dir.join("ca"),
             node_credentials_dir: state_dir.join("nodes"),
             token_review: TokenReviewConfig::default(),
+            lease: LeaseConfig::new(
+                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "weft-system".into()),
+                replica_identity(),
+            ),
             mesh: MeshConfig::default(),
             cert_lifetime: Duration::from_secs(24 * 3600),
             debounce: Duration::from_millis(20),
             server_names: Vec::new(),
         }
     }
+}
+
+/// This replica's name in the leader Lease: its pod's name, else host name
+/// and process id.
+fn replica_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
 }

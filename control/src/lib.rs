@@ -12,6 +12,7 @@
 pub mod app;
 pub mod auth;
 pub mod ca;
+pub mod cluster;
 pub mod config;
 pub mod objects;
 pub mod server;

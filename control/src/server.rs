@@ -105,6 +105,17 @@ impl Control {
             None => Authenticator::Nodes(NodeCredentials::new(&config.node_credentials_dir)),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // On Kubernetes: one replica (the Lease holder) writes status.
+        if let Some(client) = running.kube_client() {
+            let (leader, election) =
+                crate::cluster::leader::start(client.clone(), config.lease.clone());
+            tasks.push(election);
+            tasks.push(crate::cluster::status::start(
+                client.clone(),
+                leader,
+                store.subscribe(),
+            ));
+        }
         let xds = XdsServer::new(store.clone(), credentials.clone(), shutdown_rx.clone());
         let ca = CaService::new(authority.clone(), credentials, store.subscribe());
         let server = Server::builder()

@@ -201,7 +201,10 @@ impl ControlProcess {
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
-        cmd.arg("--kubernetes").arg("--kubeconfig").arg(kubeconfig);
+        cmd.arg("--kubernetes")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--lease-namespace", "default"]);
         Self::launch(cmd, state_dir, listen).await
     }
 

@@ -51,7 +51,7 @@ pub const ORIGIN: &str = "kubernetes";
 /// How often a kind the API server does not offer is looked for again.
 pub const REDISCOVER: Duration = Duration::from_secs(10);
 
-const GATEWAY_API: &str = "gateway.networking.k8s.io";
+pub(crate) const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const ISTIO_SECURITY: &str = "security.istio.io";
 const ISTIO_NETWORKING: &str = "networking.istio.io";
 
@@ -285,7 +285,7 @@ async fn publish(
 
 /// Finds the resource serving `kind` in `group`, preferring the group's
 /// preferred version. `Ok(None)`: the server does not offer it.
-async fn find_resource(
+pub(crate) async fn find_resource(
     client: &Client,
     group: &str,
     kind: Kind,

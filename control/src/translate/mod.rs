@@ -13,6 +13,7 @@ mod l7_policy;
 mod peer_authn;
 pub mod routes;
 mod services;
+pub mod status;
 mod traffic;
 pub mod waypoints;
 mod workloads;
@@ -67,6 +68,8 @@ pub struct Resources {
     pub l7_policies: BTreeMap<String, l7::Policy>,
     /// Each HTTPRoute's status, per parent, by `namespace/name`.
     pub route_status: BTreeMap<String, Vec<routes::ParentStatus>>,
+    /// Waypoint Gateways' and bound Services' statuses.
+    pub statuses: status::Statuses,
     /// Things users should know about (policies that cannot be enforced as
     /// written, exhausted VIP ranges, …), one sentence each.
     pub warnings: Vec<String>,
@@ -84,6 +87,7 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
         out.l7_policies
             .insert(format!("{}/{}", policy.namespace, policy.name), policy);
     }
+    out.statuses = status::translate(&waypoints, &services);
     let compiled = routes::translate(snapshot, &services, &mut out.warnings);
     out.routes = compiled.services;
     out.route_status = compiled.status;

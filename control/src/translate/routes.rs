@@ -53,6 +53,8 @@ pub struct Condition {
 pub struct ParentStatus {
     /// `Service ns/name` or `Gateway ns/name`.
     pub parent: String,
+    /// The route's reference to it, as written.
+    pub parent_ref: ParentRef,
     pub conditions: Vec<Condition>,
 }
 
@@ -645,6 +647,7 @@ pub fn translate(
                 .or_default()
                 .push(ParentStatus {
                     parent: parent_name,
+                    parent_ref: parent.clone(),
                     conditions,
                 });
         }

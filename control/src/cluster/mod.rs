@@ -1,0 +1,6 @@
+//! What the control service does to a cluster, beyond reading it: leader
+//! election among its replicas ([`leader`]) and, by the leader only, status
+//! written back to the objects it acts on ([`status`]).
+
+pub mod leader;
+pub mod status;

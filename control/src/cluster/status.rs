@@ -1,0 +1,322 @@
+//! Status written back, by server-side apply on the status subresource
+//! (field manager `weft-control`), by the leader only: waypoint Gateways
+//! (`Accepted`, `Programmed`, the Service's address), HTTPRoute and
+//! GRPCRoute parent statuses, and `istio.io/WaypointBound` on Services.
+//! Each object is written when what it should say changes (and once more
+//! whenever this replica becomes the leader); a failed write is retried on
+//! the next change or after [`RETRY`].
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use kube::{
+    api::{Api, DynamicObject, Patch, PatchParams},
+    discovery::ApiResource,
+    Client,
+};
+use serde_json::{json, Value};
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    objects::{Kind, ParentRef},
+    source::kubernetes::{find_resource, GATEWAY_API},
+    translate::{routes::Condition, Resources},
+    xds::XdsSnapshot,
+};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "weft-control";
+/// The controller named in route parent statuses: the one of the
+/// `istio-waypoint` GatewayClass, so status reads as it does with Istio.
+pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
+/// How soon failed writes are tried again without a change.
+pub const RETRY: Duration = Duration::from_secs(5);
+
+/// An object whose status is written.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Target {
+    kind: Kind,
+    namespace: String,
+    name: String,
+}
+
+/// Starts the writer: it acts while `leader` says so.
+pub fn start(
+    client: Client,
+    mut leader: watch::Receiver<bool>,
+    mut store: watch::Receiver<Arc<XdsSnapshot>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut resources: BTreeMap<Kind, ApiResource> = BTreeMap::new();
+        loop {
+            if leader.wait_for(|leading| *leading).await.is_err() {
+                return;
+            }
+            // Whatever another replica wrote may be stale: write it all.
+            let mut written: BTreeMap<Target, Value> = BTreeMap::new();
+            loop {
+                let desired = desired(&store.borrow_and_update().resources);
+                let mut failed = false;
+                for (target, status) in &desired {
+                    if written.get(target) == Some(status) {
+                        continue;
+                    }
+                    match write(&client, &mut resources, target, status).await {
+                        Ok(()) => {
+                            written.insert(target.clone(), status.clone());
+                        }
+                        Err(err) => {
+                            failed = true;
+                            tracing::warn!(kind = %target.kind, namespace = %target.namespace, name = %target.name, %err, "cannot write status");
+                        }
+                    }
+                }
+                written.retain(|target, _| desired.contains_key(target));
+                tokio::select! {
+                    changed = store.changed() => if changed.is_err() { return },
+                    _ = leader.changed() => if !*leader.borrow() { break },
+                    _ = tokio::time::sleep(RETRY), if failed => {}
+                }
+            }
+        }
+    })
+}
+
+async fn write(
+    client: &Client,
+    resources: &mut BTreeMap<Kind, ApiResource>,
+    target: &Target,
+    status: &Value,
+) -> Result<(), kube::Error> {
+    let resource = match resources.get(&target.kind) {
+        Some(resource) => resource.clone(),
+        None => {
+            let group = match target.kind {
+                Kind::Service => "",
+                _ => GATEWAY_API,
+            };
+            let Some(resource) = find_resource(client, group, target.kind).await? else {
+                tracing::debug!(kind = %target.kind, "not served; its status is not written");
+                return Ok(());
+            };
+            resources.insert(target.kind, resource.clone());
+            resource
+        }
+    };
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &target.namespace, &resource);
+    let mut status = status.clone();
+    stamp(&mut status, &now());
+    let body = json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": {"name": target.name, "namespace": target.namespace},
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &target.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Deleted since: nothing to say about it.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Sets `lastTransitionTime` on every condition (kept out of the compared
+/// status so that time alone is never a change).
+fn stamp(value: &mut Value, time: &str) {
+    match value {
+        Value::Object(map) => {
+            if map.contains_key("type") && map.contains_key("reason") {
+                map.insert("lastTransitionTime".into(), time.into());
+            }
+            map.values_mut().for_each(|v| stamp(v, time));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| stamp(v, time)),
+        _ => {}
+    }
+}
+
+fn condition(kind: &str, status: bool, reason: &str, message: &str) -> Value {
+    json!({
+        "type": kind,
+        "status": if status { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+    })
+}
+
+fn route_condition(c: &Condition) -> Value {
+    condition(c.kind, c.status, c.reason, &c.message)
+}
+
+fn parent_ref(parent: &ParentRef) -> Value {
+    let (group, kind, namespace, name, port, section) = match parent {
+        ParentRef::Service {
+            namespace,
+            name,
+            port,
+            section,
+        } => ("", "Service", namespace, name, port, section),
+        ParentRef::Gateway {
+            namespace,
+            name,
+            port,
+            section,
+        } => (GATEWAY_API, "Gateway", namespace, name, port, section),
+    };
+    let mut out = json!({"group": group, "kind": kind, "namespace": namespace, "name": name});
+    if let Some(port) = port {
+        out["port"] = json!(port);
+    }
+    if let Some(section) = section {
+        out["sectionName"] = json!(section);
+    }
+    out
+}
+
+/// Every status to write, without timestamps.
+fn desired(resources: &Resources) -> BTreeMap<Target, Value> {
+    let mut out = BTreeMap::new();
+    let split = |key: &str| {
+        key.split_once('/')
+            .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+    };
+    for (key, gateway) in &resources.statuses.gateways {
+        let Some((namespace, name)) = split(key) else {
+            continue;
+        };
+        let programmed = gateway.address.is_some();
+        let mut status = json!({
+            "conditions": [
+                condition("Accepted", true, "Accepted", "Resource accepted"),
+                condition(
+                    "Programmed",
+                    programmed,
+                    if programmed { "Programmed" } else { "NoResources" },
+                    &gateway.message,
+                ),
+            ],
+        });
+        if let Some(address) = gateway.address {
+            status["addresses"] = json!([{"type": "IPAddress", "value": address.to_string()}]);
+        }
+        out.insert(
+            Target {
+                kind: Kind::Gateway,
+                namespace,
+                name,
+            },
+            status,
+        );
+    }
+    for (key, parents) in &resources.route_status {
+        let (kind, key) = match key.strip_prefix("GRPCRoute/") {
+            Some(rest) => (Kind::GrpcRoute, rest),
+            None => (Kind::HttpRoute, key.as_str()),
+        };
+        let Some((namespace, name)) = split(key) else {
+            continue;
+        };
+        let parents: Vec<Value> = parents
+            .iter()
+            .map(|p| {
+                json!({
+                    "parentRef": parent_ref(&p.parent_ref),
+                    "controllerName": CONTROLLER_NAME,
+                    "conditions": p.conditions.iter().map(route_condition).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        out.insert(
+            Target {
+                kind,
+                namespace,
+                name,
+            },
+            json!({"parents": parents}),
+        );
+    }
+    for (key, bound) in &resources.statuses.services {
+        let Some((namespace, name)) = split(key) else {
+            continue;
+        };
+        out.insert(
+            Target {
+                kind: Kind::Service,
+                namespace,
+                name,
+            },
+            json!({"conditions": [condition(
+                "istio.io/WaypointBound",
+                bound.bound,
+                bound.reason,
+                &bound.message,
+            )]}),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_go_on_conditions_only() {
+        let mut status = json!({
+            "addresses": [{"type": "IPAddress", "value": "198.19.0.20"}],
+            "parents": [{"parentRef": {"kind": "Service"}, "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "message": ""}
+            ]}],
+        });
+        stamp(&mut status, "2026-12-01T00:00:00Z");
+        assert!(status["addresses"][0].get("lastTransitionTime").is_none());
+        assert!(status["parents"][0]["parentRef"]
+            .get("lastTransitionTime")
+            .is_none());
+        assert_eq!(
+            status["parents"][0]["conditions"][0]["lastTransitionTime"],
+            "2026-12-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn parent_refs_are_written_as_the_route_wrote_them() {
+        let cases = [
+            (
+                ParentRef::Service {
+                    namespace: "shop".into(),
+                    name: "web".into(),
+                    port: Some(80),
+                    section: None,
+                },
+                json!({"group": "", "kind": "Service", "namespace": "shop", "name": "web", "port": 80}),
+            ),
+            (
+                ParentRef::Gateway {
+                    namespace: "shop".into(),
+                    name: "waypoint".into(),
+                    port: None,
+                    section: Some("mesh".into()),
+                },
+                json!({"group": GATEWAY_API, "kind": "Gateway", "namespace": "shop", "name": "waypoint", "sectionName": "mesh"}),
+            ),
+        ];
+        for (parent, expected) in cases {
+            assert_eq!(parent_ref(&parent), expected);
+        }
+    }
+}

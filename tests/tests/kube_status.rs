@@ -1,0 +1,225 @@
+//! Status written back to a real API server by the leader of two control
+//! services: a waypoint Gateway is Programmed (with its address) once its
+//! Service has one, HTTPRoutes get parent statuses, bound Services get
+//! `istio.io/WaypointBound`; the leader killed, the other replica takes the
+//! Lease and writes within the lease time.
+
+use std::time::Duration;
+
+use weft_control::{config::ControlConfig, server::Control, source::KubeConnection};
+use weft_tests::{kube::ApiServer, processes::eventually};
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 198.19.0.30
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+"#;
+
+const WAYPOINT_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: shop}
+spec:
+  clusterIP: 198.19.0.20
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{name: mesh, port: 15008, protocol: TCP}]
+"#;
+
+const LEASE: Duration = Duration::from_secs(3);
+
+async fn replica(api: &ApiServer, dir: &std::path::Path, name: &str) -> anyhow::Result<Control> {
+    let mut config = ControlConfig::kubernetes(
+        KubeConnection {
+            kubeconfig: Some(api.kubeconfig.clone()),
+            context: None,
+        },
+        dir.join(name),
+    );
+    config.listen = "127.0.0.1:0".parse()?;
+    config.lease.namespace = "default".into();
+    config.lease.identity = name.into();
+    config.lease.duration = LEASE;
+    config.lease.retry = Duration::from_millis(500);
+    Ok(Control::start(config).await?)
+}
+
+async fn get(api: &ApiServer, what: &[&str]) -> Option<serde_json::Value> {
+    let mut args = vec!["get", "-n", "shop"];
+    args.extend(what);
+    args.extend(["-o", "json"]);
+    serde_json::from_str(&api.kubectl_ok(&args, None).await.ok()?).ok()
+}
+
+fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+async fn holder(api: &ApiServer) -> Option<String> {
+    let out = api
+        .kubectl_ok(
+            &[
+                "get",
+                "lease",
+                "-n",
+                "default",
+                "weft-control",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            None,
+        )
+        .await
+        .ok()?;
+    Some(out.trim().to_owned()).filter(|h| !h.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<()> {
+    let api = ApiServer::start().await?;
+    api.install_open_crds().await?;
+    api.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(MESH))
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let a = replica(&api, dir.path(), "replica-a").await?;
+    let b = replica(&api, dir.path(), "replica-b").await?;
+
+    // No Service for the waypoint yet: accepted, not programmed.
+    let gateway = eventually("the Gateway accepted", Duration::from_secs(20), || async {
+        let gateway = get(&api, &["gateway", "waypoint"]).await?;
+        condition(&gateway["status"], "Accepted")?;
+        Some(gateway)
+    })
+    .await?;
+    let programmed = condition(&gateway["status"], "Programmed").unwrap();
+    assert_eq!(programmed["status"], "False", "{programmed}");
+    assert_eq!(programmed["reason"], "NoResources");
+    let bound = eventually("web's WaypointBound", Duration::from_secs(20), || async {
+        let web = get(&api, &["service", "web"]).await?;
+        condition(&web["status"], "istio.io/WaypointBound").cloned()
+    })
+    .await?;
+    assert_eq!(bound["status"], "False", "{bound}");
+    assert_eq!(bound["reason"], "WaypointNotReady");
+
+    // Its Service gets an address: programmed, with the address.
+    api.kubectl_ok(
+        &["apply", "--server-side", "-f", "-"],
+        Some(WAYPOINT_SERVICE),
+    )
+    .await?;
+    let gateway = eventually(
+        "the Gateway programmed",
+        Duration::from_secs(20),
+        || async {
+            let gateway = get(&api, &["gateway", "waypoint"]).await?;
+            (condition(&gateway["status"], "Programmed")?["status"] == "True").then_some(gateway)
+        },
+    )
+    .await?;
+    assert_eq!(
+        gateway["status"]["addresses"],
+        serde_json::json!([{"type": "IPAddress", "value": "198.19.0.20"}])
+    );
+    assert!(condition(&gateway["status"], "Programmed").unwrap()["lastTransitionTime"].is_string());
+    eventually(
+        "web bound to the waypoint",
+        Duration::from_secs(20),
+        || async {
+            let web = get(&api, &["service", "web"]).await?;
+            let bound = condition(&web["status"], "istio.io/WaypointBound")?;
+            (bound["status"] == "True" && bound["message"] == "bound to waypoint.shop.svc")
+                .then_some(())
+        },
+    )
+    .await?;
+    let route = eventually(
+        "the route's parent status",
+        Duration::from_secs(20),
+        || async {
+            let route = get(&api, &["httproute", "web"]).await?;
+            route["status"]["parents"].as_array()?.first().cloned()
+        },
+    )
+    .await?;
+    assert_eq!(route["controllerName"], "istio.io/gateway-controller");
+    assert_eq!(
+        route["parentRef"],
+        serde_json::json!({"group": "", "kind": "Service", "namespace": "shop", "name": "web", "port": 80})
+    );
+    assert_eq!(
+        condition(&route, "Accepted").unwrap()["status"],
+        "True",
+        "{route}"
+    );
+    assert_eq!(condition(&route, "ResolvedRefs").unwrap()["status"], "True");
+
+    // One leader; the other only serves. Kill the leader (no goodbye: its
+    // Lease simply stops being renewed).
+    let first = holder(&api).await.expect("a leader");
+    let (survivor, name) = match first.as_str() {
+        "replica-a" => {
+            drop(a);
+            (b, "replica-b")
+        }
+        "replica-b" => {
+            drop(b);
+            (a, "replica-a")
+        }
+        other => panic!("unexpected holder {other}"),
+    };
+    let killed = std::time::Instant::now();
+    api.kubectl_ok(
+        &["apply", "--server-side", "-f", "-"],
+        Some(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: late, namespace: shop}\n\
+             spec: {parentRefs: [{group: \"\", kind: Service, name: web}], \
+             rules: [{backendRefs: [{name: missing, port: 80}]}]}\n",
+        ),
+    )
+    .await?;
+    let late = eventually("the survivor writes", Duration::from_secs(20), || async {
+        let route = get(&api, &["httproute", "late"]).await?;
+        route["status"]["parents"].as_array()?.first().cloned()
+    })
+    .await?;
+    let took = killed.elapsed();
+    assert_eq!(holder(&api).await.as_deref(), Some(name));
+    let resolved = condition(&late, "ResolvedRefs").unwrap();
+    assert_eq!(resolved["status"], "False", "{late}");
+    assert_eq!(resolved["reason"], "BackendNotFound");
+    println!("status written by the new leader {took:?} after the old one died (lease {LEASE:?})");
+    assert!(
+        took < LEASE * 4,
+        "took over within the lease time and a few renewal periods: {took:?}"
+    );
+    drop(survivor);
+    Ok(())
+}
