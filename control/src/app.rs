@@ -49,6 +49,13 @@ struct Args {
     /// pod's own, else weft-system).
     #[arg(long, requires = "kubernetes")]
     lease_namespace: Option<String>,
+    /// With --kubernetes: the image of waypoint Deployments.
+    #[arg(long, env = "WEFT_WAYPOINT_IMAGE")]
+    waypoint_image: Option<String>,
+    /// With --kubernetes: the control service's address as waypoint pods
+    /// reach it.
+    #[arg(long, env = "WEFT_WAYPOINT_CONTROL_ADDRESS")]
+    waypoint_control_address: Option<String>,
     /// With --kubernetes: how long the leader's Lease lasts unrenewed.
     #[arg(long, default_value_t = 15, requires = "kubernetes")]
     lease_duration_secs: u64,
@@ -97,6 +104,12 @@ pub async fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> an
     };
     config.listen = args.listen;
     config.token_review.audience = args.ca_audience;
+    if let Some(image) = args.waypoint_image {
+        config.waypoint.image = image;
+    }
+    if let Some(address) = args.waypoint_control_address {
+        config.waypoint.control_address = address;
+    }
     if let Some(namespace) = args.lease_namespace {
         config.lease.namespace = namespace;
     }

@@ -36,12 +36,48 @@ pub enum Authenticator {
     Kubernetes(token_review::TokenReviewer),
 }
 
-impl Authenticator {
-    /// The node the caller speaks for.
-    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
+/// Who an authenticated caller is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A node proxy (ztunnel): it may obtain the identities of the
+    /// workloads scheduled on its node.
+    Node(String),
+    /// A waypoint pod: it may obtain its own identity only.
+    Waypoint {
+        node: String,
+        namespace: String,
+        service_account: String,
+    },
+}
+
+impl Caller {
+    /// The node the caller runs on.
+    pub fn node(&self) -> &str {
         match self {
-            Authenticator::Nodes(nodes) => nodes.authenticate(metadata),
-            Authenticator::Kubernetes(reviewer) => reviewer.node_of(bearer(metadata)?).await,
+            Caller::Node(node) | Caller::Waypoint { node, .. } => node,
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Node(node) => write!(f, "node {node}"),
+            Caller::Waypoint {
+                namespace,
+                service_account,
+                ..
+            } => write!(f, "waypoint {namespace}/{service_account}"),
+        }
+    }
+}
+
+impl Authenticator {
+    /// Who the caller is.
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        match self {
+            Authenticator::Nodes(nodes) => nodes.authenticate(metadata).map(Caller::Node),
+            Authenticator::Kubernetes(reviewer) => reviewer.caller(bearer(metadata)?).await,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
     auth::token_review::TokenReviewConfig,
-    cluster::leader::LeaseConfig,
+    cluster::{leader::LeaseConfig, waypoints::WaypointTemplate},
     source::{KubeConnection, SourceConfig},
     translate::MeshConfig,
 };
@@ -27,6 +27,9 @@ pub struct ControlConfig {
     pub token_review: TokenReviewConfig,
     /// On Kubernetes: the leader Lease (only the leader writes status).
     pub lease: LeaseConfig,
+    /// On Kubernetes: how waypoint Deployments are made (the trust domain
+    /// and token audience are taken from the rest of this config).
+    pub waypoint: WaypointTemplate,
     pub mesh: MeshConfig,
     /// Default and maximum lifetime of workload certificates.
     pub cert_lifetime: Duration,
@@ -60,6 +63,7 @@ impl ControlConfig {
                 std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "weft-system".into()),
                 replica_identity(),
             ),
+            waypoint: WaypointTemplate::default(),
             mesh: MeshConfig::default(),
             cert_lifetime: Duration::from_secs(24 * 3600),
             debounce: Duration::from_millis(20),

@@ -105,15 +105,26 @@ impl Control {
             None => Authenticator::Nodes(NodeCredentials::new(&config.node_credentials_dir)),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        // On Kubernetes: one replica (the Lease holder) writes status.
+        // On Kubernetes: one replica (the Lease holder) writes status and
+        // deploys waypoints.
         if let Some(client) = running.kube_client() {
             let (leader, election) =
                 crate::cluster::leader::start(client.clone(), config.lease.clone());
             tasks.push(election);
             tasks.push(crate::cluster::status::start(
                 client.clone(),
-                leader,
+                leader.clone(),
                 store.subscribe(),
+            ));
+            let mut template = config.waypoint.clone();
+            template.trust_domain = config.mesh.trust_domain.clone();
+            template.audience = config.token_review.audience.clone();
+            tasks.push(crate::cluster::waypoints::start(
+                client.clone(),
+                template,
+                authority.root_pem().to_owned(),
+                leader,
+                snapshot_rx.clone(),
             ));
         }
         let xds = XdsServer::new(store.clone(), credentials.clone(), shutdown_rx.clone());

@@ -962,3 +962,74 @@ spec:
         "{routes:#?}"
     );
 }
+
+#[test]
+fn waypoint_statuses_say_what_is_missing() {
+    let r = resources(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: pods-only, namespace: shop, labels: {istio.io/waypoint-for: workload}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pods-only, namespace: shop}
+spec: {clusterIP: 198.19.0.21, ports: [{port: 15008}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop, labels: {istio.io/use-waypoint: ghost}}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop, labels: {istio.io/use-waypoint: pods-only}}
+spec: {ports: [{port: 5432}]}
+"#,
+    );
+    let gateways = &r.statuses.gateways;
+    // No Service named after it: not programmed, and nothing to bind to.
+    assert_eq!(gateways["shop/waypoint"].address, None);
+    assert_eq!(
+        gateways["shop/waypoint"].message,
+        "Service waypoint.shop.svc has no address yet"
+    );
+    assert_eq!(
+        gateways["shop/pods-only"].address,
+        Some(Ipv4Addr::new(198, 19, 0, 21).into())
+    );
+    let reasons: Vec<(&str, bool, &str)> = r
+        .statuses
+        .services
+        .iter()
+        .map(|(key, bound)| (key.as_str(), bound.bound, bound.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("shop/api", false, "WaypointNotFound"),
+            ("shop/db", false, "WaypointTakesNoServices"),
+            ("shop/web", false, "WaypointNotReady"),
+        ],
+        "waypoints' own Services carry no binding"
+    );
+}

@@ -1,6 +1,7 @@
 //! The CA on Kubernetes: ztunnel proves its node with a projected
 //! service-account token that the API server reviews. A token bound to the
-//! ztunnel pod on n1 gets n1's identities and is refused n2's; an expired
+//! ztunnel pod on n1 gets n1's identities and is refused n2's; a waypoint's
+//! pod gets its own identity only; an expired
 //! token, a token for another audience, a token of another service account
 //! and a token bound to no pod are refused, each saying why.
 
@@ -21,10 +22,17 @@ metadata: {name: istio-system}
 apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
 "#;
 
 /// Pods: namespace, name, node, service account, IP.
-const PODS: [(&str, &str, &str, &str, &str); 5] = [
+const PODS: [(&str, &str, &str, &str, &str); 6] = [
     (
         "istio-system",
         "ztunnel-n1",
@@ -42,13 +50,21 @@ const PODS: [(&str, &str, &str, &str, &str); 5] = [
     ("demo", "app-a", "n1", "app-a", "198.18.1.2"),
     ("demo", "app-b", "n2", "app-b", "198.18.2.2"),
     ("demo", "intruder", "n1", "intruder", "198.18.1.3"),
+    ("demo", "waypoint-0", "n2", "waypoint", "198.18.2.9"),
 ];
 
 async fn cluster() -> anyhow::Result<ApiServer> {
     let api = ApiServer::start().await?;
+    api.install_open_crds().await?;
     api.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(CLUSTER))
         .await?;
     for (namespace, name, node, account, ip) in PODS {
+        // The waypoint's pod says whose it is, as its Deployment's would.
+        let gateway = if account == "waypoint" {
+            "waypoint"
+        } else {
+            "none"
+        };
         // Each account once.
         let _ = api
             .kubectl_ok(
@@ -59,7 +75,8 @@ async fn cluster() -> anyhow::Result<ApiServer> {
         api.kubectl_ok(
             &["apply", "--server-side", "-f", "-"],
             Some(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, \
+                 labels: {{gateway.networking.k8s.io/gateway-name: {gateway}}}}}\n\
                  spec: {{nodeName: {node}, serviceAccountName: {account}, \
                  automountServiceAccountToken: false, containers: [{{name: app, image: app}}]}}\n"
             )),
@@ -189,6 +206,15 @@ async fn ztunnel_tokens_are_reviewed_and_scoped_to_their_pods_node() -> anyhow::
     let unbound = token(&api, "istio-system", "ztunnel", "istio-ca", None).await?;
     let err = sign(unbound, id("demo", "app-a")).await.unwrap_err();
     assert!(err.contains("is not bound to a pod"), "{err}");
+    // A waypoint's pod: its own identity, nothing else.
+    let waypoint = token(&api, "demo", "waypoint", "istio-ca", Some("waypoint-0")).await?;
+    let cert = sign(waypoint.clone(), id("demo", "waypoint")).await;
+    assert_eq!(cert.map(|c| c.identity), Ok(id("demo", "waypoint")));
+    let err = sign(waypoint, id("demo", "app-b")).await.unwrap_err();
+    assert!(
+        err.contains("PermissionDenied") && err.contains("a waypoint gets its own identity only"),
+        "{err}"
+    );
     let err = sign("not-a-token".into(), id("demo", "app-a"))
         .await
         .unwrap_err();

@@ -1,6 +1,7 @@
-//! Status written back to a real API server by the leader of two control
-//! services: a waypoint Gateway is Programmed (with its address) once its
-//! Service has one, HTTPRoutes get parent statuses, bound Services get
+//! Status and waypoints written to a real API server by the leader of the
+//! control services: a waypoint Gateway gets its ServiceAccount, Deployment
+//! and Service (removed with it) and is Programmed (with its address) once
+//! the Service has one, HTTPRoutes get parent statuses, bound Services get
 //! `istio.io/WaypointBound`; the leader killed, the other replica takes the
 //! Lease and writes within the lease time.
 
@@ -37,16 +38,6 @@ metadata: {name: web, namespace: shop}
 spec:
   parentRefs: [{group: "", kind: Service, name: web, port: 80}]
   rules: [{backendRefs: [{name: web, port: 80}]}]
-"#;
-
-const WAYPOINT_SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: waypoint, namespace: shop}
-spec:
-  clusterIP: 198.19.0.20
-  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
-  ports: [{name: mesh, port: 15008, protocol: TCP}]
 "#;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -110,30 +101,8 @@ async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<(
     let a = replica(&api, dir.path(), "replica-a").await?;
     let b = replica(&api, dir.path(), "replica-b").await?;
 
-    // No Service for the waypoint yet: accepted, not programmed.
-    let gateway = eventually("the Gateway accepted", Duration::from_secs(20), || async {
-        let gateway = get(&api, &["gateway", "waypoint"]).await?;
-        condition(&gateway["status"], "Accepted")?;
-        Some(gateway)
-    })
-    .await?;
-    let programmed = condition(&gateway["status"], "Programmed").unwrap();
-    assert_eq!(programmed["status"], "False", "{programmed}");
-    assert_eq!(programmed["reason"], "NoResources");
-    let bound = eventually("web's WaypointBound", Duration::from_secs(20), || async {
-        let web = get(&api, &["service", "web"]).await?;
-        condition(&web["status"], "istio.io/WaypointBound").cloned()
-    })
-    .await?;
-    assert_eq!(bound["status"], "False", "{bound}");
-    assert_eq!(bound["reason"], "WaypointNotReady");
-
-    // Its Service gets an address: programmed, with the address.
-    api.kubectl_ok(
-        &["apply", "--server-side", "-f", "-"],
-        Some(WAYPOINT_SERVICE),
-    )
-    .await?;
+    // The waypoint controller gives the Gateway its Service; once that
+    // has an address, the Gateway is programmed with it.
     let gateway = eventually(
         "the Gateway programmed",
         Duration::from_secs(20),
@@ -143,9 +112,14 @@ async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<(
         },
     )
     .await?;
+    let vip = get(&api, &["service", "waypoint"]).await.unwrap()["spec"]["clusterIP"].clone();
     assert_eq!(
         gateway["status"]["addresses"],
-        serde_json::json!([{"type": "IPAddress", "value": "198.19.0.20"}])
+        serde_json::json!([{"type": "IPAddress", "value": vip}])
+    );
+    assert_eq!(
+        condition(&gateway["status"], "Accepted").unwrap()["status"],
+        "True"
     );
     assert!(condition(&gateway["status"], "Programmed").unwrap()["lastTransitionTime"].is_string());
     eventually(
@@ -221,5 +195,95 @@ async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<(
         "took over within the lease time and a few renewal periods: {took:?}"
     );
     drop(survivor);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waypoint_gateway_gets_its_objects_and_they_go_with_it() -> anyhow::Result<()> {
+    let api = ApiServer::start().await?;
+    api.install_open_crds().await?;
+    let gateway_only: String = MESH
+        .split("\n---\n")
+        .filter(|doc| doc.contains("kind: Namespace") || doc.contains("kind: Gateway"))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    api.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(&gateway_only))
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let control = replica(&api, dir.path(), "solo").await?;
+
+    let gateway_uid = get(&api, &["gateway", "waypoint"]).await.unwrap()["metadata"]["uid"].clone();
+    for kind in ["serviceaccount", "deployment", "service"] {
+        let object = eventually(kind, Duration::from_secs(20), || async {
+            get(&api, &[kind, "waypoint"]).await
+        })
+        .await?;
+        let owner = &object["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "Gateway", "{kind}: {owner}");
+        assert_eq!(owner["uid"], gateway_uid, "{kind}");
+        assert_eq!(
+            object["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+            "waypoint"
+        );
+        let fields: serde_json::Value = serde_json::from_str(
+            &api.kubectl_ok(
+                &[
+                    "get",
+                    "-n",
+                    "shop",
+                    kind,
+                    "waypoint",
+                    "--show-managed-fields",
+                    "-o",
+                    "json",
+                ],
+                None,
+            )
+            .await?,
+        )?;
+        assert_eq!(
+            fields["metadata"]["managedFields"][0]["manager"], "weft-control",
+            "{kind}: applied server-side"
+        );
+    }
+    let deployment = get(&api, &["deployment", "waypoint"]).await.unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "waypoint");
+    assert_eq!(
+        pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "istio-ca"
+    );
+    let root = get(&api, &["configmap", "istio-ca-root-cert"])
+        .await
+        .unwrap();
+    assert_eq!(root["data"]["root-cert.pem"], control.root_pem());
+
+    // The API server gave the Service its address: the Gateway is
+    // programmed with it.
+    let service = get(&api, &["service", "waypoint"]).await.unwrap();
+    let vip = service["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    assert!(vip.starts_with("198.19."), "{vip}");
+    eventually(
+        "the Gateway programmed",
+        Duration::from_secs(20),
+        || async {
+            let gateway = get(&api, &["gateway", "waypoint"]).await?;
+            (condition(&gateway["status"], "Programmed")?["status"] == "True"
+                && gateway["status"]["addresses"][0]["value"] == vip.as_str())
+            .then_some(())
+        },
+    )
+    .await?;
+
+    // Deleting the Gateway takes its objects with it.
+    api.kubectl_ok(&["delete", "gateway", "-n", "shop", "waypoint"], None)
+        .await?;
+    for kind in ["deployment", "service", "serviceaccount"] {
+        eventually("garbage-collected", Duration::from_secs(30), || async {
+            get(&api, &[kind, "waypoint"]).await.is_none().then_some(())
+        })
+        .await?;
+    }
+    drop(control);
     Ok(())
 }

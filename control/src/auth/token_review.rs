@@ -1,8 +1,10 @@
-//! Kubernetes authentication for node proxies: the proxy presents a
-//! projected service-account token (audience `istio-ca` unless configured
-//! otherwise); the API server reviews it (`TokenReview`); the caller must be
-//! a ztunnel service account, and the token bound to a pod of that account
-//! that is not finished. That pod's node is the node the caller speaks for.
+//! Kubernetes authentication for proxies: the proxy presents a projected
+//! service-account token (audience `istio-ca` unless configured
+//! otherwise); the API server reviews it (`TokenReview`); the token must be
+//! bound to a pod of its service account that is scheduled and not
+//! finished. A ztunnel service account speaks for that pod's node; a
+//! waypoint's pod (labelled with the name of a waypoint Gateway in its
+//! namespace) for itself only; anyone else is refused.
 
 use std::{
     collections::HashMap,
@@ -16,8 +18,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tonic::Status;
 
+use super::Caller;
 use crate::{
-    objects::{Kind, Object, ObjectKey},
+    objects::{Kind, Object, ObjectKey, GATEWAY_NAME_LABEL},
     source::ConfigSnapshot,
 };
 
@@ -85,8 +88,8 @@ impl TokenReviewer {
         }
     }
 
-    /// The node whose ztunnel presented `token`.
-    pub async fn node_of(&self, token: &str) -> Result<String, Status> {
+    /// Who presented `token`.
+    pub async fn caller(&self, token: &str) -> Result<Caller, Status> {
         let reviewed = self.review(token).await?;
         let snapshot = self.snapshots.borrow().clone();
         let key = ObjectKey {
@@ -116,7 +119,34 @@ impl TokenReviewer {
                 reviewed.namespace, reviewed.pod, pod.service_account, reviewed.service_account
             )));
         }
-        Ok(pod.node_name.clone())
+        let account = format!("{}/{}", reviewed.namespace, reviewed.service_account);
+        if self.config.ztunnel_accounts.contains(&account) {
+            return Ok(Caller::Node(pod.node_name.clone()));
+        }
+        let is_waypoint = pod.labels.get(GATEWAY_NAME_LABEL).is_some_and(|gateway| {
+            matches!(
+                snapshot.objects.get(&ObjectKey {
+                    kind: Kind::Gateway,
+                    namespace: pod.namespace.clone(),
+                    name: gateway.clone(),
+                }),
+                Some(Object::Gateway(g)) if g.is_waypoint()
+            )
+        });
+        if is_waypoint {
+            return Ok(Caller::Waypoint {
+                node: pod.node_name.clone(),
+                namespace: reviewed.namespace,
+                service_account: reviewed.service_account,
+            });
+        }
+        Err(Status::permission_denied(format!(
+            "service account {account} is not a ztunnel service account (accepted: {}), and pod \
+             {}/{} is not a waypoint's",
+            self.config.ztunnel_accounts.join(", "),
+            reviewed.namespace,
+            reviewed.pod
+        )))
     }
 
     async fn review(&self, token: &str) -> Result<Reviewed, Status> {
@@ -189,12 +219,6 @@ impl TokenReviewer {
             )));
         };
         let account = format!("{namespace}/{service_account}");
-        if !self.config.ztunnel_accounts.contains(&account) {
-            return Err(Status::permission_denied(format!(
-                "service account {account} is not a ztunnel service account (accepted: {})",
-                self.config.ztunnel_accounts.join(", ")
-            )));
-        }
         let pod = user
             .extra
             .as_ref()

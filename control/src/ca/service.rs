@@ -1,7 +1,8 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`.
 //!
-//! A node proxy asks for a certificate on behalf of one of its workloads.
-//! The caller is authenticated by its node credential, and the identity in
+//! A node proxy asks for a certificate on behalf of one of its workloads
+//! (a waypoint, on Kubernetes, for itself only). The caller is
+//! authenticated by its node credential, and the identity in
 //! the CSR must be that of a workload the current configuration schedules
 //! on the caller's node: a compromised node can obtain only the identities
 //! of workloads it already runs.
@@ -19,7 +20,10 @@ use weft_proto::istio::{
 };
 
 use super::{Authority, CaError};
-use crate::{auth::Authenticator, xds::XdsSnapshot};
+use crate::{
+    auth::{Authenticator, Caller},
+    xds::XdsSnapshot,
+};
 
 /// Metadata key naming the identity a node proxy requests for a workload.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
@@ -68,10 +72,10 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = self.credentials.authenticate(request.metadata()).await?;
+        let caller = self.credentials.authenticate(request.metadata()).await?;
         let request = request.into_inner();
         let (identity, _) = self.authority.csr_identity(&request.csr).map_err(|err| {
-            tracing::warn!(%node, %err, "refused a certificate request");
+            tracing::warn!(%caller, %err, "refused a certificate request");
             Status::invalid_argument(err.to_string())
         })?;
         let impersonated = request
@@ -87,15 +91,27 @@ impl IstioCertificateService for CaService {
                 let message = format!(
                     "refusing to sign: the CSR names {identity} but {IMPERSONATED_IDENTITY} says {claimed}"
                 );
-                tracing::warn!(%node, %identity, "{message}");
+                tracing::warn!(%caller, %identity, "{message}");
                 return Err(Status::invalid_argument(message));
             }
         }
-        if !self.runs_on(&identity, &node) {
-            let message = format!(
+        let refusal = match &caller {
+            Caller::Node(node) if !self.runs_on(&identity, node) => Some(format!(
                 "refusing to sign {identity} for node {node}: no workload with that identity is scheduled on {node}"
-            );
-            tracing::warn!(%node, %identity, "{message}");
+            )),
+            Caller::Waypoint {
+                namespace,
+                service_account,
+                ..
+            } if identity.namespace != *namespace || identity.service_account != *service_account => {
+                Some(format!(
+                    "refusing to sign {identity} for {caller}: a waypoint gets its own identity only"
+                ))
+            }
+            _ => None,
+        };
+        if let Some(message) = refusal {
+            tracing::warn!(%caller, %identity, "{message}");
             return Err(Status::permission_denied(message));
         }
         let requested = u64::try_from(request.validity_duration)
@@ -109,7 +125,7 @@ impl IstioCertificateService for CaService {
                 CaError::Sign(_) => Status::internal(err.to_string()),
                 other => Status::invalid_argument(other.to_string()),
             })?;
-        tracing::info!(%node, identity = %signed.identity, not_after = %signed.not_after, "signed a workload certificate");
+        tracing::info!(%caller, identity = %signed.identity, not_after = %signed.not_after, "signed a workload certificate");
         Ok(Response::new(IstioCertificateResponse {
             cert_chain: signed.chain_pem,
         }))

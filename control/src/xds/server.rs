@@ -98,7 +98,12 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let node = self.credentials.authenticate(request.metadata()).await?;
+        let node = self
+            .credentials
+            .authenticate(request.metadata())
+            .await?
+            .node()
+            .to_owned();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.clients.lock().expect("clients lock").insert(
             id,
