@@ -34,6 +34,8 @@ pub enum ControlError {
     },
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    CaSecret(#[from] crate::cluster::ca_secret::CaSecretError),
 }
 
 /// A running control service.
@@ -49,13 +51,10 @@ pub struct Control {
 }
 
 impl Control {
-    /// Loads (or creates) the CA, reads the config directory once, binds the
-    /// listener and starts serving; returns once it accepts connections.
+    /// Binds the listener, reads the source once (on Kubernetes: lists
+    /// every kind and takes the cluster's mesh root), loads (or creates)
+    /// the CA and starts serving; returns once it accepts connections.
     pub async fn start(config: ControlConfig) -> Result<Self, ControlError> {
-        let mut authority = Authority::load_or_create(&config.ca_dir, &config.mesh.trust_domain)?;
-        authority.default_lifetime = config.cert_lifetime;
-        authority.max_lifetime = config.cert_lifetime;
-        let authority = Arc::new(authority);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -67,6 +66,22 @@ impl Control {
             addr: config.listen,
             source,
         })?;
+        // The source first: on Kubernetes the mesh root comes from the
+        // cluster, through the same client.
+        let running = source::start(&config.source, config.debounce).await?;
+        if let Some(client) = running.kube_client() {
+            crate::cluster::ca_secret::sync(
+                client,
+                &config.lease.namespace,
+                &config.ca_dir,
+                &config.mesh.trust_domain,
+            )
+            .await?;
+        }
+        let mut authority = Authority::load_or_create(&config.ca_dir, &config.mesh.trust_domain)?;
+        authority.default_lifetime = config.cert_lifetime;
+        authority.max_lifetime = config.cert_lifetime;
+        let authority = Arc::new(authority);
         let mut names = vec![
             "weft-control".to_owned(),
             "weft-control.weft-system.svc".to_owned(),
@@ -79,7 +94,6 @@ impl Control {
         // Config pipeline: the first snapshot is loaded before serving, so
         // the first xDS response is already complete.
         let store = Arc::new(XdsStore::default());
-        let running = source::start(&config.source, config.debounce).await?;
         let snapshot_rx = running.snapshots.clone();
         let first = snapshot_rx.borrow().clone();
         store.update(translate(&first, &config.mesh));

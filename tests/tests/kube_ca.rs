@@ -148,6 +148,7 @@ async fn ztunnel_tokens_are_reviewed_and_scoped_to_their_pods_node() -> anyhow::
         dir.path(),
     );
     config.listen = "127.0.0.1:0".parse()?;
+    config.lease.namespace = "default".into();
     let control = Control::start(config).await?;
     let plane = |token: &str| ControlPlane {
         address: control.addr().to_string(),

@@ -316,6 +316,7 @@ async fn the_same_yaml_through_either_source_gives_identical_xds() -> anyhow::Re
         dir.path().join("kube-state"),
     );
     kube.listen = "127.0.0.1:0".parse()?;
+    kube.lease.namespace = "default".into();
     let kube = Control::start(kube).await?;
     let snapshot = kube.snapshot();
     assert!(

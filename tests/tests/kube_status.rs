@@ -100,6 +100,27 @@ async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<(
     let dir = tempfile::tempdir()?;
     let a = replica(&api, dir.path(), "replica-a").await?;
     let b = replica(&api, dir.path(), "replica-b").await?;
+    // One mesh root for both, kept in the cluster.
+    assert_eq!(a.root_pem(), b.root_pem());
+    let secret = api
+        .kubectl_ok(
+            &[
+                "get",
+                "secret",
+                "-n",
+                "default",
+                "weft-ca",
+                "-o",
+                "jsonpath={.data.root-cert\\.pem}",
+            ],
+            None,
+        )
+        .await?;
+    use base64::Engine;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(secret.trim())?,
+        a.root_pem().as_bytes()
+    );
 
     // The waypoint controller gives the Gateway its Service; once that
     // has an address, the Gateway is programmed with it.

@@ -19,8 +19,8 @@ use rcgen::{
 use time::OffsetDateTime;
 use weft_proto::spiffe::Identity;
 
-const ROOT_CERT: &str = "root-cert.pem";
-const ROOT_KEY: &str = "root-key.pem";
+pub const ROOT_CERT: &str = "root-cert.pem";
+pub const ROOT_KEY: &str = "root-key.pem";
 /// Certificates start this long before "now", to tolerate clock skew.
 const BACKDATE: Duration = Duration::from_secs(60);
 /// The root lives ten years.
@@ -291,7 +291,7 @@ fn root_params(trust_domain: &str) -> CertificateParams {
     params
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)

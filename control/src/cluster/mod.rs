@@ -3,6 +3,7 @@
 //! written back to the objects it acts on ([`status`]) and the waypoints'
 //! own objects ([`waypoints`]).
 
+pub mod ca_secret;
 pub mod leader;
 pub mod status;
 pub mod waypoints;
