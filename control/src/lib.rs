@@ -14,6 +14,7 @@ pub mod auth;
 pub mod ca;
 pub mod cluster;
 pub mod config;
+pub mod crds;
 pub mod objects;
 pub mod server;
 pub mod source;

@@ -82,6 +82,17 @@ impl Control {
         authority.default_lifetime = config.cert_lifetime;
         authority.max_lifetime = config.cert_lifetime;
         let authority = Arc::new(authority);
+        if let Some(client) = running.kube_client() {
+            if let Err(err) = crate::cluster::ca_secret::publish_root(
+                client,
+                &config.lease.namespace,
+                authority.root_pem(),
+            )
+            .await
+            {
+                tracing::warn!(%err, namespace = %config.lease.namespace, "cannot publish the mesh root as istio-ca-root-cert; ztunnel there cannot start without it");
+            }
+        }
         let mut names = vec![
             "weft-control".to_owned(),
             "weft-control.weft-system.svc".to_owned(),

@@ -120,3 +120,28 @@ pub async fn sync(
         "the Secret kept appearing and disappearing".into(),
     )))
 }
+
+/// Publishes the root certificate (not the key) as the ConfigMap
+/// `istio-ca-root-cert` in `namespace`, where ztunnel mounts it.
+pub async fn publish_root(
+    client: &Client,
+    namespace: &str,
+    root_pem: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = super::waypoints::ROOT_CERT_CONFIGMAP;
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {ROOT_CERT: root_pem},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(super::status::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
