@@ -7,10 +7,7 @@
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use weft_control::{
-    auth::issue_node_token, config::ControlConfig, server::Control, source::KubeConnection,
-    xds::XdsStore,
-};
+use weft_control::{config::ControlConfig, server::Control, source::KubeConnection, xds::XdsStore};
 use weft_tests::{
     kube::ApiServer,
     processes::{eventually, ControlProcess, ZtunnelProcess},
@@ -362,7 +359,40 @@ async fn kubectl_changes_reach_ztunnel_across_an_api_server_restart() -> anyhow:
     apply_mesh(&api).await?;
     let dir = tempfile::tempdir()?;
     let state_dir = dir.path().join("state");
-    issue_node_token(&state_dir.join("nodes"), "n1")?;
+    // ztunnel proves its node as on a cluster: a token of its service
+    // account, bound to its pod on n1, where its token file is.
+    api.kubectl_ok(
+        &["apply", "--server-side", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ztunnel, namespace: istio-system}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-n1, namespace: istio-system}\n\
+             spec: {nodeName: n1, serviceAccountName: ztunnel, automountServiceAccountToken: false, \
+             containers: [{name: ztunnel, image: ztunnel}]}\n",
+        ),
+    )
+    .await?;
+    set_pod_ip(&api, "istio-system", "ztunnel-n1", "198.18.255.1").await?;
+    let token = api
+        .kubectl_ok(
+            &[
+                "create",
+                "token",
+                "-n",
+                "istio-system",
+                "ztunnel",
+                "--audience",
+                "istio-ca",
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                "ztunnel-n1",
+            ],
+            None,
+        )
+        .await?;
+    std::fs::create_dir_all(state_dir.join("nodes"))?;
+    std::fs::write(state_dir.join("nodes").join("n1.token"), token.trim())?;
     let control = ControlProcess::start_kubernetes(
         Path::new(CONTROL),
         &api.kubeconfig,
