@@ -1,8 +1,10 @@
-//! `weft`, the user's command. Today: `weft local`, which runs a whole mesh
-//! on this machine; the control service and ztunnel are built in
+//! `weft`, the user's command: `weft install`, `weft enroll` and friends
+//! against a cluster, and `weft local`, which runs a whole mesh on this
+//! machine; the control service and ztunnel are built in
 //! (`weft control …`, `weft ztunnel …`) so one binary is all local mode
 //! needs.
 
+mod cluster;
 mod inspect;
 mod local;
 mod waypoint;
@@ -21,6 +23,48 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Install Weft on a cluster (server-side apply of its manifests, then
+    /// wait until the control service and every ztunnel are ready).
+    Install {
+        /// Print the objects instead of applying them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Override a setting: hub=<registry>, tag=<tag>,
+        /// control.replicas=<n>, ztunnel.surge=true|false.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Do not wait for readiness.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for readiness.
+        #[arg(long, default_value = "300s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// Remove what `weft install` made (CRDs only with --purge).
+    Uninstall {
+        /// Also delete Weft's CRDs, and with them every policy stored
+        /// under them.
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// Enroll namespaces in the mesh (label istio.io/dataplane-mode=ambient).
+    Enroll {
+        #[arg(required = true)]
+        namespaces: Vec<String>,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
+    /// Take namespaces out of the mesh (remove the label).
+    Unenroll {
+        #[arg(required = true)]
+        namespaces: Vec<String>,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
+    },
     /// A mesh on this machine: nodes and pods as network namespaces.
     Local {
         /// Where the local mesh keeps its state.
@@ -88,6 +132,26 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Install {
+            dry_run,
+            set,
+            no_wait,
+            timeout,
+            cluster,
+        } => block_on(cluster::install::install(
+            &cluster, &set, dry_run, !no_wait, timeout,
+        )),
+        Command::Uninstall { purge, cluster } => {
+            block_on(cluster::install::uninstall(&cluster, purge))
+        }
+        Command::Enroll {
+            namespaces,
+            cluster,
+        } => block_on(cluster::enroll::set(&cluster, &namespaces, true)),
+        Command::Unenroll {
+            namespaces,
+            cluster,
+        } => block_on(cluster::enroll::set(&cluster, &namespaces, false)),
         Command::Local { dir, command } => {
             let code = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -122,6 +186,11 @@ fn main() -> anyhow::Result<()> {
             ztunnel::app::main_from(std::iter::once(OsString::from("ztunnel")).chain(args))
         }
     }
+}
+
+/// A Gateway API duration (`90s`, `5m`, `1m30s`).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    weft_control::source::yaml::parse_duration_ms(text).map(std::time::Duration::from_millis)
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
