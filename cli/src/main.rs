@@ -97,10 +97,13 @@ enum Command {
         #[arg(long, env = "WEFT_LOCAL_DIR", default_value = "/run/weft-local")]
         dir: PathBuf,
     },
-    /// Deploy and inspect waypoints (of the local mesh).
+    /// Deploy and inspect waypoints: of the local mesh when one runs
+    /// (`weft local up`), else of the cluster.
     Waypoint {
         #[command(subcommand)]
         command: waypoint::WaypointCommand,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
         #[arg(
             long,
             env = "WEFT_LOCAL_DIR",
@@ -174,12 +177,20 @@ fn main() -> anyhow::Result<()> {
         Command::Control { args } => weft_control::app::main_from(
             std::iter::once(OsString::from("weft-control")).chain(args),
         ),
-        Command::Waypoint { command, dir } => {
+        Command::Waypoint {
+            command,
+            cluster,
+            dir,
+        } => {
             let paths = local::Paths::new(dir);
-            tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .build()?
-                .block_on(waypoint::run(&paths, command))
+                .build()?;
+            if paths.state().exists() {
+                runtime.block_on(waypoint::run(&paths, command))
+            } else {
+                runtime.block_on(cluster::waypoints::run(&cluster, &paths.root, command))
+            }
         }
         Command::WaypointProxy { args } => waypoint::proxy_main(args),
         Command::Ztunnel { args } => {

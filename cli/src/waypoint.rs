@@ -2,8 +2,9 @@
 //! istioctl's verbs and columns. A waypoint is a Gateway of class
 //! `istio-waypoint` with one HBONE listener on 15008; the mesh runs a
 //! waypoint pod and Service for it and reports whether it is programmed.
-//! Today the mesh is `weft local`'s; on a cluster the same verbs will
-//! write the same Gateway through the API server.
+//! This module is the local mesh's side and what both sides share; on a
+//! cluster (`crate::cluster::waypoints`) the same verbs write and read the
+//! same Gateway through the API server.
 
 use std::time::Duration;
 
@@ -104,7 +105,7 @@ pub enum WaypointCommand {
     },
 }
 
-fn gateway_yaml(namespace: &str, name: &str, traffic: Option<TrafficType>) -> String {
+pub(crate) fn gateway_yaml(namespace: &str, name: &str, traffic: Option<TrafficType>) -> String {
     let labels = match traffic {
         Some(t) => format!("\n  labels:\n    {WAYPOINT_FOR_LABEL}: {}", t.label()),
         None => String::new(),
@@ -131,7 +132,7 @@ pub(crate) struct Observed {
     pub name: String,
     pub traffic: String,
     pub programmed: bool,
-    pub reason: &'static str,
+    pub reason: String,
     pub message: String,
 }
 
@@ -175,14 +176,14 @@ pub(crate) async fn observe(
             namespace: gateway.namespace.clone(),
             name: gateway.name.clone(),
             programmed,
-            reason,
+            reason: reason.into(),
             message,
         });
     }
     Ok(out)
 }
 
-fn parse_timeout(text: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_timeout(text: &str) -> anyhow::Result<Duration> {
     weft_control::source::yaml::parse_duration_ms(text)
         .map(Duration::from_millis)
         .map_err(|e| anyhow::anyhow!("--timeout: {e}"))
@@ -302,30 +303,7 @@ pub async fn run(paths: &Paths, command: WaypointCommand) -> anyhow::Result<()> 
             all_namespaces,
         } => {
             let observed = observe(paths, (!all_namespaces).then_some(namespace.as_str())).await?;
-            if observed.is_empty() {
-                println!("No waypoints found.");
-                return Ok(());
-            }
-            let mut headers = vec!["NAME", "REVISION", "TRAFFIC TYPE", "PROGRAMMED"];
-            if all_namespaces {
-                headers.insert(0, "NAMESPACE");
-            }
-            let rows = observed
-                .into_iter()
-                .map(|o| {
-                    let mut row = vec![
-                        o.name,
-                        "default".into(),
-                        o.traffic,
-                        if o.programmed { "True" } else { "False" }.into(),
-                    ];
-                    if all_namespaces {
-                        row.insert(0, o.namespace);
-                    }
-                    row
-                })
-                .collect();
-            print!("{}", table(&headers, rows));
+            print_list(observed, all_namespaces);
             Ok(())
         }
         WaypointCommand::Config {
@@ -335,34 +313,8 @@ pub async fn run(paths: &Paths, command: WaypointCommand) -> anyhow::Result<()> 
             output,
         } => crate::waypoint_config::run(paths, kind, &namespace, &name, output).await,
         WaypointCommand::Status { namespace, name } => {
-            let observed: Vec<Observed> = observe(paths, Some(&namespace))
-                .await?
-                .into_iter()
-                .filter(|o| name.as_ref().is_none_or(|n| *n == o.name))
-                .collect();
-            if observed.is_empty() {
-                bail!(
-                    "no waypoint in namespace {namespace}{}",
-                    name.map(|n| format!(" named {n}")).unwrap_or_default()
-                );
-            }
-            let rows = observed
-                .into_iter()
-                .map(|o| {
-                    vec![
-                        o.name,
-                        if o.programmed { "True" } else { "False" }.into(),
-                        "Programmed".into(),
-                        o.reason.into(),
-                        o.message,
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["NAME", "STATUS", "TYPE", "REASON", "MESSAGE"], rows)
-            );
-            Ok(())
+            let observed = observe(paths, Some(&namespace)).await?;
+            print_status(observed, &namespace, name.as_deref())
         }
         WaypointCommand::Delete {
             names,
@@ -401,6 +353,69 @@ pub async fn run(paths: &Paths, command: WaypointCommand) -> anyhow::Result<()> 
             Ok(())
         }
     }
+}
+
+/// `list`'s table (istioctl's columns).
+pub(crate) fn print_list(observed: Vec<Observed>, all_namespaces: bool) {
+    if observed.is_empty() {
+        println!("No waypoints found.");
+        return;
+    }
+    let mut headers = vec!["NAME", "REVISION", "TRAFFIC TYPE", "PROGRAMMED"];
+    if all_namespaces {
+        headers.insert(0, "NAMESPACE");
+    }
+    let rows = observed
+        .into_iter()
+        .map(|o| {
+            let mut row = vec![
+                o.name,
+                "default".into(),
+                o.traffic,
+                if o.programmed { "True" } else { "False" }.into(),
+            ];
+            if all_namespaces {
+                row.insert(0, o.namespace);
+            }
+            row
+        })
+        .collect();
+    print!("{}", table(&headers, rows));
+}
+
+/// `status`'s table.
+pub(crate) fn print_status(
+    observed: Vec<Observed>,
+    namespace: &str,
+    name: Option<&str>,
+) -> anyhow::Result<()> {
+    let observed: Vec<Observed> = observed
+        .into_iter()
+        .filter(|o| name.as_ref().is_none_or(|n| *n == o.name))
+        .collect();
+    if observed.is_empty() {
+        bail!(
+            "no waypoint in namespace {namespace}{}",
+            name.map(|n| format!(" named {n}")).unwrap_or_default()
+        );
+    }
+    let rows = observed
+        .into_iter()
+        .map(|o| {
+            vec![
+                o.name,
+                if o.programmed { "True" } else { "False" }.into(),
+                "Programmed".into(),
+                o.reason,
+                o.message,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["NAME", "STATUS", "TYPE", "REASON", "MESSAGE"], rows)
+    );
+    Ok(())
 }
 
 /// `weft waypoint-proxy …`: the waypoint itself, built into this binary so

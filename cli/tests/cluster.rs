@@ -248,3 +248,154 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waypoint_verbs_on_a_cluster() -> anyhow::Result<()> {
+    use weft_control::{config::ControlConfig, server::Control, source::KubeConnection};
+    let api = ApiServer::start().await?;
+    api.install_open_crds().await?;
+    api.kubectl_ok(&["create", "namespace", "shop"], None)
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let mut config = ControlConfig::kubernetes(
+        KubeConnection {
+            kubeconfig: Some(api.kubeconfig.clone()),
+            context: None,
+        },
+        dir.path().join("control"),
+    );
+    config.listen = "127.0.0.1:0".parse()?;
+    config.lease.namespace = "default".into();
+    let control = Control::start(config).await?;
+    // No local mesh here: the verbs act on the cluster.
+    let no_local = dir.path().join("no-local-mesh");
+    let waypoint = |args: &[&str]| {
+        let mut cmd = Command::new(WEFT);
+        cmd.arg("waypoint")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .env("WEFT_LOCAL_DIR", &no_local)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        async move {
+            let out = cmd.output().await?;
+            anyhow::Ok((
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    };
+
+    let (ok, out, err) = waypoint(&[
+        "apply",
+        "-n",
+        "shop",
+        "--enroll-namespace",
+        "--wait",
+        "--timeout",
+        "60s",
+    ])
+    .await?;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("waypoint shop/waypoint applied"), "{out}");
+    assert!(out.contains("waypoint shop/waypoint programmed"), "{out}");
+
+    // As kubectl shows it.
+    let programmed = api
+        .kubectl_ok(
+            &[
+                "get",
+                "gateway",
+                "-n",
+                "shop",
+                "waypoint",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Programmed\")].status}",
+            ],
+            None,
+        )
+        .await?;
+    assert_eq!(programmed, "True");
+    let label = api
+        .kubectl_ok(
+            &[
+                "get",
+                "namespace",
+                "shop",
+                "-o",
+                "jsonpath={.metadata.labels.istio\\.io/use-waypoint}",
+            ],
+            None,
+        )
+        .await?;
+    assert_eq!(label, "waypoint");
+    api.kubectl_ok(
+        &[
+            "get",
+            "-n",
+            "shop",
+            "deployment/waypoint",
+            "service/waypoint",
+        ],
+        None,
+    )
+    .await?;
+
+    let (ok, out, _) = waypoint(&["list", "-n", "shop"]).await?;
+    assert!(ok);
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["waypoint", "default", "service", "True"], "{out}");
+    let (ok, out, _) = waypoint(&["status", "-n", "shop"]).await?;
+    assert!(ok);
+    assert!(
+        out.contains("waypoint  True    Programmed  Programmed  Resource programmed"),
+        "{out}"
+    );
+
+    // Another waypoint cannot take the namespace without --overwrite, and
+    // nothing is written when it is refused.
+    let (ok, _, err) = waypoint(&[
+        "apply",
+        "-n",
+        "shop",
+        "--name",
+        "other",
+        "--enroll-namespace",
+    ])
+    .await?;
+    assert!(!ok);
+    assert!(
+        err.contains("already uses waypoint waypoint; add --overwrite"),
+        "{err}"
+    );
+    let (_, out, _) = waypoint(&["list", "-n", "shop"]).await?;
+    assert!(!out.contains("other"), "{out}");
+
+    // Deleted: the Gateway, and with it (garbage collection) its objects.
+    let (ok, _, err) = waypoint(&["delete", "-n", "shop", "ghost"]).await?;
+    assert!(!ok);
+    assert!(err.contains("no waypoint shop/ghost"), "{err}");
+    let (ok, out, err) = waypoint(&["delete", "-n", "shop", "waypoint"]).await?;
+    assert!(ok, "{err}");
+    assert!(out.contains("waypoint shop/waypoint deleted"), "{out}");
+    eventually("the Deployment gone", Duration::from_secs(30), || async {
+        api.kubectl(&["get", "-n", "shop", "deployment/waypoint"])
+            .output()
+            .await
+            .ok()
+            .filter(|o| !o.status.success())
+            .map(|_| ())
+    })
+    .await?;
+    let (_, out, _) = waypoint(&["list", "-n", "shop"]).await?;
+    assert_eq!(out.trim(), "No waypoints found.");
+    drop(control);
+    Ok(())
+}

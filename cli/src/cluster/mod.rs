@@ -5,6 +5,7 @@
 pub mod enroll;
 pub mod install;
 pub mod manifests;
+pub mod waypoints;
 
 use std::path::PathBuf;
 
