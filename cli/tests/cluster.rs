@@ -154,7 +154,7 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
                 .args([
                     "install",
                     "--timeout",
-                    "60s",
+                    "150s",
                     "--set",
                     "ztunnel.surge=false",
                     "--kubeconfig",
@@ -168,7 +168,7 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
     });
     let ready = eventually(
         "the control service's pods",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || async {
             let n = make_control_ready(&api).await.ok()?;
             (n == 2).then_some(n)
@@ -176,7 +176,7 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(ready, 2);
-    let out = tokio::time::timeout(Duration::from_secs(90), waiting)
+    let out = tokio::time::timeout(Duration::from_secs(180), waiting)
         .await
         .context("weft install kept waiting")???;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -252,8 +252,7 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waypoint_verbs_on_a_cluster() -> anyhow::Result<()> {
     use weft_control::{config::ControlConfig, server::Control, source::KubeConnection};
-    let api = ApiServer::start().await?;
-    api.install_open_crds().await?;
+    let api = ApiServer::start_with_open_crds().await?;
     api.kubectl_ok(&["create", "namespace", "shop"], None)
         .await?;
     let dir = tempfile::tempdir()?;
@@ -393,7 +392,17 @@ async fn waypoint_verbs_on_a_cluster() -> anyhow::Result<()> {
             .filter(|o| !o.status.success())
             .map(|_| ())
     })
-    .await?;
+    .await
+    .map_err(|err| {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["get", "-n", "shop", "gateway,deployment", "-o", "yaml"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        anyhow::anyhow!("{err}; left: {out}")
+    })?;
     let (_, out, _) = waypoint(&["list", "-n", "shop"]).await?;
     assert_eq!(out.trim(), "No waypoints found.");
     drop(control);

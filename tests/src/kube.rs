@@ -38,7 +38,7 @@ pub struct ApiServer {
     /// The key service-account tokens are signed with (PKCS#8 PEM).
     pub service_account_key: PathBuf,
     // Dropped in order: the processes, then their directory.
-    _controllers: Child,
+    controllers: Option<Child>,
     apiserver: Child,
     apiserver_bin: PathBuf,
     apiserver_args: Vec<String>,
@@ -89,6 +89,16 @@ impl ApiServer {
     /// Starts etcd, the API server and the controller manager, and waits
     /// until the server is ready.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// [`ApiServer::start`], with [`ApiServer::install_open_crds`] done
+    /// before the controllers start.
+    pub async fn start_with_open_crds() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(open_crds: bool) -> anyhow::Result<Self> {
         let bin = assets()?;
         let dir = tempfile::Builder::new().prefix("weft-kube-").tempdir()?;
         let d = dir.path();
@@ -161,29 +171,27 @@ impl ApiServer {
                 ca.display()
             ),
         )?;
-        let controllers = spawn(
-            d,
-            "kube-controller-manager",
-            &bin.join("kube-controller-manager"),
-            &[
-                format!("--kubeconfig={}", kubeconfig.display()),
-                format!(
-                    "--service-account-private-key-file={}",
-                    service_account_key.display()
-                ),
-                format!("--root-ca-file={}", ca.display()),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                "--secure-port=0".into(),
-                "--controllers=*".into(),
-            ],
-        )?;
-        let server = ApiServer {
+        let controllers_args = vec![
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!(
+                "--service-account-private-key-file={}",
+                service_account_key.display()
+            ),
+            format!("--root-ca-file={}", ca.display()),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            "--secure-port=0".into(),
+            // 1.20 also serves plain HTTP on 10252 unless told not to: a
+            // second test server's controllers would fail to start.
+            "--port=0".into(),
+            "--controllers=*".into(),
+        ];
+        let mut server = ApiServer {
             url,
             kubeconfig,
             ca,
             service_account_key,
-            _controllers: controllers,
+            controllers: None,
             apiserver,
             apiserver_bin,
             apiserver_args,
@@ -191,6 +199,18 @@ impl ApiServer {
             dir,
         };
         server.wait_ready().await?;
+        if open_crds {
+            server.install_open_crds().await?;
+        }
+        // The controllers last: the garbage collector then knows every kind
+        // from its first discovery (a CRD installed later is watched only
+        // from a resync, which may take a while).
+        server.controllers = Some(spawn(
+            server.dir.path(),
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            &controllers_args,
+        )?);
         Ok(server)
     }
 

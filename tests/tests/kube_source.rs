@@ -172,9 +172,9 @@ const ACCOUNTS: [(&str, &str); 4] = [
     ("other", "visitor"),
 ];
 
-/// `MESH` on the API server, pods' statuses included.
+/// `MESH` on the API server (started with the open CRDs), pods' statuses
+/// included.
 async fn apply_mesh(api: &ApiServer) -> anyhow::Result<()> {
-    api.install_open_crds().await?;
     // Namespaces first: the service accounts live in them.
     let (namespaces, rest): (Vec<&str>, Vec<&str>) = MESH
         .split("\n---\n")
@@ -288,7 +288,7 @@ fn served(store: &XdsStore) -> BTreeMap<(String, String), Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_yaml_through_either_source_gives_identical_xds() -> anyhow::Result<()> {
-    let api = ApiServer::start().await?;
+    let api = ApiServer::start_with_open_crds().await?;
     apply_mesh(&api).await?;
     let dir = tempfile::tempdir()?;
     let config_dir = dir.path().join("config");
@@ -355,7 +355,7 @@ fn workload<'a>(dump: &'a serde_json::Value, name: &str) -> Option<&'a serde_jso
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_changes_reach_ztunnel_across_an_api_server_restart() -> anyhow::Result<()> {
-    let mut api = ApiServer::start().await?;
+    let mut api = ApiServer::start_with_open_crds().await?;
     apply_mesh(&api).await?;
     let dir = tempfile::tempdir()?;
     let state_dir = dir.path().join("state");

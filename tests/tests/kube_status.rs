@@ -2,7 +2,8 @@
 //! control services: a waypoint Gateway gets its ServiceAccount, Deployment
 //! and Service (removed with it) and is Programmed (with its address) once
 //! the Service has one, HTTPRoutes get parent statuses, bound Services get
-//! `istio.io/WaypointBound`; the leader killed, the other replica takes the
+//! `istio.io/WaypointBound`, AuthorizationPolicies `ZtunnelAccepted` or
+//! `WaypointAccepted`; the leader killed, the other replica takes the
 //! Lease and writes within the lease time.
 
 use std::time::Duration;
@@ -38,6 +39,28 @@ metadata: {name: web, namespace: shop}
 spec:
   parentRefs: [{group: "", kind: Service, name: web, port: 80}]
   rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: l4, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: [shop]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: http-on-ztunnel, namespace: shop}
+spec:
+  action: ALLOW
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: at-the-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: ALLOW
+  rules: [{to: [{operation: {methods: [GET]}}]}]
 "#;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -93,8 +116,7 @@ async fn holder(api: &ApiServer) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<()> {
-    let api = ApiServer::start().await?;
-    api.install_open_crds().await?;
+    let api = ApiServer::start_with_open_crds().await?;
     api.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(MESH))
         .await?;
     let dir = tempfile::tempdir()?;
@@ -175,6 +197,39 @@ async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<(
     );
     assert_eq!(condition(&route, "ResolvedRefs").unwrap()["status"], "True");
 
+    // AuthorizationPolicies: enforced as written, or why not.
+    let accepted = |name: &'static str| {
+        let api = &api;
+        async move {
+            eventually(name, Duration::from_secs(20), || async {
+                let policy = get(api, &["authorizationpolicy", name]).await?;
+                policy["status"]["conditions"].as_array()?.first().cloned()
+            })
+            .await
+        }
+    };
+    let l4 = accepted("l4").await?;
+    assert_eq!(
+        (&l4["type"], &l4["status"]),
+        (&"ZtunnelAccepted".into(), &"True".into()),
+        "{l4}"
+    );
+    let http = accepted("http-on-ztunnel").await?;
+    assert_eq!(http["type"], "ZtunnelAccepted");
+    assert_eq!(http["status"], "False", "{http}");
+    assert_eq!(http["reason"], "UnsupportedValue");
+    assert!(
+        http["message"]
+            .as_str()
+            .unwrap()
+            .contains("without a waypoint"),
+        "{http}"
+    );
+    let at_waypoint = accepted("at-the-waypoint").await?;
+    assert_eq!(at_waypoint["type"], "WaypointAccepted");
+    assert_eq!(at_waypoint["status"], "True", "{at_waypoint}");
+    assert_eq!(at_waypoint["message"], "bound to shop/waypoint");
+
     // One leader; the other only serves. Kill the leader (no goodbye: its
     // Lease simply stops being renewed).
     let first = holder(&api).await.expect("a leader");
@@ -221,11 +276,10 @@ async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waypoint_gateway_gets_its_objects_and_they_go_with_it() -> anyhow::Result<()> {
-    let api = ApiServer::start().await?;
-    api.install_open_crds().await?;
+    let api = ApiServer::start_with_open_crds().await?;
     let gateway_only: String = MESH
         .split("\n---\n")
-        .filter(|doc| doc.contains("kind: Namespace") || doc.contains("kind: Gateway"))
+        .filter(|doc| doc.contains("\nkind: Namespace") || doc.contains("\nkind: Gateway"))
         .collect::<Vec<_>>()
         .join("\n---\n");
     api.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(&gateway_only))
@@ -299,11 +353,20 @@ async fn a_waypoint_gateway_gets_its_objects_and_they_go_with_it() -> anyhow::Re
     // Deleting the Gateway takes its objects with it.
     api.kubectl_ok(&["delete", "gateway", "-n", "shop", "waypoint"], None)
         .await?;
+    // Nothing may bring them back (status written to the Service while it
+    // was deleted once re-created it, bare).
     for kind in ["deployment", "service", "serviceaccount"] {
-        eventually("garbage-collected", Duration::from_secs(30), || async {
+        let gone = eventually("garbage-collected", Duration::from_secs(30), || async {
             get(&api, &[kind, "waypoint"]).await.is_none().then_some(())
         })
-        .await?;
+        .await;
+        if gone.is_err() {
+            let left = get(&api, &[kind, "waypoint"]).await;
+            panic!(
+                "{kind} left: {}",
+                serde_json::to_string_pretty(&left.unwrap_or_default()["metadata"]).unwrap()
+            );
+        }
     }
     drop(control);
     Ok(())

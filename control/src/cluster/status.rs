@@ -1,7 +1,8 @@
 //! Status written back, by server-side apply on the status subresource
 //! (field manager `weft-control`), by the leader only: waypoint Gateways
 //! (`Accepted`, `Programmed`, the Service's address), HTTPRoute and
-//! GRPCRoute parent statuses, and `istio.io/WaypointBound` on Services.
+//! GRPCRoute parent statuses, `istio.io/WaypointBound` on Services, and
+//! AuthorizationPolicies' `ZtunnelAccepted` / `WaypointAccepted`.
 //! Each object is written when what it should say changes (and once more
 //! whenever this replica becomes the leader); a failed write is retried on
 //! the next change or after [`RETRY`].
@@ -92,6 +93,7 @@ async fn write(
         None => {
             let group = match target.kind {
                 Kind::Service => "",
+                Kind::AuthorizationPolicy => "security.istio.io",
                 _ => GATEWAY_API,
             };
             let Some(resource) = find_resource(client, group, target.kind).await? else {
@@ -112,6 +114,12 @@ async fn write(
         "metadata": {"name": target.name, "namespace": target.namespace},
         "status": status,
     });
+    // An apply creates what does not exist, even through /status: write
+    // only to the object that is there, and undo a creation that slipped
+    // in after it was deleted (its uid would differ).
+    let Some(live) = api.get_opt(&target.name).await? else {
+        return Ok(());
+    };
     match api
         .patch_status(
             &target.name,
@@ -120,6 +128,18 @@ async fn write(
         )
         .await
     {
+        Ok(written) if written.metadata.uid != live.metadata.uid => {
+            tracing::debug!(kind = %target.kind, name = %target.name, "deleted while its status was written; removing the husk");
+            let params = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: written.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            let _ = api.delete(&target.name, &params).await;
+            Ok(())
+        }
         Ok(_) => Ok(()),
         // Deleted since: nothing to say about it.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
@@ -264,6 +284,24 @@ fn desired(resources: &Resources) -> BTreeMap<Target, Value> {
                 bound.bound,
                 bound.reason,
                 &bound.message,
+            )]}),
+        );
+    }
+    for (key, policy) in &resources.statuses.policies {
+        let Some((namespace, name)) = split(key) else {
+            continue;
+        };
+        out.insert(
+            Target {
+                kind: Kind::AuthorizationPolicy,
+                namespace,
+                name,
+            },
+            json!({"conditions": [condition(
+                policy.kind,
+                policy.accepted,
+                policy.reason,
+                &policy.message,
             )]}),
         );
     }

@@ -26,7 +26,10 @@ use weft_proto::{
     weft::l7::v1 as l7,
 };
 
-use crate::source::ConfigSnapshot;
+use crate::{
+    objects::{Kind, Object},
+    source::ConfigSnapshot,
+};
 
 /// Mesh-wide settings translation depends on.
 #[derive(Clone, Debug)]
@@ -143,6 +146,16 @@ pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
             },
         );
     }
+    out.statuses.policies = status::policies(
+        snapshot
+            .of_kind(Kind::AuthorizationPolicy)
+            .filter_map(|o| match o {
+                Object::AuthorizationPolicy(p) => Some(p),
+                _ => None,
+            }),
+        &out.l7_policies,
+        &out.warnings,
+    );
     for warning in &out.warnings {
         tracing::warn!(%warning, "translation");
     }

@@ -26,11 +26,94 @@ pub struct WaypointBound {
     pub message: String,
 }
 
+/// Whether an AuthorizationPolicy is enforced as written: Istio's
+/// `ZtunnelAccepted` (node proxies enforce it) or `WaypointAccepted` (it
+/// targets waypoints or their Services).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyAccepted {
+    pub kind: &'static str,
+    pub accepted: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Statuses, by `namespace/name`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Statuses {
     pub gateways: BTreeMap<String, GatewayStatus>,
     pub services: BTreeMap<String, WaypointBound>,
+    pub policies: BTreeMap<String, PolicyAccepted>,
+}
+
+/// Each AuthorizationPolicy's acceptance, from what translation said about
+/// it (`warnings` name it as `AuthorizationPolicy ns/name: …`) and whether
+/// a waypoint took it (`l7_policies`, by `ns/name`).
+pub fn policies<'a>(
+    policies: impl Iterator<Item = &'a crate::objects::AuthorizationPolicy>,
+    l7_policies: &BTreeMap<String, weft_proto::weft::l7::v1::Policy>,
+    warnings: &[String],
+) -> BTreeMap<String, PolicyAccepted> {
+    let mut out = BTreeMap::new();
+    for policy in policies {
+        let key = format!("{}/{}", policy.namespace, policy.name);
+        let prefix = format!("AuthorizationPolicy {key}: ");
+        let said: Vec<&str> = warnings
+            .iter()
+            .filter_map(|w| w.strip_prefix(&prefix))
+            .collect();
+        let accepted = if policy.target_refs.is_empty() {
+            match said.as_slice() {
+                [] => PolicyAccepted {
+                    kind: "ZtunnelAccepted",
+                    accepted: true,
+                    reason: "Accepted",
+                    message: "attached to ztunnel".into(),
+                },
+                _ => PolicyAccepted {
+                    kind: "ZtunnelAccepted",
+                    accepted: false,
+                    reason: "UnsupportedValue",
+                    message: said.join("; "),
+                },
+            }
+        } else {
+            match (l7_policies.get(&key), said.as_slice()) {
+                (Some(compiled), []) => PolicyAccepted {
+                    kind: "WaypointAccepted",
+                    accepted: true,
+                    reason: "Accepted",
+                    message: format!(
+                        "bound to {}",
+                        compiled
+                            .waypoints
+                            .iter()
+                            .chain(&compiled.services)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+                (Some(_), said) => PolicyAccepted {
+                    kind: "WaypointAccepted",
+                    accepted: false,
+                    reason: "UnsupportedValue",
+                    message: said.join("; "),
+                },
+                (None, said) => PolicyAccepted {
+                    kind: "WaypointAccepted",
+                    accepted: false,
+                    reason: "TargetNotFound",
+                    message: if said.is_empty() {
+                        format!("no waypoint enforces {}", policy.target_refs.join(", "))
+                    } else {
+                        said.join("; ")
+                    },
+                },
+            }
+        };
+        out.insert(key, accepted);
+    }
+    out
 }
 
 pub fn translate(waypoints: &Waypoints<'_>, services: &Services) -> Statuses {
