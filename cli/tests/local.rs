@@ -124,6 +124,38 @@ spec:
         "{status}"
     );
 
+    // Like kubectl apply: a rejected document fails the command, and the
+    // valid ones beside it are applied.
+    let mixed = local.file(
+        "mixed.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: demo}
+spec: {action: PERMIT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-extra, namespace: demo}
+spec:
+  action: AUDIT
+  selector: {matchLabels: {app: extra}}
+  rules: [{}]
+"#,
+    );
+    let (ok, _, err) = local.run(&["apply", "-f", &mixed]);
+    assert!(!ok, "a rejected document fails apply: {err}");
+    assert!(
+        err.contains("AuthorizationPolicy demo/broken") && err.contains("1 document(s)"),
+        "{err}"
+    );
+    let policies = local.top(&["ztunnel-config", "policies"]);
+    assert!(
+        policies.contains("audit-extra"),
+        "the valid one is applied: {policies}"
+    );
+    local.ok(&["delete", "-f", &mixed]);
+
     // Delete it again: gone from the mesh and from every hosts file.
     local.ok(&["delete", "-f", extra.to_str().unwrap()]);
     let status = local.ok(&["status"]);

@@ -51,21 +51,10 @@ pub struct Control {
 }
 
 impl Control {
-    /// Binds the listener, reads the source once (on Kubernetes: lists
-    /// every kind and takes the cluster's mesh root), loads (or creates)
-    /// the CA and starts serving; returns once it accepts connections.
+    /// Reads the source once (on Kubernetes: lists every kind and takes the
+    /// cluster's mesh root), loads (or creates) the CA, binds the listener
+    /// and starts serving; returns once it accepts connections.
     pub async fn start(config: ControlConfig) -> Result<Self, ControlError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ControlError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| ControlError::Bind {
-            addr: config.listen,
-            source,
-        })?;
         // The source first: on Kubernetes the mesh root comes from the
         // cluster, through the same client.
         let running = source::start(&config.source, config.debounce).await?;
@@ -93,6 +82,19 @@ impl Control {
                 tracing::warn!(%err, namespace = %config.lease.namespace, "cannot publish the mesh root as istio-ca-root-cert; ztunnel there cannot start without it");
             }
         }
+        // Bound once the root exists: whoever sees the port open (weft local
+        // starts ztunnel then) finds the root certificate written.
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ControlError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ControlError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let mut names = vec![
             "weft-control".to_owned(),
             "weft-control.weft-system.svc".to_owned(),

@@ -228,6 +228,35 @@ impl ApiServer {
         .with_context(|| log_tail(self.dir.path(), "kube-apiserver"))
     }
 
+    /// What a kubelet reports for a running pod: phase `Running` and its
+    /// IP (through `pods/status`; there is no kubelet here).
+    pub async fn set_pod_running(
+        &self,
+        namespace: &str,
+        name: &str,
+        ip: &str,
+    ) -> anyhow::Result<()> {
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
+        );
+        self.kubectl_ok(
+            &[
+                "patch",
+                "pod",
+                "-n",
+                namespace,
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status,
+            ],
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Kills the API server (etcd and its data stay), keeps it down for
     /// `down`, then starts it again on the same address and waits until it
     /// is ready: every client's watches break and must be re-established.

@@ -81,22 +81,7 @@ async fn cluster() -> anyhow::Result<ApiServer> {
             )),
         )
         .await?;
-        let status = format!(r#"{{"status":{{"phase":"Running","podIP":"{ip}"}}}}"#);
-        api.kubectl_ok(
-            &[
-                "patch",
-                "pod",
-                "-n",
-                namespace,
-                name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status,
-            ],
-            None,
-        )
-        .await?;
+        api.set_pod_running(namespace, name, ip).await?;
     }
     Ok(api)
 }

@@ -194,30 +194,8 @@ async fn apply_mesh(api: &ApiServer) -> anyhow::Result<()> {
     )
     .await?;
     for (namespace, name, _, ip) in PODS {
-        set_pod_ip(api, namespace, name, ip).await?;
+        api.set_pod_running(namespace, name, ip).await?;
     }
-    Ok(())
-}
-
-/// What a kubelet reports for a running pod.
-async fn set_pod_ip(api: &ApiServer, namespace: &str, name: &str, ip: &str) -> anyhow::Result<()> {
-    let status =
-        format!(r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
-    api.kubectl_ok(
-        &[
-            "patch",
-            "pod",
-            "-n",
-            namespace,
-            name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ],
-        None,
-    )
-    .await?;
     Ok(())
 }
 
@@ -372,7 +350,8 @@ async fn kubectl_changes_reach_ztunnel_across_an_api_server_restart() -> anyhow:
         ),
     )
     .await?;
-    set_pod_ip(&api, "istio-system", "ztunnel-n1", "198.18.255.1").await?;
+    api.set_pod_running("istio-system", "ztunnel-n1", "198.18.255.1")
+        .await?;
     let token = api
         .kubectl_ok(
             &[
@@ -576,7 +555,7 @@ async fn kubectl_changes_reach_ztunnel_across_an_api_server_restart() -> anyhow:
         ),
     )
     .await?;
-    set_pod_ip(&api, "shop", "late", "198.18.1.9").await?;
+    api.set_pod_running("shop", "late", "198.18.1.9").await?;
     eventually(
         "changes after the restart",
         Duration::from_secs(60),

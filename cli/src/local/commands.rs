@@ -173,7 +173,25 @@ async fn start(
 pub async fn apply(paths: &Paths, source: &Path) -> anyhow::Result<()> {
     let _lock = Lock::take(paths)?;
     let files = config::read(source)?;
-    apply_files(paths, &files).await
+    apply_files(paths, &files).await?;
+    // Like kubectl apply: the valid documents are applied, and a rejected
+    // one (already reported) fails the command.
+    let (snapshot, _) = config::served(paths)?;
+    let rejected = snapshot
+        .errors
+        .iter()
+        .filter(|error| {
+            let name = Path::new(&error.file).file_name();
+            files.iter().any(|f| name == Some(f.name.as_ref()))
+        })
+        .count();
+    if rejected > 0 {
+        anyhow::bail!(
+            "{rejected} document(s) of {} rejected (see above); the others were applied",
+            source.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs what the served config now asks for, after a change made to it
