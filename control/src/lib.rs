@@ -1,7 +1,7 @@
 //! Weft's control service.
 //!
 //! Data flows one way: a source ([`source::local`] reads a directory of
-//! Kubernetes-style YAML; a Kubernetes source will read the API server)
+//! Kubernetes-style YAML; [`source::kubernetes`] reads the API server)
 //! produces snapshots of [`objects`]; [`translate`] turns each snapshot into
 //! workload-API resources (`Address`, `Authorization`); the [`xds`] store
 //! versions them and the delta-ADS server pushes the differences to every

@@ -72,10 +72,14 @@ async fn api_for(client: &Client, object: &Value) -> anyhow::Result<(Api<Dynamic
     Ok((api, name))
 }
 
-/// An object as far as an apply can change it: without the bookkeeping
+/// An object as far as an apply can change it: without its status (which
+/// controllers keep writing, a rollout's meanwhile) and the bookkeeping
 /// every write touches.
 fn content(object: &DynamicObject) -> Value {
     let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+    }
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         for key in ["managedFields", "resourceVersion", "generation"] {
             meta.remove(key);
