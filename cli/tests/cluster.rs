@@ -252,7 +252,7 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waypoint_verbs_on_a_cluster() -> anyhow::Result<()> {
     use weft_control::{config::ControlConfig, server::Control, source::KubeConnection};
-    let api = ApiServer::start_with_open_crds().await?;
+    let api = ApiServer::start_with_crds().await?;
     api.kubectl_ok(&["create", "namespace", "shop"], None)
         .await?;
     let dir = tempfile::tempdir()?;

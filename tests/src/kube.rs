@@ -92,13 +92,13 @@ impl ApiServer {
         Self::start_with(false).await
     }
 
-    /// [`ApiServer::start`], with [`ApiServer::install_open_crds`] done
+    /// [`ApiServer::start`], with [`ApiServer::install_crds`] done
     /// before the controllers start.
-    pub async fn start_with_open_crds() -> anyhow::Result<Self> {
+    pub async fn start_with_crds() -> anyhow::Result<Self> {
         Self::start_with(true).await
     }
 
-    async fn start_with(open_crds: bool) -> anyhow::Result<Self> {
+    async fn start_with(crds: bool) -> anyhow::Result<Self> {
         let bin = assets()?;
         let dir = tempfile::Builder::new().prefix("weft-kube-").tempdir()?;
         let d = dir.path();
@@ -199,8 +199,8 @@ impl ApiServer {
             dir,
         };
         server.wait_ready().await?;
-        if open_crds {
-            server.install_open_crds().await?;
+        if crds {
+            server.install_crds().await?;
         }
         // The controllers last: the garbage collector then knows every kind
         // from its first discovery (a CRD installed later is watched only
@@ -272,54 +272,31 @@ impl ApiServer {
         self.wait_ready().await
     }
 
-    /// Installs CRDs for every Gateway API and Istio kind Weft reads, with
-    /// open schemas (fields kept, not validated), and waits until they are
-    /// served. They stand in for the Gateway API's own CRDs, a
-    /// prerequisite users install from upstream.
-    pub async fn install_open_crds(&self) -> anyhow::Result<()> {
-        const KINDS: [(&str, &str, &[&str]); 8] = [
+    /// Installs CRDs for every kind Weft reads and waits until they are
+    /// served: Weft's own for the Istio kinds (what `deploy/` ships), and
+    /// open ones (fields kept, not validated) for the Gateway API kinds,
+    /// standing in for the Gateway API's own CRDs, a prerequisite users
+    /// install from upstream.
+    pub async fn install_crds(&self) -> anyhow::Result<()> {
+        const KINDS: [(&str, &str, &[&str]); 4] = [
             ("gateway.networking.k8s.io", "Gateway", &["v1", "v1beta1"]),
             ("gateway.networking.k8s.io", "HTTPRoute", &["v1", "v1beta1"]),
             ("gateway.networking.k8s.io", "GRPCRoute", &["v1"]),
             ("gateway.networking.k8s.io", "ReferenceGrant", &["v1beta1"]),
-            (
-                "security.istio.io",
-                "AuthorizationPolicy",
-                &["v1", "v1beta1"],
-            ),
-            (
-                "security.istio.io",
-                "PeerAuthentication",
-                &["v1", "v1beta1"],
-            ),
-            (
-                "networking.istio.io",
-                "VirtualService",
-                &["v1", "v1beta1", "v1alpha3"],
-            ),
-            (
-                "networking.istio.io",
-                "DestinationRule",
-                &["v1", "v1beta1", "v1alpha3"],
-            ),
         ];
-        let mut yaml = String::new();
+        // Groups under k8s.io are Kubernetes' own: the API server wants to
+        // see where the API was approved.
+        const APPROVAL: &str = "api-approved.kubernetes.io: \"https://github.com/kubernetes-sigs/gateway-api/pull/1538\"";
+        let mut yaml = weft_control::crds::render();
         for (group, kind, versions) in KINDS {
             let plural = format!("{}s", kind.to_lowercase());
             yaml.push_str(&format!(
                 "---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
-                 metadata: {{name: {plural}.{group}, annotations: {{{approval}}}}}\n\
+                 metadata: {{name: {plural}.{group}, annotations: {{{APPROVAL}}}}}\n\
                  spec:\n  group: {group}\n  scope: Namespaced\n\
                  \x20 names: {{kind: {kind}, plural: {plural}, singular: {}, listKind: {kind}List}}\n\
                  \x20 versions:\n",
                 kind.to_lowercase(),
-                // Groups under k8s.io are Kubernetes' own: the API server
-                // wants to see where the API was approved.
-                approval = if group.ends_with(".k8s.io") {
-                    "api-approved.kubernetes.io: \"https://github.com/kubernetes-sigs/gateway-api/pull/1538\""
-                } else {
-                    ""
-                },
             ));
             for (index, version) in versions.iter().enumerate() {
                 yaml.push_str(&format!(
@@ -361,6 +338,23 @@ impl ApiServer {
     /// Runs `kubectl args` (with `stdin`, if given) and returns its
     /// stdout; a failure is an error with kubectl's own message.
     pub async fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        let out = self.kubectl_output(args, stdin).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `kubectl args` (with `stdin`, if given) to its end, whatever
+    /// its exit status.
+    pub async fn kubectl_output(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> anyhow::Result<std::process::Output> {
         use tokio::io::AsyncWriteExt;
         let mut cmd = self.kubectl(args);
         cmd.stdin(Stdio::piped())
@@ -372,14 +366,7 @@ impl ApiServer {
                 input.write_all(text.as_bytes()).await?;
             }
         }
-        let out = child.wait_with_output().await?;
-        anyhow::ensure!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(child.wait_with_output().await?)
     }
 }
 

@@ -54,7 +54,7 @@ const PODS: [(&str, &str, &str, &str, &str); 6] = [
 ];
 
 async fn cluster() -> anyhow::Result<ApiServer> {
-    let api = ApiServer::start_with_open_crds().await?;
+    let api = ApiServer::start_with_crds().await?;
     api.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(CLUSTER))
         .await?;
     for (namespace, name, node, account, ip) in PODS {

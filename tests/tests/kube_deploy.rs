@@ -124,6 +124,39 @@ async fn deploy_applies_cleanly_and_idempotently() -> anyhow::Result<()> {
         listed.trim(),
         "authorizationpolicy.security.istio.io/deny-all"
     );
+    // The security kinds' schemas are typed: the API server itself
+    // (kubectl's own checks off) refuses a wrong type and a missing required
+    // field, and kubectl explains each field from the descriptions Weft's
+    // types carry.
+    for (spec, expected) in [
+        (
+            "{rules: [{to: [{operation: {ports: 8080}}]}]}",
+            "spec.rules.to.operation.ports",
+        ),
+        ("{rules: [{when: [{values: [a]}]}]}", "spec.rules.when.key"),
+        ("{targetRefs: [{kind: Service}]}", "spec.targetRefs.name"),
+    ] {
+        let out = api
+            .kubectl_output(
+                &["apply", "--server-side", "--validate=false", "-f", "-"],
+                Some(&format!(
+                    "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                     metadata: {{name: bad, namespace: default}}\nspec: {spec}\n"
+                )),
+            )
+            .await?;
+        // Servers differ on indices in a field's path ("rules[0]").
+        let stderr = String::from_utf8_lossy(&out.stderr).replace("[0]", "");
+        assert!(!out.status.success(), "{spec} was accepted");
+        assert!(stderr.contains(expected), "{spec}: {stderr}");
+    }
+    let explained = api
+        .kubectl_ok(&["explain", "authorizationpolicies.spec.action"], None)
+        .await?;
+    assert!(
+        explained.contains("ALLOW (the default), DENY, AUDIT or CUSTOM"),
+        "{explained}"
+    );
 
     // The dev overlay: local image names, the same objects otherwise.
     let dev = render(format!("{root}/overlays/dev")).await?;

@@ -116,7 +116,7 @@ async fn holder(api: &ApiServer) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<()> {
-    let api = ApiServer::start_with_open_crds().await?;
+    let api = ApiServer::start_with_crds().await?;
     api.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(MESH))
         .await?;
     let dir = tempfile::tempdir()?;
@@ -276,7 +276,7 @@ async fn the_leader_writes_status_and_a_replica_takes_over() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waypoint_gateway_gets_its_objects_and_they_go_with_it() -> anyhow::Result<()> {
-    let api = ApiServer::start_with_open_crds().await?;
+    let api = ApiServer::start_with_crds().await?;
     let gateway_only: String = MESH
         .split("\n---\n")
         .filter(|doc| doc.contains("\nkind: Namespace") || doc.contains("\nkind: Gateway"))

@@ -108,43 +108,41 @@ async fn write(
         Api::namespaced_with(client.clone(), &target.namespace, &resource);
     let mut status = status.clone();
     stamp(&mut status, &now());
-    let body = json!({
-        "apiVersion": resource.api_version,
-        "kind": resource.kind,
-        "metadata": {"name": target.name, "namespace": target.namespace},
-        "status": status,
-    });
-    // An apply creates what does not exist, even through /status: write
-    // only to the object that is there, and undo a creation that slipped
-    // in after it was deleted (its uid would differ).
-    let Some(live) = api.get_opt(&target.name).await? else {
-        return Ok(());
-    };
-    match api
-        .patch_status(
-            &target.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-    {
-        Ok(written) if written.metadata.uid != live.metadata.uid => {
-            tracing::debug!(kind = %target.kind, name = %target.name, "deleted while its status was written; removing the husk");
-            let params = kube::api::DeleteParams {
-                preconditions: Some(kube::api::Preconditions {
-                    uid: written.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            let _ = api.delete(&target.name, &params).await;
-            Ok(())
+    // An apply creates what does not exist, even through /status (a bare
+    // object no one would own): write only to the object that is there, the
+    // version read being the apply's precondition. A deleted object then
+    // answers 404 or 409, never a creation; a 409 from a newer version is
+    // retried on that version.
+    for _ in 0..3 {
+        let Some(live) = api.get_opt(&target.name).await? else {
+            return Ok(());
+        };
+        let body = json!({
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
+            "metadata": {
+                "name": target.name,
+                "namespace": target.namespace,
+                "resourceVersion": live.metadata.resource_version,
+            },
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&target.name, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // Deleted since: nothing to say about it.
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(err) => return Err(err),
         }
-        Ok(_) => Ok(()),
-        // Deleted since: nothing to say about it.
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(err) => Err(err),
     }
+    Err(kube::Error::Api(Box::new(kube::core::Status::failure(
+        "the object kept changing while its status was written",
+        "Conflict",
+    ).with_code(409))))
 }
 
 fn now() -> String {
