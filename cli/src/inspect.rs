@@ -1,8 +1,7 @@
 //! `weft ztunnel-config` and `weft status`: what the ztunnels and the
-//! control service hold, read from their admin endpoints.
-//!
-//! Today they inspect the `weft local` mesh (`WEFT_LOCAL_DIR`); the same
-//! views will read a Kubernetes cluster's ztunnels through port-forwards.
+//! control service hold, read from their admin endpoints: those of the
+//! `weft local` mesh when one runs (`WEFT_LOCAL_DIR`), else a cluster's,
+//! through port-forwards.
 
 use std::{collections::BTreeSet, net::SocketAddr};
 
@@ -11,7 +10,10 @@ use clap::ValueEnum;
 use serde_json::Value;
 use weft_tests::processes::http_get;
 
-use crate::local::{LocalMesh, Paths};
+use crate::{
+    cluster::{ztunnels::ClusterZtunnels, ClusterArgs},
+    local::{LocalMesh, Paths},
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Kind {
@@ -30,20 +32,48 @@ pub enum Output {
     Yaml,
 }
 
-/// `/config_dump` of `node`'s ztunnel.
-async fn config_dump(mesh: &LocalMesh, node: &str) -> anyhow::Result<Value> {
-    let netns = mesh.node_netns(node)?;
-    let (status, body) = http_get(
-        Some(&netns),
-        SocketAddr::from(([127, 0, 0, 1], 15000)),
-        "/config_dump",
-    )
-    .await
-    .with_context(|| format!("reaching ztunnel on {node}"))?;
-    if status != 200 {
-        bail!("ztunnel on {node} answered {status}: {body}");
+/// The ztunnels to inspect.
+pub enum Ztunnels {
+    Local(LocalMesh),
+    Cluster(ClusterZtunnels),
+}
+
+impl Ztunnels {
+    /// The local mesh's when one runs, else the cluster's.
+    pub async fn open(paths: &Paths, cluster: &ClusterArgs) -> anyhow::Result<Self> {
+        if paths.state().exists() {
+            return Ok(Self::Local(LocalMesh::open(paths)?));
+        }
+        let client = cluster.client().await?;
+        Ok(Self::Cluster(ClusterZtunnels::find(&client).await?))
     }
-    Ok(serde_json::from_str(&body)?)
+
+    fn nodes(&self) -> Vec<String> {
+        match self {
+            Self::Local(mesh) => mesh.nodes(),
+            Self::Cluster(cluster) => cluster.nodes(),
+        }
+    }
+
+    /// `/config_dump` of `node`'s ztunnel.
+    async fn config_dump(&self, node: &str) -> anyhow::Result<Value> {
+        let mesh = match self {
+            Self::Local(mesh) => mesh,
+            Self::Cluster(cluster) => return cluster.config_dump(node).await,
+        };
+        let netns = mesh.node_netns(node)?;
+        let (status, body) = http_get(
+            Some(&netns),
+            SocketAddr::from(([127, 0, 0, 1], 15000)),
+            "/config_dump",
+        )
+        .await
+        .with_context(|| format!("reaching ztunnel on {node}"))?;
+        if status != 200 {
+            bail!("ztunnel on {node} answered {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
 }
 
 fn text(v: &Value) -> String {
@@ -271,25 +301,24 @@ fn rows(kind: Kind, node: &str, dump: &Value) -> (Vec<&'static str>, Vec<Vec<Str
 
 /// `weft ztunnel-config KIND [--node N] [-o FORMAT]`.
 pub async fn ztunnel_config(
-    paths: &Paths,
+    ztunnels: &Ztunnels,
     kind: Kind,
     node: Option<&str>,
     output: Output,
 ) -> anyhow::Result<()> {
-    let mesh = LocalMesh::open(paths)?;
     let nodes: Vec<String> = match node {
         Some(n) => vec![n.to_owned()],
         // Workloads, services and policies are the same on every node;
         // certificates and connections are each node's own.
-        None if matches!(kind, Kind::Certificates | Kind::Connections) => mesh.nodes(),
-        None => mesh.nodes().into_iter().take(1).collect(),
+        None if matches!(kind, Kind::Certificates | Kind::Connections) => ztunnels.nodes(),
+        None => ztunnels.nodes().into_iter().take(1).collect(),
     };
     let mut headers = Vec::new();
     let mut all_rows = Vec::new();
     let mut all_items = Vec::new();
     let mut seen = BTreeSet::new();
     for n in &nodes {
-        let dump = config_dump(&mesh, n).await?;
+        let dump = ztunnels.config_dump(n).await?;
         let (h, rows, items) = rows(kind, n, &dump);
         headers = h;
         for (row, item) in rows
@@ -313,8 +342,8 @@ pub async fn ztunnel_config(
     Ok(())
 }
 
-/// `weft status`: the control service, each ztunnel, the enrolled
-/// namespaces and the waypoints.
+/// `weft status` of the local mesh: the control service, each ztunnel,
+/// the enrolled namespaces and the waypoints.
 pub async fn status(paths: &Paths) -> anyhow::Result<()> {
     let mesh = LocalMesh::open(paths)?;
     let control = if mesh.control_reachable() {
@@ -326,102 +355,11 @@ pub async fn status(paths: &Paths) -> anyhow::Result<()> {
         "control service  {}  {control}",
         crate::local::CONTROL_ADDRESS
     );
-    let mut rows = Vec::new();
-    let mut fallbacks = Vec::new();
-    for node in mesh.nodes() {
-        match config_dump(&mesh, &node).await {
-            Ok(dump) => {
-                if let Some(reason) = dump["capture"]["fallback_reason"].as_str() {
-                    fallbacks.push(format!(
-                        "ztunnel {node} captures with iptables because eBPF capture is unavailable: {reason}"
-                    ));
-                }
-                rows.push(vec![
-                    node.clone(),
-                    if dump["xds"]["connected"] == true {
-                        "connected"
-                    } else {
-                        "disconnected"
-                    }
-                    .into(),
-                    match dump["capture"]["fallback_reason"].as_str() {
-                        Some(_) => format!("{} (fallback)", text(&dump["capture"]["mode"])),
-                        None => text(&dump["capture"]["mode"]),
-                    },
-                    dump["pods"]
-                        .as_array()
-                        .map(Vec::len)
-                        .unwrap_or(0)
-                        .to_string(),
-                    dump["connections"]
-                        .as_array()
-                        .map(Vec::len)
-                        .unwrap_or(0)
-                        .to_string(),
-                    dump["certificates"]
-                        .as_array()
-                        .map(Vec::len)
-                        .unwrap_or(0)
-                        .to_string(),
-                ])
-            }
-            Err(err) => rows.push(vec![
-                node.clone(),
-                format!("unreachable: {err}"),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ]),
-        }
-    }
-    print!(
-        "\n{}",
-        table(
-            &[
-                "ZTUNNEL",
-                "XDS",
-                "CAPTURE",
-                "PODS",
-                "CONNECTIONS",
-                "CERTIFICATES"
-            ],
-            rows
-        )
-    );
-    for fallback in &fallbacks {
-        println!("warning: {fallback}");
-    }
     let enrolled = mesh.enrolled_namespaces()?;
-    println!(
-        "\nnamespaces in the mesh: {}",
-        if enrolled.is_empty() {
-            "none".into()
-        } else {
-            enrolled.join(", ")
-        }
-    );
+    print_ztunnels(&Ztunnels::Local(mesh)).await;
+    print_enrolled(&enrolled);
     let waypoints = crate::waypoint::observe(paths, None).await?;
-    if waypoints.is_empty() {
-        println!("waypoints: none");
-    }
-    let rows: Vec<Vec<String>> = waypoints
-        .iter()
-        .map(|w| {
-            vec![
-                format!("{}/{}", w.namespace, w.name),
-                w.traffic.clone(),
-                if w.programmed { "True" } else { "False" }.into(),
-                w.message.clone(),
-            ]
-        })
-        .collect();
-    if !rows.is_empty() {
-        print!(
-            "\n{}",
-            table(&["WAYPOINT", "TRAFFIC TYPE", "PROGRAMMED", "MESSAGE"], rows)
-        );
-    }
+    print_waypoints(&waypoints);
     // Each service behind a waypoint, and whether that waypoint is there
     // to take its traffic (Istio's istio.io/WaypointBound condition).
     let (_, resources) = crate::local::served(paths)?;
@@ -468,8 +406,177 @@ pub async fn status(paths: &Paths) -> anyhow::Result<()> {
             reason,
         ]);
     }
+    print_bound_services(rows);
+    Ok(())
+}
+
+/// One row per ztunnel (an unreachable one says why), then a warning for
+/// each that fell back to iptables capture.
+async fn print_ztunnels(ztunnels: &Ztunnels) {
+    let mut rows = Vec::new();
+    let mut fallbacks = Vec::new();
+    for node in ztunnels.nodes() {
+        let dump = match ztunnels.config_dump(&node).await {
+            Ok(dump) => dump,
+            Err(err) => {
+                let mut row = vec![node.clone(), format!("unreachable: {err:#}")];
+                row.extend(std::iter::repeat_n("-".to_owned(), 4));
+                rows.push(row);
+                continue;
+            }
+        };
+        let fallback = dump["capture"]["fallback_reason"].as_str();
+        if let Some(reason) = fallback {
+            fallbacks.push(format!(
+                "ztunnel {node} captures with iptables because eBPF capture is unavailable: {reason}"
+            ));
+        }
+        let count = |key: &str| dump[key].as_array().map_or(0, Vec::len).to_string();
+        rows.push(vec![
+            node.clone(),
+            if dump["xds"]["connected"] == true {
+                "connected"
+            } else {
+                "disconnected"
+            }
+            .into(),
+            match fallback {
+                Some(_) => format!("{} (fallback)", text(&dump["capture"]["mode"])),
+                None => text(&dump["capture"]["mode"]),
+            },
+            count("pods"),
+            count("connections"),
+            count("certificates"),
+        ]);
+    }
+    print!(
+        "\n{}",
+        table(
+            &[
+                "ZTUNNEL",
+                "XDS",
+                "CAPTURE",
+                "PODS",
+                "CONNECTIONS",
+                "CERTIFICATES"
+            ],
+            rows
+        )
+    );
+    for fallback in &fallbacks {
+        println!("warning: {fallback}");
+    }
+}
+
+fn print_waypoints(waypoints: &[crate::waypoint::Observed]) {
+    if waypoints.is_empty() {
+        println!("waypoints: none");
+        return;
+    }
+    let rows: Vec<Vec<String>> = waypoints
+        .iter()
+        .map(|w| {
+            vec![
+                format!("{}/{}", w.namespace, w.name),
+                w.traffic.clone(),
+                if w.programmed { "True" } else { "False" }.into(),
+                w.message.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "\n{}",
+        table(&["WAYPOINT", "TRAFFIC TYPE", "PROGRAMMED", "MESSAGE"], rows)
+    );
+}
+
+/// Rows of (service, WaypointBound status, reason).
+fn print_bound_services(rows: Vec<Vec<String>>) {
     if !rows.is_empty() {
         print!("\n{}", table(&["SERVICE", "WAYPOINTBOUND", "REASON"], rows));
     }
+}
+
+fn print_enrolled(enrolled: &[String]) {
+    println!(
+        "\nnamespaces in the mesh: {}",
+        if enrolled.is_empty() {
+            "none".into()
+        } else {
+            enrolled.join(", ")
+        }
+    );
+}
+
+/// `weft status` of a cluster: the control service's replicas and leader,
+/// each ztunnel (through port-forwards), the enrolled namespaces, the
+/// waypoints and the services bound to them, as the cluster records them.
+pub async fn cluster_status(cluster: &ClusterArgs) -> anyhow::Result<()> {
+    use k8s_openapi::api::{
+        apps::v1::Deployment,
+        coordination::v1::Lease,
+        core::v1::{Namespace, Service},
+    };
+    use kube::api::{Api, ListParams};
+    use weft_control::objects::DATAPLANE_MODE_LABEL;
+
+    let client = cluster.client().await?;
+    let namespace = crate::cluster::ztunnels::NAMESPACE;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let control = match deployments.get_opt("weft-control").await? {
+        None => "no Deployment (weft install makes one)".to_owned(),
+        Some(d) => {
+            let status = d.status.unwrap_or_default();
+            let wanted = d.spec.and_then(|s| s.replicas).unwrap_or(1);
+            format!("{}/{wanted} ready", status.ready_replicas.unwrap_or(0))
+        }
+    };
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let leader = leases
+        .get_opt("weft-control")
+        .await?
+        .and_then(|l| l.spec?.holder_identity)
+        .unwrap_or_else(|| "none".into());
+    println!("control service  {namespace}/weft-control  {control}  leader: {leader}");
+    match ClusterZtunnels::find(&client).await {
+        Ok(ztunnels) => print_ztunnels(&Ztunnels::Cluster(ztunnels)).await,
+        Err(err) => println!("\nztunnels: {err:#}"),
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let enrolled: Vec<String> = namespaces
+        .list(&ListParams::default().labels(&format!("{DATAPLANE_MODE_LABEL}=ambient")))
+        .await?
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    print_enrolled(&enrolled);
+    match crate::cluster::waypoints::observe(&client, None).await {
+        Ok(waypoints) => print_waypoints(&waypoints),
+        Err(err) => println!("waypoints: {err:#}"),
+    }
+    let services: Api<Service> = Api::all(client);
+    let mut rows = Vec::new();
+    for service in services.list(&ListParams::default()).await? {
+        let conditions = service
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default();
+        let Some(bound) = conditions
+            .iter()
+            .find(|c| c.type_ == "istio.io/WaypointBound")
+        else {
+            continue;
+        };
+        rows.push(vec![
+            format!(
+                "{}/{}",
+                service.metadata.namespace.unwrap_or_default(),
+                service.metadata.name.unwrap_or_default()
+            ),
+            bound.status.clone(),
+            bound.message.clone(),
+        ]);
+    }
+    print_bound_services(rows);
     Ok(())
 }

@@ -79,7 +79,8 @@ enum Command {
         command: local::LocalCommand,
     },
     /// What a ztunnel holds: workloads, services, policies, certificates or
-    /// open connections (of the local mesh).
+    /// open connections (of the local mesh when one runs, else of the
+    /// cluster's ztunnels, through port-forwards).
     ZtunnelConfig {
         kind: inspect::Kind,
         /// Only this node's ztunnel (certificates and connections default to
@@ -90,12 +91,16 @@ enum Command {
         output: inspect::Output,
         #[arg(long, env = "WEFT_LOCAL_DIR", default_value = "/run/weft-local")]
         dir: PathBuf,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
     },
     /// The control service, each ztunnel, the enrolled namespaces and the
-    /// waypoints (of the local mesh).
+    /// waypoints (of the local mesh when one runs, else of the cluster).
     Status {
         #[arg(long, env = "WEFT_LOCAL_DIR", default_value = "/run/weft-local")]
         dir: PathBuf,
+        #[command(flatten)]
+        cluster: cluster::ClusterArgs,
     },
     /// Deploy and inspect waypoints: of the local mesh when one runs
     /// (`weft local up`), else of the cluster.
@@ -167,13 +172,19 @@ fn main() -> anyhow::Result<()> {
             node,
             output,
             dir,
-        } => block_on(inspect::ztunnel_config(
-            &local::Paths::new(dir),
-            kind,
-            node.as_deref(),
-            output,
-        )),
-        Command::Status { dir } => block_on(inspect::status(&local::Paths::new(dir))),
+            cluster,
+        } => block_on(async {
+            let ztunnels = inspect::Ztunnels::open(&local::Paths::new(dir), &cluster).await?;
+            inspect::ztunnel_config(&ztunnels, kind, node.as_deref(), output).await
+        }),
+        Command::Status { dir, cluster } => {
+            let paths = local::Paths::new(dir);
+            if paths.state().exists() {
+                block_on(inspect::status(&paths))
+            } else {
+                block_on(inspect::cluster_status(&cluster))
+            }
+        }
         Command::Control { args } => weft_control::app::main_from(
             std::iter::once(OsString::from("weft-control")).chain(args),
         ),

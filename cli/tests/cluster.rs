@@ -408,3 +408,167 @@ async fn waypoint_verbs_on_a_cluster() -> anyhow::Result<()> {
     drop(control);
     Ok(())
 }
+
+/// An executable that runs `weft SUBCOMMAND args…`, for the harness's
+/// process starters, which take a binary.
+fn weft_as(dir: &std::path::Path, subcommand: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(subcommand);
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nexec {WEFT} {subcommand} \"$@\"\n"),
+    )?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_ztunnel_config_read_a_clusters_ztunnels_through_port_forwards(
+) -> anyhow::Result<()> {
+    use weft_tests::{
+        kubelet::Kubelet,
+        processes::{ControlProcess, ZtunnelProcess},
+    };
+    let api = ApiServer::start_with_crds().await?;
+    // Weft's ztunnel on node n1, as `weft install` runs it; one enrolled
+    // workload beside it.
+    api.kubectl_ok(
+        &["apply", "--server-side", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: weft-system}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ztunnel, namespace: weft-system}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-n1, namespace: weft-system, labels: {app: ztunnel}}\n\
+             spec: {nodeName: n1, serviceAccountName: ztunnel, automountServiceAccountToken: false, \
+             containers: [{name: ztunnel, image: ztunnel}]}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: shop}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\n\
+             spec: {nodeName: n1, automountServiceAccountToken: false, containers: [{name: web, image: web}]}\n",
+        ),
+    )
+    .await?;
+    api.set_pod_running("weft-system", "ztunnel-n1", "198.18.255.1")
+        .await?;
+    api.set_pod_running("shop", "web", "198.18.255.2").await?;
+    let token = api
+        .kubectl_ok(
+            &[
+                "create",
+                "token",
+                "-n",
+                "weft-system",
+                "ztunnel",
+                "--audience",
+                "istio-ca",
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                "ztunnel-n1",
+            ],
+            None,
+        )
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("nodes"))?;
+    std::fs::write(state.join("nodes").join("n1.token"), token.trim())?;
+    let control = ControlProcess::start_kubernetes_with_lease_in(
+        &weft_as(dir.path(), "control")?,
+        &api.kubeconfig,
+        &state,
+        "127.0.0.1:0".parse()?,
+        "weft-system",
+    )
+    .await?;
+    let ztunnel = ZtunnelProcess::start(
+        &weft_as(dir.path(), "ztunnel")?,
+        "n1",
+        None,
+        &dir.path().join("n1.sock"),
+        &control,
+    )
+    .await?;
+    // n1's kubelet: port 15000 of the ztunnel pod is its admin port.
+    let kubelet = Kubelet::start(&api, "n1").await?;
+    kubelet.forward("weft-system", "ztunnel-n1", 15000, ztunnel.admin);
+
+    let no_local = dir.path().join("no-local-mesh");
+    let weft = |args: &[&str]| {
+        let mut cmd = Command::new(WEFT);
+        cmd.args(args)
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .env("WEFT_LOCAL_DIR", &no_local)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        async move {
+            let out = cmd.output().await?;
+            anyhow::Ok((
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    };
+    // What ztunnel holds, through the API server's port-forward: the
+    // enrolled pod, HBONE.
+    let workloads = eventually("web in n1's ztunnel", Duration::from_secs(30), || async {
+        let (ok, out, _) = weft(&["ztunnel-config", "workloads"]).await.ok()?;
+        (ok && out.contains("web")).then_some(out)
+    })
+    .await?;
+    let web = workloads
+        .lines()
+        .find(|l| l.contains("web"))
+        .unwrap_or_default();
+    assert!(
+        web.contains("shop") && web.contains("198.18.255.2") && web.contains("HBONE"),
+        "{workloads}"
+    );
+    let (ok, out, err) =
+        weft(&["ztunnel-config", "workloads", "-o", "json", "--node", "n1"]).await?;
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out)?;
+    let web = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["name"] == "web")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(web["node"], "n1", "{out}");
+    assert_eq!(
+        web["identity"], "spiffe://cluster.local/ns/shop/sa/default",
+        "{web}"
+    );
+    let (ok, _, err) = weft(&["ztunnel-config", "workloads", "--node", "n2"]).await?;
+    assert!(!ok);
+    assert!(err.contains("no running ztunnel on node n2"), "{err}");
+
+    // `weft status`: the leader, n1's ztunnel connected, the namespace.
+    let (ok, out, err) = weft(&["status"]).await?;
+    assert!(ok, "{err}");
+    assert!(out.contains("leader: "), "{out}");
+    assert!(!out.contains("leader: none"), "{out}");
+    let n1 = out
+        .lines()
+        .find(|l| l.starts_with("n1 "))
+        .unwrap_or_default();
+    assert!(
+        n1.contains("connected") && !n1.contains("disconnected"),
+        "{out}"
+    );
+    assert!(out.contains("namespaces in the mesh: shop"), "{out}");
+
+    // ztunnel gone: status says so for its node and still answers.
+    drop(ztunnel);
+    let (ok, out, err) = weft(&["status"]).await?;
+    assert!(ok, "{err}");
+    let n1 = out
+        .lines()
+        .find(|l| l.starts_with("n1 "))
+        .unwrap_or_default();
+    assert!(n1.contains("unreachable"), "{out}");
+    drop(control);
+    Ok(())
+}

@@ -23,6 +23,7 @@ pub mod capture;
 pub mod forge;
 pub mod grpc;
 pub mod kube;
+pub mod kubelet;
 pub mod mesh;
 pub mod otlp;
 pub mod privilege;

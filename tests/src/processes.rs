@@ -194,17 +194,29 @@ impl ControlProcess {
 
     /// Starts the control service reading a Kubernetes API server through
     /// `kubeconfig`.
+    /// `kubeconfig`, its leader Lease in namespace `default`.
     pub async fn start_kubernetes(
         bin: &Path,
         kubeconfig: &Path,
         state_dir: &Path,
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_kubernetes_with_lease_in(bin, kubeconfig, state_dir, listen, "default").await
+    }
+
+    /// As [`ControlProcess::start_kubernetes`], the Lease in `namespace`.
+    pub async fn start_kubernetes_with_lease_in(
+        bin: &Path,
+        kubeconfig: &Path,
+        state_dir: &Path,
+        listen: SocketAddr,
+        namespace: &str,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.arg("--kubernetes")
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--lease-namespace", "default"]);
+            .args(["--lease-namespace", namespace]);
         Self::launch(cmd, state_dir, listen).await
     }
 
@@ -431,9 +443,22 @@ pub async fn http_request(
             tokio::net::TcpStream::from_std(std_stream)?
         }
     };
+    http_exchange(&mut stream, method, &addr.to_string(), path).await
+}
+
+/// [`http_request`] over a connection already made (a port-forward, say).
+pub async fn http_exchange<S>(
+    stream: &mut S,
+    method: &str,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream
         .write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .await?;

@@ -6,6 +6,7 @@ pub mod enroll;
 pub mod install;
 pub mod manifests;
 pub mod waypoints;
+pub mod ztunnels;
 
 use std::path::PathBuf;
 

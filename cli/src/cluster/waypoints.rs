@@ -40,7 +40,10 @@ fn condition<'a>(gateway: &'a DynamicObject, kind: &str) -> Option<&'a Value> {
 
 /// The waypoints of `namespace` (all namespaces: `None`), as their status
 /// says.
-async fn observe(client: &Client, namespace: Option<&str>) -> anyhow::Result<Vec<Observed>> {
+pub(crate) async fn observe(
+    client: &Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<Vec<Observed>> {
     let resource = gateways(client).await?;
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),

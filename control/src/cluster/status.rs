@@ -139,10 +139,13 @@ async fn write(
             Err(err) => return Err(err),
         }
     }
-    Err(kube::Error::Api(Box::new(kube::core::Status::failure(
-        "the object kept changing while its status was written",
-        "Conflict",
-    ).with_code(409))))
+    Err(kube::Error::Api(Box::new(
+        kube::core::Status::failure(
+            "the object kept changing while its status was written",
+            "Conflict",
+        )
+        .with_code(409),
+    )))
 }
 
 fn now() -> String {

@@ -1,0 +1,192 @@
+//! The kubelet's part in `kubectl port-forward`, played by the harness.
+//!
+//! No kubelet runs here, but the API server's `pods/portforward` only
+//! relays: it looks up the pod's node, dials that Node's kubelet endpoint
+//! over TLS (unverified when the server has no kubelet CA, as here) and
+//! hands it the client's WebSocket upgrade. [`Kubelet`] registers a Node
+//! whose endpoint is a loopback port of its own and answers there as a
+//! kubelet does: WebSocket subprotocol `v4.channel.k8s.io`, a data and an
+//! error channel per forwarded port, each opened with the port number
+//! (two bytes, little-endian), then every message prefixed by its channel.
+//! Where a pod's port "is" comes from the test ([`Kubelet::forward`]).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context;
+use futures::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tokio_tungstenite::tungstenite::{
+    handshake::server::{ErrorResponse, Request, Response},
+    http::HeaderValue,
+    Message,
+};
+
+use crate::kube::ApiServer;
+
+const PROTOCOL: &str = "v4.channel.k8s.io";
+
+type Forwards = Arc<Mutex<HashMap<(String, String, u16), SocketAddr>>>;
+
+/// A node's kubelet, as far as port-forwarding goes.
+pub struct Kubelet {
+    forwards: Forwards,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Kubelet {
+    /// Registers Node `node` on `api` with this kubelet's endpoint.
+    pub async fn start(api: &ApiServer, node: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+            )?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let forwards = Forwards::default();
+        let task = tokio::spawn({
+            let forwards = forwards.clone();
+            async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let (acceptor, forwards) = (acceptor.clone(), forwards.clone());
+                    tokio::spawn(async move {
+                        if let Err(err) = serve(acceptor, tcp, forwards).await {
+                            eprintln!("kubelet: {err:#}");
+                        }
+                    });
+                }
+            }
+        });
+        api.kubectl_ok(
+            &["apply", "--server-side", "-f", "-"],
+            Some(&format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {node}}}\n"
+            )),
+        )
+        .await?;
+        let status = serde_json::json!({"status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+        }});
+        api.kubectl_ok(
+            &[
+                "patch",
+                "node",
+                node,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        )
+        .await?;
+        Ok(Self { forwards, task })
+    }
+
+    /// Port `port` of pod `namespace/pod` is `to`.
+    pub fn forward(&self, namespace: &str, pod: &str, port: u16, to: SocketAddr) {
+        self.forwards
+            .lock()
+            .expect("not poisoned")
+            .insert((namespace.into(), pod.into(), port), to);
+    }
+}
+
+/// One request: `/portForward/{namespace}/{pod}?port=…` upgraded to a
+/// WebSocket, each requested port connected to where the test put it.
+async fn serve(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    forwards: Forwards,
+) -> anyhow::Result<()> {
+    let tls = acceptor.accept(tcp).await?;
+    let mut target = None;
+    // tungstenite's callback type, whose error is its own.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+        let offered = request
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if offered.split(',').any(|p| p.trim() == PROTOCOL) {
+            response
+                .headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static(PROTOCOL));
+        }
+        target = Some(request.uri().clone());
+        Ok(response)
+    };
+    let mut socket = tokio_tungstenite::accept_hdr_async(tls, callback).await?;
+    let uri = target.context("no request")?;
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let ["portForward", namespace, pod] = parts[..] else {
+        anyhow::bail!("not a port-forward: {uri}");
+    };
+    // The API server names ports `port=`; clients of a kubelet `ports=`.
+    let port: u16 = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "port" || *k == "ports")
+        .and_then(|(_, v)| v.split([',', '%']).next()?.parse().ok())
+        .with_context(|| format!("no port in {uri}"))?;
+    let to = forwards
+        .lock()
+        .expect("not poisoned")
+        .get(&(namespace.to_owned(), pod.to_owned(), port))
+        .copied()
+        .with_context(|| format!("nothing at {namespace}/{pod}:{port}"))?;
+    // Channels 0 (data) and 1 (error) open with the port number.
+    for channel in [0u8, 1] {
+        let [lo, hi] = port.to_le_bytes();
+        socket
+            .send(Message::Binary(vec![channel, lo, hi].into()))
+            .await?;
+    }
+    let mut tcp = TcpStream::connect(to).await?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            message = socket.next() => match message {
+                Some(Ok(Message::Binary(data))) if data.first() == Some(&0) => {
+                    tcp.write_all(&data[1..]).await?;
+                }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.into()),
+            },
+            read = tcp.read(&mut buf) => {
+                let n = read?;
+                if n == 0 {
+                    break;
+                }
+                let mut message = Vec::with_capacity(n + 1);
+                message.push(0);
+                message.extend_from_slice(&buf[..n]);
+                socket.send(Message::Binary(message.into())).await?;
+            }
+        }
+    }
+    let _ = socket.close(None).await;
+    Ok(())
+}
