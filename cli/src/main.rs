@@ -42,12 +42,16 @@ enum Command {
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
-    /// Remove what `weft install` made (CRDs only with --purge).
+    /// Remove what `weft install` made: ztunnel's eBPF capture on every
+    /// node, then its objects (CRDs only with --purge).
     Uninstall {
         /// Also delete Weft's CRDs, and with them every policy stored
         /// under them.
         #[arg(long)]
         purge: bool,
+        /// How long to wait for ztunnel to stop and the nodes' cleanup.
+        #[arg(long, default_value = "300s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
         #[command(flatten)]
         cluster: cluster::ClusterArgs,
     },
@@ -149,9 +153,11 @@ fn main() -> anyhow::Result<()> {
         } => block_on(cluster::install::install(
             &cluster, &set, dry_run, !no_wait, timeout,
         )),
-        Command::Uninstall { purge, cluster } => {
-            block_on(cluster::install::uninstall(&cluster, purge))
-        }
+        Command::Uninstall {
+            purge,
+            timeout,
+            cluster,
+        } => block_on(cluster::install::uninstall(&cluster, purge, timeout)),
         Command::Enroll {
             namespaces,
             cluster,

@@ -227,9 +227,103 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
     assert!(!ok);
     assert!(err.contains("no such namespace: nosuch"), "{err}");
 
-    // Uninstall keeps the CRDs (and users' policies) unless --purge.
-    let (ok, out, err) = weft(&api, &["uninstall"]).await?;
-    assert!(ok, "{err}");
+    // Uninstall first takes ztunnel's pinned eBPF capture off every node:
+    // node n1 joins, with real pins in (a test's corner of) its bpffs.
+    let bpffs = BpffsDir::create()?;
+    let pin = bpffs.path.join("weft").join("map-WEFT_TEST");
+    std::fs::create_dir_all(pin.parent().unwrap())?;
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "weft_test",
+        ])
+        .output()?;
+    assert!(created.status.success(), "bpftool: {created:?}");
+    let kubelet = weft_tests::kubelet::Kubelet::start(&api, "n1").await?;
+    let uninstall = tokio::spawn({
+        let kubeconfig = api.kubeconfig.clone();
+        async move {
+            Command::new(WEFT)
+                .args(["uninstall", "--timeout", "60s", "--kubeconfig"])
+                .arg(kubeconfig)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+        }
+    });
+    // n1's kubelet runs the cleanup pod the DaemonSet makes for it.
+    let cleanup_pod = eventually("the cleanup pod", Duration::from_secs(30), || async {
+        let name = api
+            .kubectl_ok(
+                &[
+                    "get",
+                    "pods",
+                    "-n",
+                    "weft-system",
+                    "-l",
+                    "app=weft-node-cleanup",
+                    "-o",
+                    "jsonpath={.items[0].metadata.name}",
+                ],
+                None,
+            )
+            .await
+            .ok()?;
+        (!name.is_empty()).then_some(name)
+    })
+    .await?;
+    assert!(pin.exists(), "pins removed before ztunnel stopped");
+    kubelet
+        .run_init_containers(
+            &api,
+            "weft-system",
+            &cleanup_pod,
+            &[WEFT, "ztunnel"],
+            &[("/sys/fs/bpf", &bpffs.path)],
+        )
+        .await?;
+    let out = uninstall.await??;
+    let (ok, out, err) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(ok, "{out}{err}");
+    assert!(!bpffs.path.join("weft").exists(), "n1's pins left");
+    for line in [
+        "DaemonSet/ztunnel deleted",
+        "waiting: ztunnel's capture removed on 1/1 nodes",
+        "DaemonSet/weft-node-cleanup deleted",
+    ] {
+        assert!(out.contains(line), "{line:?} in {out}");
+    }
+    // ... as n1's kubelet confirms the cleanup pod's end.
+    api.kubectl_ok(
+        &[
+            "delete",
+            "pods",
+            "-n",
+            "weft-system",
+            "-l",
+            "app=weft-node-cleanup",
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    )
+    .await?;
+    // The rest; the CRDs (and users' policies) are kept unless --purge.
     assert!(out.contains("Deployment/weft-control deleted"), "{out}");
     assert!(
         out.contains("authorizationpolicies.security.istio.io kept"),
@@ -409,6 +503,30 @@ async fn waypoint_verbs_on_a_cluster() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A directory of the test's own in the machine's bpffs, removed with
+/// whatever is pinned in it.
+struct BpffsDir {
+    path: std::path::PathBuf,
+}
+
+impl BpffsDir {
+    fn create() -> anyhow::Result<Self> {
+        let path = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/weft-test-cluster-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating {} (bpffs, as root)", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// An executable that runs `weft SUBCOMMAND args…`, for the harness's
 /// process starters, which take a binary.
 fn weft_as(dir: &std::path::Path, subcommand: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -570,5 +688,30 @@ async fn status_and_ztunnel_config_read_a_clusters_ztunnels_through_port_forward
         .unwrap_or_default();
     assert!(n1.contains("unreachable"), "{out}");
     drop(control);
+    Ok(())
+}
+
+/// The cleanup DaemonSet's main container: it checks once more, then holds
+/// the pod until the kubelet stops it (as PID 1 it must catch SIGTERM).
+#[tokio::test]
+async fn the_cleanup_container_holds_until_terminated() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(WEFT)
+        .args(["ztunnel", "uninstall", "--hold"])
+        .env("WEFT_BPF_PIN_DIR", dir.path().join("weft"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.try_wait()?.is_none(), "it held");
+    let pid = child.id().context("running")?.to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await?;
+    assert!(killed.success());
+    let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output()).await??;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to remove"),
+        "{out:?}"
+    );
     Ok(())
 }

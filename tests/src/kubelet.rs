@@ -37,6 +37,7 @@ type Forwards = Arc<Mutex<HashMap<(String, String, u16), SocketAddr>>>;
 
 /// A node's kubelet, as far as port-forwarding goes.
 pub struct Kubelet {
+    node: String,
     forwards: Forwards,
     task: JoinHandle<()>,
 }
@@ -77,7 +78,8 @@ impl Kubelet {
         api.kubectl_ok(
             &["apply", "--server-side", "-f", "-"],
             Some(&format!(
-                "apiVersion: v1\nkind: Node\nmetadata: {{name: {node}}}\n"
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {node}, labels: \
+                 {{kubernetes.io/os: linux, kubernetes.io/hostname: {node}}}}}\n"
             )),
         )
         .await?;
@@ -98,7 +100,121 @@ impl Kubelet {
             None,
         )
         .await?;
-        Ok(Self { forwards, task })
+        Ok(Self {
+            node: node.to_owned(),
+            forwards,
+            task,
+        })
+    }
+
+    /// Plays the scheduler and this node's kubelet for pod
+    /// `namespace/name`: binds it to this node, runs each of its init
+    /// containers for real as `entry` (the image's entry point) with the
+    /// container's args and env, each mounted host path rewritten to where
+    /// `host_paths` puts it on this machine, and, once all succeeded, marks
+    /// the pod running and ready (its main containers are not run).
+    pub async fn run_init_containers(
+        &self,
+        api: &ApiServer,
+        namespace: &str,
+        name: &str,
+        entry: &[&str],
+        host_paths: &[(&str, &std::path::Path)],
+    ) -> anyhow::Result<()> {
+        let pod: serde_json::Value = serde_json::from_str(
+            &api.kubectl_ok(&["get", "pod", "-n", namespace, name, "-o", "json"], None)
+                .await?,
+        )?;
+        if pod["spec"]["nodeName"].is_null() {
+            let binding = serde_json::json!({
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": name, "namespace": namespace},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+            });
+            let path = format!("/api/v1/namespaces/{namespace}/pods/{name}/binding");
+            api.kubectl_ok(
+                &["create", "--raw", &path, "-f", "-"],
+                Some(&binding.to_string()),
+            )
+            .await?;
+        }
+        let spec = &pod["spec"];
+        // Host path volume → where it is here.
+        let volume_dir = |volume: &str| -> Option<std::path::PathBuf> {
+            let host = spec["volumes"]
+                .as_array()?
+                .iter()
+                .find(|v| v["name"] == volume)?["hostPath"]["path"]
+                .as_str()?
+                .to_owned();
+            host_paths
+                .iter()
+                .find(|(path, _)| *path == host)
+                .map(|(_, here)| here.to_path_buf())
+        };
+        for container in spec["initContainers"].as_array().into_iter().flatten() {
+            let mounts: Vec<(String, std::path::PathBuf)> = container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| {
+                    Some((
+                        m["mountPath"].as_str()?.to_owned(),
+                        volume_dir(m["name"].as_str()?)?,
+                    ))
+                })
+                .collect();
+            let rewrite = |text: &str| -> String {
+                for (mount, here) in &mounts {
+                    if let Some(rest) = text.strip_prefix(mount.as_str()) {
+                        return format!("{}{rest}", here.display());
+                    }
+                }
+                text.to_owned()
+            };
+            let mut cmd = tokio::process::Command::new(entry[0]);
+            cmd.args(&entry[1..]).env_clear().kill_on_drop(true);
+            for arg in container["args"].as_array().into_iter().flatten() {
+                cmd.arg(rewrite(arg.as_str().unwrap_or_default()));
+            }
+            for env in container["env"].as_array().into_iter().flatten() {
+                if let (Some(key), Some(value)) = (env["name"].as_str(), env["value"].as_str()) {
+                    cmd.env(key, rewrite(value));
+                }
+            }
+            let out = cmd.output().await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "init container {} of {namespace}/{name} failed: {}{}",
+                container["name"],
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let status = serde_json::json!({"status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": "True"},
+                {"type": "ContainersReady", "status": "True"},
+            ],
+        }});
+        api.kubectl_ok(
+            &[
+                "patch",
+                "pod",
+                "-n",
+                namespace,
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Port `port` of pod `namespace/pod` is `to`.

@@ -187,6 +187,24 @@ fn uninstall_capture(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Blocks until SIGTERM or SIGINT (as PID 1 of a container, which has no
+/// default handlers, it must catch them to stop at all).
+fn hold_until_stopped() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?
+        .block_on(async {
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            anyhow::Ok(())
+        })
+}
+
 /// The binary's entry point: parse the configuration, start, run until
 /// SIGTERM or Ctrl-C.
 pub fn main() -> anyhow::Result<()> {
@@ -205,7 +223,11 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
         let uninstall = <crate::config::Uninstall as clap::Parser>::parse_from(
             std::iter::once(&name).chain(&args[2..]),
         );
-        return uninstall_capture(&uninstall.bpf_pin_dir);
+        uninstall_capture(&uninstall.bpf_pin_dir)?;
+        if uninstall.hold {
+            hold_until_stopped()?;
+        }
+        return Ok(());
     }
     let config = <Config as clap::Parser>::parse_from(args);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

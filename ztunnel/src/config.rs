@@ -111,4 +111,8 @@ pub struct Uninstall {
     /// The pin directory ztunnel ran with.
     #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
     pub bpf_pin_dir: PathBuf,
+    /// Then keep running until SIGTERM or SIGINT (the container of a
+    /// cleanup DaemonSet, whose pods must run to count as ready).
+    #[arg(long)]
+    pub hold: bool,
 }

@@ -193,9 +193,15 @@ async fn wait_ready(client: &Client, timeout: Duration) -> anyhow::Result<()> {
     }
 }
 
-pub async fn uninstall(cluster: &ClusterArgs, purge: bool) -> anyhow::Result<()> {
+pub async fn uninstall(
+    cluster: &ClusterArgs,
+    purge: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let objects = render(&Settings::default())?;
     let client = cluster.client().await?;
+    // The nodes first, while the namespace is there to run the cleanup in.
+    super::node_cleanup::run(&client, timeout).await?;
     for object in objects.iter().rev() {
         if object["kind"] == "CustomResourceDefinition" && !purge {
             println!(

@@ -5,6 +5,7 @@
 pub mod enroll;
 pub mod install;
 pub mod manifests;
+pub mod node_cleanup;
 pub mod waypoints;
 pub mod ztunnels;
 
