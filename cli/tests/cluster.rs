@@ -12,11 +12,14 @@ use weft_tests::{kube::ApiServer, processes::eventually};
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 /// `weft args` against the test cluster: (success, stdout, stderr).
+/// (No local mesh is ever in the way: the verbs that prefer one act on the
+/// cluster.)
 async fn weft(api: &ApiServer, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     let out = Command::new(WEFT)
         .args(args)
         .arg("--kubeconfig")
         .arg(&api.kubeconfig)
+        .env("WEFT_LOCAL_DIR", "/nonexistent/weft-local")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -79,23 +82,20 @@ async fn make_control_ready(api: &ApiServer) -> anyhow::Result<usize> {
         .flatten()
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
-    let status = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}],"containerStatuses":[{"name":"control","ready":true,"restartCount":0,"image":"weft/control","imageID":"","state":{"running":{}}}]}}"#;
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "ContainersReady", "status": "True"},
+        ],
+        "containerStatuses": [{
+            "name": "control", "ready": true, "restartCount": 0, "image": "weft/control",
+            "imageID": "", "state": {"running": {}},
+        }],
+    }});
     for name in &names {
-        api.kubectl_ok(
-            &[
-                "patch",
-                "pod",
-                "-n",
-                "weft-system",
-                name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                status,
-            ],
-            None,
-        )
-        .await?;
+        api.patch_status("pod", Some("weft-system"), name, &status)
+            .await?;
     }
     Ok(names.len())
 }
@@ -360,24 +360,15 @@ async fn waypoint_verbs_on_a_cluster() -> anyhow::Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.lease.namespace = "default".into();
     let control = Control::start(config).await?;
-    // No local mesh here: the verbs act on the cluster.
-    let no_local = dir.path().join("no-local-mesh");
     let waypoint = |args: &[&str]| {
-        let mut cmd = Command::new(WEFT);
-        cmd.arg("waypoint")
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(&api.kubeconfig)
-            .env("WEFT_LOCAL_DIR", &no_local)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let args: Vec<String> = std::iter::once("waypoint")
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        let api = &api;
         async move {
-            let out = cmd.output().await?;
-            anyhow::Ok((
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ))
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            weft(api, &args).await
         }
     };
 
@@ -569,22 +560,7 @@ async fn status_and_ztunnel_config_read_a_clusters_ztunnels_through_port_forward
         .await?;
     api.set_pod_running("shop", "web", "198.18.255.2").await?;
     let token = api
-        .kubectl_ok(
-            &[
-                "create",
-                "token",
-                "-n",
-                "weft-system",
-                "ztunnel",
-                "--audience",
-                "istio-ca",
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                "ztunnel-n1",
-            ],
-            None,
-        )
+        .token("weft-system", "ztunnel", "istio-ca", Some("ztunnel-n1"))
         .await?;
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
@@ -610,28 +586,10 @@ async fn status_and_ztunnel_config_read_a_clusters_ztunnels_through_port_forward
     let kubelet = Kubelet::start(&api, "n1").await?;
     kubelet.forward("weft-system", "ztunnel-n1", 15000, ztunnel.admin);
 
-    let no_local = dir.path().join("no-local-mesh");
-    let weft = |args: &[&str]| {
-        let mut cmd = Command::new(WEFT);
-        cmd.args(args)
-            .arg("--kubeconfig")
-            .arg(&api.kubeconfig)
-            .env("WEFT_LOCAL_DIR", &no_local)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        async move {
-            let out = cmd.output().await?;
-            anyhow::Ok((
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ))
-        }
-    };
     // What ztunnel holds, through the API server's port-forward: the
     // enrolled pod, HBONE.
     let workloads = eventually("web in n1's ztunnel", Duration::from_secs(30), || async {
-        let (ok, out, _) = weft(&["ztunnel-config", "workloads"]).await.ok()?;
+        let (ok, out, _) = weft(&api, &["ztunnel-config", "workloads"]).await.ok()?;
         (ok && out.contains("web")).then_some(out)
     })
     .await?;
@@ -643,8 +601,11 @@ async fn status_and_ztunnel_config_read_a_clusters_ztunnels_through_port_forward
         web.contains("shop") && web.contains("198.18.255.2") && web.contains("HBONE"),
         "{workloads}"
     );
-    let (ok, out, err) =
-        weft(&["ztunnel-config", "workloads", "-o", "json", "--node", "n1"]).await?;
+    let (ok, out, err) = weft(
+        &api,
+        &["ztunnel-config", "workloads", "-o", "json", "--node", "n1"],
+    )
+    .await?;
     assert!(ok, "{err}");
     let listed: Value = serde_json::from_str(&out)?;
     let web = listed
@@ -659,12 +620,12 @@ async fn status_and_ztunnel_config_read_a_clusters_ztunnels_through_port_forward
         web["identity"], "spiffe://cluster.local/ns/shop/sa/default",
         "{web}"
     );
-    let (ok, _, err) = weft(&["ztunnel-config", "workloads", "--node", "n2"]).await?;
+    let (ok, _, err) = weft(&api, &["ztunnel-config", "workloads", "--node", "n2"]).await?;
     assert!(!ok);
     assert!(err.contains("no running ztunnel on node n2"), "{err}");
 
     // `weft status`: the leader, n1's ztunnel connected, the namespace.
-    let (ok, out, err) = weft(&["status"]).await?;
+    let (ok, out, err) = weft(&api, &["status"]).await?;
     assert!(ok, "{err}");
     assert!(out.contains("leader: "), "{out}");
     assert!(!out.contains("leader: none"), "{out}");
@@ -680,7 +641,7 @@ async fn status_and_ztunnel_config_read_a_clusters_ztunnels_through_port_forward
 
     // ztunnel gone: status says so for its node and still answers.
     drop(ztunnel);
-    let (ok, out, err) = weft(&["status"]).await?;
+    let (ok, out, err) = weft(&api, &["status"]).await?;
     assert!(ok, "{err}");
     let n1 = out
         .lines()

@@ -236,25 +236,55 @@ impl ApiServer {
         name: &str,
         ip: &str,
     ) -> anyhow::Result<()> {
-        let status = format!(
-            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
-        );
-        self.kubectl_ok(
-            &[
-                "patch",
-                "pod",
-                "-n",
-                namespace,
-                name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status,
-            ],
-            None,
-        )
-        .await?;
+        let status = serde_json::json!({"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        }});
+        self.patch_status("pod", Some(namespace), name, &status)
+            .await
+    }
+
+    /// Merges `patch` (`{"status": …}`) into the status of `kind` `name`,
+    /// as the object's controller or kubelet would.
+    pub async fn patch_status(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let patch = patch.to_string();
+        let mut args = vec!["patch", kind, name, "--subresource=status", "--type=merge"];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        args.extend(["-p", &patch]);
+        self.kubectl_ok(&args, None).await?;
         Ok(())
+    }
+
+    /// A token of service account `namespace/account` for `audience`
+    /// (TokenRequest), bound to pod `pod` of its namespace when given, as
+    /// the kubelet projects one.
+    pub async fn token(
+        &self,
+        namespace: &str,
+        account: &str,
+        audience: &str,
+        pod: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let mut args = vec![
+            "create",
+            "token",
+            "-n",
+            namespace,
+            account,
+            "--audience",
+            audience,
+        ];
+        if let Some(pod) = pod {
+            args.extend(["--bound-object-kind", "Pod", "--bound-object-name", pod]);
+        }
+        Ok(self.kubectl_ok(&args, None).await?.trim().to_owned())
     }
 
     /// Kills the API server (etcd and its data stay), keeps it down for
@@ -322,6 +352,24 @@ impl ApiServer {
             None,
         )
         .await?;
+        // kubectl checks objects against the OpenAPI the server publishes,
+        // which follows a CRD's establishment by a moment.
+        for field in [
+            "authorizationpolicies.spec.action",
+            "peerauthentications.spec.mtls",
+        ] {
+            eventually(
+                "the CRDs' schemas published",
+                Duration::from_secs(30),
+                || async {
+                    self.kubectl_ok(&["explain", field], None)
+                        .await
+                        .ok()
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        }
         Ok(())
     }
 

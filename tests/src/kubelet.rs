@@ -87,19 +87,7 @@ impl Kubelet {
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
         }});
-        api.kubectl_ok(
-            &[
-                "patch",
-                "node",
-                node,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
-            ],
-            None,
-        )
-        .await?;
+        api.patch_status("node", None, node, &status).await?;
         Ok(Self {
             node: node.to_owned(),
             forwards,
@@ -199,21 +187,8 @@ impl Kubelet {
                 {"type": "ContainersReady", "status": "True"},
             ],
         }});
-        api.kubectl_ok(
-            &[
-                "patch",
-                "pod",
-                "-n",
-                namespace,
-                name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
-            ],
-            None,
-        )
-        .await?;
+        api.patch_status("pod", Some(namespace), name, &status)
+            .await?;
         Ok(())
     }
 

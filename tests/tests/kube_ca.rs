@@ -86,29 +86,6 @@ async fn cluster() -> anyhow::Result<ApiServer> {
     Ok(api)
 }
 
-/// A token from the API server (TokenRequest), as the kubelet projects one.
-async fn token(
-    api: &ApiServer,
-    namespace: &str,
-    account: &str,
-    audience: &str,
-    pod: Option<&str>,
-) -> anyhow::Result<String> {
-    let mut args = vec![
-        "create",
-        "token",
-        "-n",
-        namespace,
-        account,
-        "--audience",
-        audience,
-    ];
-    if let Some(pod) = pod {
-        args.extend(["--bound-object-kind", "Pod", "--bound-object-name", pod]);
-    }
-    Ok(api.kubectl_ok(&args, None).await?.trim().to_owned())
-}
-
 async fn uid(api: &ApiServer, what: &[&str]) -> anyhow::Result<String> {
     let mut args = vec!["get"];
     args.extend(what);
@@ -146,14 +123,9 @@ async fn ztunnel_tokens_are_reviewed_and_scoped_to_their_pods_node() -> anyhow::
     };
 
     // ztunnel on n1: n1's workloads, not n2's.
-    let n1 = token(
-        &api,
-        "istio-system",
-        "ztunnel",
-        "istio-ca",
-        Some("ztunnel-n1"),
-    )
-    .await?;
+    let n1 = api
+        .token("istio-system", "ztunnel", "istio-ca", Some("ztunnel-n1"))
+        .await?;
     let cert = sign(n1.clone(), id("demo", "app-a")).await;
     assert_eq!(cert.map(|c| c.identity), Ok(id("demo", "app-a")));
     let err = sign(n1.clone(), id("demo", "app-b")).await.unwrap_err();
@@ -162,37 +134,39 @@ async fn ztunnel_tokens_are_reviewed_and_scoped_to_their_pods_node() -> anyhow::
         "{err}"
     );
     // ztunnel on n2: the other way round.
-    let n2 = token(
-        &api,
-        "istio-system",
-        "ztunnel",
-        "istio-ca",
-        Some("ztunnel-n2"),
-    )
-    .await?;
+    let n2 = api
+        .token("istio-system", "ztunnel", "istio-ca", Some("ztunnel-n2"))
+        .await?;
     assert!(sign(n2.clone(), id("demo", "app-b")).await.is_ok());
     assert!(sign(n2, id("demo", "app-a")).await.is_err());
 
     // Refusals, each with its reason.
-    let other_audience =
-        token(&api, "istio-system", "ztunnel", "other", Some("ztunnel-n1")).await?;
+    let other_audience = api
+        .token("istio-system", "ztunnel", "other", Some("ztunnel-n1"))
+        .await?;
     let err = sign(other_audience, id("demo", "app-a")).await.unwrap_err();
     assert!(
         err.contains("Unauthenticated") && err.contains("audience"),
         "{err}"
     );
-    let intruder = token(&api, "demo", "intruder", "istio-ca", Some("intruder")).await?;
+    let intruder = api
+        .token("demo", "intruder", "istio-ca", Some("intruder"))
+        .await?;
     let err = sign(intruder, id("demo", "intruder")).await.unwrap_err();
     assert!(
         err.contains("PermissionDenied")
             && err.contains("service account demo/intruder is not a ztunnel service account"),
         "{err}"
     );
-    let unbound = token(&api, "istio-system", "ztunnel", "istio-ca", None).await?;
+    let unbound = api
+        .token("istio-system", "ztunnel", "istio-ca", None)
+        .await?;
     let err = sign(unbound, id("demo", "app-a")).await.unwrap_err();
     assert!(err.contains("is not bound to a pod"), "{err}");
     // A waypoint's pod: its own identity, nothing else.
-    let waypoint = token(&api, "demo", "waypoint", "istio-ca", Some("waypoint-0")).await?;
+    let waypoint = api
+        .token("demo", "waypoint", "istio-ca", Some("waypoint-0"))
+        .await?;
     let cert = sign(waypoint.clone(), id("demo", "waypoint")).await;
     assert_eq!(cert.map(|c| c.identity), Ok(id("demo", "waypoint")));
     let err = sign(waypoint, id("demo", "app-b")).await.unwrap_err();

@@ -353,22 +353,7 @@ async fn kubectl_changes_reach_ztunnel_across_an_api_server_restart() -> anyhow:
     api.set_pod_running("istio-system", "ztunnel-n1", "198.18.255.1")
         .await?;
     let token = api
-        .kubectl_ok(
-            &[
-                "create",
-                "token",
-                "-n",
-                "istio-system",
-                "ztunnel",
-                "--audience",
-                "istio-ca",
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                "ztunnel-n1",
-            ],
-            None,
-        )
+        .token("istio-system", "ztunnel", "istio-ca", Some("ztunnel-n1"))
         .await?;
     std::fs::create_dir_all(state_dir.join("nodes"))?;
     std::fs::write(state_dir.join("nodes").join("n1.token"), token.trim())?;
@@ -387,9 +372,22 @@ async fn kubectl_changes_reach_ztunnel_across_an_api_server_restart() -> anyhow:
         &control,
     )
     .await?;
+    // Addresses and policies are separate xDS types, delivered apart.
+    let policies = |dump: &serde_json::Value| -> Vec<String> {
+        dump["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["namespace"] == "shop")
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect()
+    };
     let dump = eventually("ztunnel synced", Duration::from_secs(30), || async {
         let dump = ztunnel.config_dump().await.ok()?;
-        (dump["xds"]["connected"] == true && workload(&dump, "visitor").is_some()).then_some(dump)
+        (dump["xds"]["connected"] == true
+            && workload(&dump, "visitor").is_some()
+            && !policies(&dump).is_empty())
+        .then_some(dump)
     })
     .await?;
     // Enrollment from labels: the namespace's label; never a pod with a
@@ -446,15 +444,6 @@ async fn kubectl_changes_reach_ztunnel_across_an_api_server_restart() -> anyhow:
 
     // A policy deleted (the STRICT PeerAuthentication's own policy lives in
     // istio-system), then malformed ones.
-    let policies = |dump: &serde_json::Value| -> Vec<String> {
-        dump["policies"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["namespace"] == "shop")
-            .filter_map(|p| p["name"].as_str().map(str::to_owned))
-            .collect()
-    };
     assert_eq!(policies(&dump), ["web"], "{}", dump["policies"]);
     api.kubectl_ok(
         &["delete", "authorizationpolicy", "-n", "shop", "web"],

@@ -4,10 +4,10 @@
 //! GRPCRoute parent statuses, `istio.io/WaypointBound` on Services, and
 //! AuthorizationPolicies' `ZtunnelAccepted` / `WaypointAccepted`.
 //! Each object is written when what it should say changes (and once more
-//! whenever this replica becomes the leader); a failed write is retried on
-//! the next change or after [`RETRY`].
+//! whenever this replica becomes the leader); a failed write is retried
+//! ([`super::reconcile`]).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use kube::{
     api::{Api, DynamicObject, Patch, PatchParams},
@@ -29,8 +29,6 @@ pub const FIELD_MANAGER: &str = "weft-control";
 /// The controller named in route parent statuses: the one of the
 /// `istio-waypoint` GatewayClass, so status reads as it does with Istio.
 pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
-/// How soon failed writes are tried again without a change.
-pub const RETRY: Duration = Duration::from_secs(5);
 
 /// An object whose status is written.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,51 +41,30 @@ struct Target {
 /// Starts the writer: it acts while `leader` says so.
 pub fn start(
     client: Client,
-    mut leader: watch::Receiver<bool>,
-    mut store: watch::Receiver<Arc<XdsSnapshot>>,
+    leader: watch::Receiver<bool>,
+    store: watch::Receiver<Arc<XdsSnapshot>>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut resources: BTreeMap<Kind, ApiResource> = BTreeMap::new();
-        loop {
-            if leader.wait_for(|leading| *leading).await.is_err() {
-                return;
-            }
-            // Whatever another replica wrote may be stale: write it all.
-            let mut written: BTreeMap<Target, Value> = BTreeMap::new();
-            loop {
-                let desired = desired(&store.borrow_and_update().resources);
-                let mut failed = false;
-                for (target, status) in &desired {
-                    if written.get(target) == Some(status) {
-                        continue;
-                    }
-                    match write(&client, &mut resources, target, status).await {
-                        Ok(()) => {
-                            written.insert(target.clone(), status.clone());
-                        }
-                        Err(err) => {
-                            failed = true;
-                            tracing::warn!(kind = %target.kind, namespace = %target.namespace, name = %target.name, %err, "cannot write status");
-                        }
-                    }
-                }
-                written.retain(|target, _| desired.contains_key(target));
-                tokio::select! {
-                    changed = store.changed() => if changed.is_err() { return },
-                    _ = leader.changed() => if !*leader.borrow() { break },
-                    _ = tokio::time::sleep(RETRY), if failed => {}
-                }
-            }
-        }
-    })
+    tokio::spawn(super::reconcile::while_leading(
+        leader,
+        store,
+        "cannot write status",
+        |snapshot: &Arc<XdsSnapshot>| desired(&snapshot.resources),
+        Writer {
+            client,
+            resources: BTreeMap::new(),
+        },
+        |writer, target, status| Box::pin(write(writer, target, status)),
+    ))
 }
 
-async fn write(
-    client: &Client,
-    resources: &mut BTreeMap<Kind, ApiResource>,
-    target: &Target,
-    status: &Value,
-) -> Result<(), kube::Error> {
+/// The client, and the status kinds' resources as discovery found them.
+struct Writer {
+    client: Client,
+    resources: BTreeMap<Kind, ApiResource>,
+}
+
+async fn write(writer: &mut Writer, target: &Target, status: &Value) -> Result<(), kube::Error> {
+    let Writer { client, resources } = writer;
     let resource = match resources.get(&target.kind) {
         Some(resource) => resource.clone(),
         None => {

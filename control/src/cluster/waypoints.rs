@@ -10,7 +10,7 @@
 //! address, the root certificate, and a projected service-account token
 //! (audience `istio-ca`) that it presents for its own identity.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use kube::{
     api::{Api, DynamicObject, Patch, PatchParams},
@@ -37,8 +37,6 @@ pub const MANAGED_VALUE: &str = "istio.io-mesh-controller";
 /// The ConfigMap holding the mesh root certificate, in each namespace with
 /// a waypoint.
 pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
-/// How soon failed applies are tried again without a change.
-const RETRY: Duration = Duration::from_secs(5);
 
 /// What every waypoint Deployment gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,72 +66,50 @@ pub fn start(
     client: Client,
     template: WaypointTemplate,
     root_pem: String,
-    mut leader: watch::Receiver<bool>,
-    mut snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
+    leader: watch::Receiver<bool>,
+    snapshots: watch::Receiver<Arc<ConfigSnapshot>>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            if leader.wait_for(|leading| *leading).await.is_err() {
-                return;
-            }
-            let mut applied: BTreeMap<(String, String), Gateway> = BTreeMap::new();
-            let mut gateway_resource: Option<ApiResource> = None;
-            loop {
-                let gateways: Vec<Gateway> = snapshots
-                    .borrow_and_update()
-                    .of_kind(Kind::Gateway)
-                    .filter_map(|o| match o {
-                        Object::Gateway(g) if g.is_waypoint() => Some(g.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                let mut failed = false;
-                for gateway in &gateways {
-                    let key = (gateway.namespace.clone(), gateway.name.clone());
-                    if applied.get(&key) == Some(gateway) {
-                        continue;
+    tokio::spawn(super::reconcile::while_leading(
+        leader,
+        snapshots,
+        "cannot deploy the waypoint",
+        |snapshot: &Arc<ConfigSnapshot>| {
+            snapshot
+                .of_kind(Kind::Gateway)
+                .filter_map(|o| match o {
+                    Object::Gateway(g) if g.is_waypoint() => {
+                        Some(((g.namespace.clone(), g.name.clone()), g.clone()))
                     }
-                    let result = apply(
-                        &client,
-                        &mut gateway_resource,
-                        &template,
-                        &root_pem,
-                        gateway,
-                    )
-                    .await;
-                    match result {
-                        Ok(()) => {
-                            tracing::info!(namespace = %gateway.namespace, name = %gateway.name, "waypoint deployed");
-                            applied.insert(key, gateway.clone());
-                        }
-                        Err(err) => {
-                            failed = true;
-                            tracing::warn!(namespace = %gateway.namespace, name = %gateway.name, %err, "cannot deploy the waypoint");
-                        }
-                    }
-                }
-                applied.retain(|(ns, name), _| {
-                    gateways
-                        .iter()
-                        .any(|g| &g.namespace == ns && &g.name == name)
-                });
-                tokio::select! {
-                    changed = snapshots.changed() => if changed.is_err() { return },
-                    _ = leader.changed() => if !*leader.borrow() { break },
-                    _ = tokio::time::sleep(RETRY), if failed => {}
-                }
-            }
-        }
-    })
+                    _ => None,
+                })
+                .collect()
+        },
+        Deployer {
+            client,
+            template,
+            root_pem,
+            gateway_resource: None,
+        },
+        |deployer, _, gateway| Box::pin(apply(deployer, gateway)),
+    ))
 }
 
-async fn apply(
-    client: &Client,
-    gateway_resource: &mut Option<ApiResource>,
-    template: &WaypointTemplate,
-    root_pem: &str,
-    gateway: &Gateway,
-) -> Result<(), kube::Error> {
+/// What deploying a waypoint needs, and the Gateway kind's resource once
+/// discovery found it.
+struct Deployer {
+    client: Client,
+    template: WaypointTemplate,
+    root_pem: String,
+    gateway_resource: Option<ApiResource>,
+}
+
+async fn apply(deployer: &mut Deployer, gateway: &Gateway) -> Result<(), kube::Error> {
+    let Deployer {
+        client,
+        template,
+        root_pem,
+        gateway_resource,
+    } = deployer;
     let resource = match gateway_resource {
         Some(resource) => resource.clone(),
         None => {
@@ -169,6 +145,7 @@ async fn apply(
             .to_owned();
         api.patch(&name, &params, &Patch::Apply(&body)).await?;
     }
+    tracing::info!(namespace = %gateway.namespace, name = %gateway.name, "waypoint deployed");
     Ok(())
 }
 
