@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use weft_tests::kube::ApiServer;
+use weft_tests::{kube::ApiServer, processes::eventually};
 
 fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -150,9 +150,17 @@ async fn deploy_applies_cleanly_and_idempotently() -> anyhow::Result<()> {
         assert!(!out.status.success(), "{spec} was accepted");
         assert!(stderr.contains(expected), "{spec}: {stderr}");
     }
-    let explained = api
-        .kubectl_ok(&["explain", "authorizationpolicies.spec.action"], None)
-        .await?;
+    // (The server publishes a CRD's schema a moment after accepting it.)
+    let explained = eventually(
+        "the schema published",
+        std::time::Duration::from_secs(30),
+        || async {
+            api.kubectl_ok(&["explain", "authorizationpolicies.spec.action"], None)
+                .await
+                .ok()
+        },
+    )
+    .await?;
     assert!(
         explained.contains("ALLOW (the default), DENY, AUDIT or CUSTOM"),
         "{explained}"
