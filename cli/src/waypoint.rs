@@ -97,6 +97,8 @@ pub enum WaypointCommand {
     },
     /// Remove waypoints (their Gateways; their pods and Services follow).
     Delete {
+        /// The waypoints to delete (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         names: Vec<String>,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
@@ -321,9 +323,6 @@ pub async fn run(paths: &Paths, command: WaypointCommand) -> anyhow::Result<()> 
             namespace,
             all,
         } => {
-            if names.is_empty() && !all {
-                bail!("name the waypoints to delete, or give --all");
-            }
             let lock = local::Lock::take(paths)?;
             let mut deleted = Vec::new();
             local::edit_served(paths, |doc, _| {

@@ -224,9 +224,6 @@ pub async fn run(
             namespace,
             all,
         } => {
-            if names.is_empty() && !all {
-                bail!("name the waypoints to delete, or give --all");
-            }
             let existing: Vec<String> = observe(&client, Some(&namespace))
                 .await?
                 .into_iter()
