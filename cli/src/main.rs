@@ -139,6 +139,19 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run a `weft local` node's node agent (started by `weft local up`).
+    #[command(hide = true)]
+    LocalNodeAgent {
+        /// The ZDS socket to listen on.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The node's enrolled pods, written by the `weft local` commands.
+        #[arg(long)]
+        pods: PathBuf,
+        /// Where to report what was handed over.
+        #[arg(long)]
+        report: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -210,6 +223,23 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::WaypointProxy { args } => waypoint::proxy_main(args),
+        Command::LocalNodeAgent {
+            socket,
+            pods,
+            report,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_ansi(false)
+                .init();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(local::agent::run(&socket, &pods, &report))
+        }
         Command::Ztunnel { args } => {
             ztunnel::app::main_from(std::iter::once(OsString::from("ztunnel")).chain(args))
         }

@@ -574,6 +574,8 @@ async fn status_and_ztunnel_config_read_a_clusters_ztunnels_through_port_forward
         "weft-system",
     )
     .await?;
+    // The node agent ztunnel connects to; it has no pods to hand over.
+    let _agent = weft_zds::agent::Agent::bind(&dir.path().join("n1.sock"))?;
     let ztunnel = ZtunnelProcess::start(
         &weft_as(dir.path(), "ztunnel")?,
         "n1",

@@ -5,7 +5,7 @@
 //! - [`istio::workload`] and [`istio::security`]: the resources node proxies
 //!   receive (`Address` = workload or service, `Authorization`);
 //! - [`istio::v1::auth`]: the certificate-signing service;
-//! - [`weft::nodeagent::v1`]: how the CNI plugin hands pods to ztunnel;
+//! - [`istio::workload::zds`]: how a node agent hands pods to ztunnel (ZDS);
 //! - [`weft::l7::v1`]: the waypoints' routes (Weft's own resource type).
 //!
 //! Generated types stay in this crate's API as they are; every other crate

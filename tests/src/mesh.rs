@@ -1,15 +1,19 @@
 //! A whole mesh on a [`Topology`] for end-to-end tests: the control service
-//! in the control-plane namespace, a ztunnel in every node namespace, pods
-//! enrolled through the node-agent protocol as the CNI plugin would.
+//! in the control-plane namespace, a ztunnel in every node namespace, and
+//! for each node a node agent (in this process) that hands pods to its
+//! ztunnel over ZDS, as the cluster's node agent would.
 //!
 //! The config is Kubernetes YAML in which `${ns/pod}` stands for that pod's
 //! IP (assigned by the CNI plugin when the topology was built).
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use weft_control::auth::issue_node_token;
-use ztunnel::nodeagent::client::{AgentClient, Pod as AgentPod};
+use weft_zds::{
+    agent::{Agent, AgentError, AgentPod},
+    messages::Workload,
+};
 
 use ztunnel::capture::CaptureMode;
 
@@ -30,15 +34,14 @@ pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub control: ControlProcess,
     pub ztunnels: BTreeMap<String, ZtunnelProcess>,
+    /// Each node's node agent, which outlives its ztunnel's restarts.
+    agents: BTreeMap<String, Agent>,
     binaries: (std::path::PathBuf, std::path::PathBuf),
     control_flags: Vec<String>,
     capture: CaptureMode,
     splice: bool,
     bpf_log: bool,
     ztunnel_flags: Vec<String>,
-    /// Enrolled pods (qualified name → service account), to enroll again
-    /// after a ztunnel restart, as the node agent would.
-    enrolled: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// How a mesh is started.
@@ -68,6 +71,12 @@ impl Default for MeshOptions<'_> {
             ztunnel_flags: &[],
         }
     }
+}
+
+/// The uid the harness gives pod `namespace/name` (the control service's
+/// YAML source names pods the same way).
+pub fn pod_uid(namespace: &str, name: &str) -> String {
+    format!("Kubernetes//Pod/{namespace}/{name}")
 }
 
 /// Replaces `${ns/pod}` with the pod's IP.
@@ -141,7 +150,7 @@ impl Mesh {
                 .iter()
                 .map(|f| f.to_string())
                 .collect(),
-            enrolled: Default::default(),
+            agents: BTreeMap::new(),
         };
         let nodes: Vec<String> = mesh
             .topology
@@ -150,6 +159,7 @@ impl Mesh {
             .map(|n| n.name().to_owned())
             .collect();
         for node in nodes {
+            mesh.start_agent(&node, &[]).await?;
             mesh.start_ztunnel(&node).await?;
         }
         for node in mesh.ztunnels.keys() {
@@ -160,7 +170,7 @@ impl Mesh {
 
     /// Starts `node`'s ztunnel (again, after [`Mesh::kill_ztunnel`]).
     pub async fn start_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
-        let socket = self.dir.path().join(format!("{node}.sock"));
+        let socket = self.agent_socket(node);
         let setup = CaptureSetup {
             splice: self.splice,
             bpf_log: self.bpf_log,
@@ -212,47 +222,75 @@ impl Mesh {
     /// ztunnel, and waits until ztunnel holds its certificate.
     pub async fn enroll(&self, qualified: &str, service_account: &str) -> anyhow::Result<()> {
         let pod = self.topology.pod(qualified);
-        let client = AgentClient::connect(&self.ztunnel(pod.node()).socket).await?;
-        self.add_pod(&client, qualified, service_account).await?;
-        self.enrolled
-            .lock()
-            .expect("enrolled lock")
-            .insert(qualified.to_owned(), service_account.to_owned());
+        self.add_pod(self.agent(pod.node()), qualified, service_account)
+            .await?;
         self.wait_ready(pod.node()).await
     }
 
-    /// Hands pod `ns/name` to its node's ztunnel through `client` (a
-    /// node-agent session the test holds), without waiting for anything.
+    /// Hands pod `ns/name` to its node's ztunnel through `agent`, without
+    /// waiting for anything but ztunnel's ack.
     pub async fn add_pod(
         &self,
-        client: &AgentClient,
+        agent: &Agent,
         qualified: &str,
         service_account: &str,
     ) -> anyhow::Result<()> {
         let pod = self.topology.pod(qualified);
-        let uid = format!("Kubernetes//Pod/{}/{}", pod.namespace(), pod.name());
-        client
-            .add(
-                &AgentPod {
-                    uid: &uid,
-                    name: pod.name(),
-                    namespace: pod.namespace(),
-                    service_account,
-                    ips: &[pod.ip().into()],
+        agent
+            .add(AgentPod {
+                workload: Workload {
+                    uid: pod_uid(pod.namespace(), pod.name()),
+                    name: pod.name().to_owned(),
+                    namespace: pod.namespace().to_owned(),
+                    service_account: service_account.to_owned(),
                 },
-                pod.netns().file(),
-            )
+                netns: Arc::new(pod.netns().file().try_clone()?.into()),
+            })
             .await?;
         Ok(())
     }
 
-    /// A node-agent session with the ztunnel of `node`.
-    pub async fn agent(&self, node: &str) -> anyhow::Result<AgentClient> {
-        Ok(AgentClient::connect(&self.ztunnel(node).socket).await?)
+    /// The node agent of `node`.
+    pub fn agent(&self, node: &str) -> &Agent {
+        &self.agents[node]
     }
 
-    /// Waits until `node`'s ztunnel is ready (config synced, every pod's
-    /// certificate held).
+    /// Where `node`'s node agent listens (and its ztunnel connects).
+    pub fn agent_socket(&self, node: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{node}.sock"))
+    }
+
+    /// Stops `node`'s node agent, as a crash would: its socket stops
+    /// answering, its ztunnel keeps what it has.
+    pub fn stop_agent(&mut self, node: &str) {
+        self.agents.remove(node);
+    }
+
+    /// Starts `node`'s node agent (again), holding `pods` (qualified name,
+    /// service account) before it listens — as a restarted agent rebuilds
+    /// its state from the API server first — so its first snapshot names
+    /// them.
+    pub async fn start_agent(&mut self, node: &str, pods: &[(&str, &str)]) -> anyhow::Result<()> {
+        let socket = self.agent_socket(node);
+        let agent = Agent::bind(&socket)
+            .with_context(|| format!("the node agent's socket {}", socket.display()))?;
+        for (qualified, service_account) in pods {
+            match self.add_pod(&agent, qualified, service_account).await {
+                Ok(()) => {}
+                Err(err)
+                    if matches!(
+                        err.downcast_ref::<AgentError>(),
+                        Some(AgentError::NoZtunnel { .. })
+                    ) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        self.agents.insert(node.to_owned(), agent);
+        Ok(())
+    }
+
+    /// Waits until `node`'s ztunnel is ready (config synced, the node
+    /// agent's snapshot applied, every pod's certificate held).
     pub async fn wait_ready(&self, node: &str) -> anyhow::Result<()> {
         let z = self.ztunnel(node);
         eventually("ztunnel ready", Duration::from_secs(20), || async {
@@ -261,43 +299,21 @@ impl Mesh {
         .await
     }
 
-    /// SIGKILLs `node`'s ztunnel and starts it again; like the node agent
-    /// after a restart, sends it the node's enrolled pods and a snapshot
-    /// marker, and waits until it is ready.
+    /// SIGKILLs `node`'s ztunnel and starts it again; it reconnects to the
+    /// node agent, which sends it the node's pods, and is waited on until
+    /// ready.
     pub async fn restart_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
         self.kill_ztunnel(node).await?;
         self.start_ztunnel(node).await?;
-        let client = AgentClient::connect(&self.ztunnel(node).socket).await?;
-        let pods: Vec<(String, String)> = self
-            .enrolled
-            .lock()
-            .expect("enrolled lock")
-            .iter()
-            .filter(|(qualified, _)| self.topology.pod(qualified).node() == node)
-            .map(|(q, sa)| (q.clone(), sa.clone()))
-            .collect();
-        for (qualified, service_account) in pods {
-            self.add_pod(&client, &qualified, &service_account).await?;
-        }
-        client.snapshot_done().await?;
         self.wait_ready(node).await
     }
 
     /// Releases a pod from its ztunnel.
     pub async fn release(&self, qualified: &str) -> anyhow::Result<()> {
         let pod = self.topology.pod(qualified);
-        let client = AgentClient::connect(&self.ztunnel(pod.node()).socket).await?;
-        self.enrolled
-            .lock()
-            .expect("enrolled lock")
-            .remove(qualified);
-        client
-            .remove(&format!(
-                "Kubernetes//Pod/{}/{}",
-                pod.namespace(),
-                pod.name()
-            ))
-            .await?;
+        self.agent(pod.node())
+            .remove(&pod_uid(pod.namespace(), pod.name()))
+            .await;
         Ok(())
     }
 

@@ -259,7 +259,7 @@ pub struct ZtunnelProcess {
     pub metrics: SocketAddr,
     /// The namespace it runs in (its node's), by name.
     pub netns: Option<String>,
-    /// Its node-agent socket.
+    /// The node agent's socket it connects to.
     pub socket: PathBuf,
 }
 
@@ -305,7 +305,7 @@ impl CaptureSetup {
 
 impl ZtunnelProcess {
     /// Starts ztunnel for `node` (inside `netns`, if given) with its
-    /// node-agent socket at `socket`, capturing in iptables mode.
+    /// node agent at `socket`, capturing in iptables mode.
     pub async fn start(
         bin: &Path,
         node: &str,

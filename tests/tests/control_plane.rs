@@ -63,6 +63,8 @@ async fn ztunnel_rides_out_a_control_service_crash_and_resyncs() -> anyhow::Resu
     )
     .await?;
     let addr = control.addr;
+    // The node agent ztunnel connects to; it has no pods to hand over.
+    let _agent = weft_zds::agent::Agent::bind(&dir.path().join("n1.sock"))?;
     let ztunnel = ZtunnelProcess::start(
         Path::new(ZTUNNEL),
         "n1",

@@ -10,7 +10,7 @@
 #[macro_use]
 mod support;
 
-use std::{net::SocketAddr, os::fd::AsFd, time::Duration};
+use std::{fs::File, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use support::{binaries, probe};
@@ -21,10 +21,12 @@ use weft_tests::{
     processes::eventually,
     topology::{Pod, Topology},
 };
-use ztunnel::{
-    capture::CaptureMode,
-    nodeagent::client::{AgentClient, Pod as AgentPod},
+use weft_zds::{
+    agent::{Agent, AgentPod},
+    messages::Workload,
+    wire::DatagramListener,
 };
+use ztunnel::capture::CaptureMode;
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -205,8 +207,8 @@ async fn a_pod_not_yet_described_is_denied_until_it_is(capture: CaptureMode) -> 
     );
     // Enrolled before the control service knows the pod (its certificate
     // cannot be had yet, so ztunnel is not waited on).
-    let agent = mesh.agent("n2").await?;
-    mesh.add_pod(&agent, "demo/newcomer", "newcomer").await?;
+    mesh.add_pod(mesh.agent("n2"), "demo/newcomer", "newcomer")
+        .await?;
     assert!(
         !served(outsider, newcomer, "before it is known").await,
         "plaintext reached a pod whose policies are not known yet"
@@ -236,15 +238,19 @@ async fn a_pod_not_yet_described_is_denied_until_it_is(capture: CaptureMode) -> 
     Ok(())
 }
 
-/// An add for a pod that is not what the agent says is refused.
-async fn refused(agent: &AgentClient, pod: &AgentPod<'_>, netns: impl AsFd) -> String {
-    match agent.add(pod, netns).await {
-        Ok(()) => panic!("ztunnel enrolled {} with a lie", pod.uid),
-        Err(err) => err.to_string(),
+/// An add for a pod whose namespace is not what the agent says is refused.
+async fn refused(agent: &Agent, workload: &Workload, netns: &File) -> anyhow::Result<String> {
+    let pod = AgentPod {
+        workload: workload.clone(),
+        netns: Arc::new(netns.try_clone()?.into()),
+    };
+    match agent.add(pod).await {
+        Ok(()) => panic!("ztunnel enrolled {} with a lie", workload.uid),
+        Err(err) => Ok(err.to_string()),
     }
 }
 
-async fn the_node_agent_cannot_lie_about_a_pods_namespace_or_addresses(
+async fn the_node_agent_cannot_lie_about_a_pods_namespace(
     capture: CaptureMode,
 ) -> anyhow::Result<()> {
     require_privileged();
@@ -254,29 +260,35 @@ async fn the_node_agent_cannot_lie_about_a_pods_namespace_or_addresses(
         mesh.topology.pod("legacy/outsider"),
         mesh.topology.pod("legacy/spare"),
     );
-    let agent = mesh.agent("n2").await?;
-    let server_ips = [server.ip().into()];
-    let imposter = AgentPod {
-        uid: "Kubernetes//Pod/demo/imposter",
-        name: "imposter",
-        namespace: "demo",
-        service_account: "server",
-        ips: &server_ips,
+    let agent = mesh.agent("n2");
+    let imposter = Workload {
+        uid: "Kubernetes//Pod/demo/imposter".into(),
+        name: "imposter".into(),
+        namespace: "demo".into(),
+        service_account: "server".into(),
     };
-    // The server's address, in the server's namespace: another pod's.
-    let err = refused(&agent, &imposter, server.netns().file()).await;
+    // The server's namespace, for another pod: its address is the server's.
+    let err = refused(agent, &imposter, server.netns().file()).await?;
     assert!(err.contains("belongs to enrolled pod demo/server"), "{err}");
-    // The server's address, claimed for another pod's namespace.
-    let err = refused(&agent, &imposter, spare.netns().file()).await;
+    // The server itself, with another pod's namespace: the control service
+    // gives the server an address that namespace does not hold.
+    let server_workload = Workload {
+        uid: weft_tests::mesh::pod_uid("demo", "server"),
+        name: "server".into(),
+        namespace: "demo".into(),
+        service_account: "server".into(),
+    };
+    let err = refused(agent, &server_workload, spare.netns().file()).await?;
     assert!(
         err.contains(&format!("does not hold {}", server.ip())),
         "{err}"
     );
     // ztunnel's own namespace.
-    let err = refused(&agent, &imposter, mesh.topology.node("n2").netns().file()).await;
+    let err = refused(agent, &imposter, mesh.topology.node("n2").netns().file()).await?;
     assert!(err.contains("ztunnel's own"), "{err}");
-    // Releasing what was never added takes nothing from the server.
-    agent.remove(imposter.uid).await?;
+    // Releasing what was never added takes nothing from the server, and the
+    // refused replacement left the server as it was.
+    agent.remove(&imposter.uid).await;
     assert!(!served(outsider, server, "after the imposter").await);
     support::logged(
         mesh.ztunnel("n2"),
@@ -313,7 +325,7 @@ async fn the_node_agent_cannot_lie_about_a_pods_namespace_or_addresses(
             "the damage took effect"
         );
         // …until the agent names the pod again, which restores them.
-        mesh.add_pod(&agent, "demo/server", "server").await?;
+        mesh.add_pod(agent, "demo/server", "server").await?;
         assert!(
             !served(outsider, server, "restored").await,
             "naming the pod again restored its capture"
@@ -322,75 +334,111 @@ async fn the_node_agent_cannot_lie_about_a_pods_namespace_or_addresses(
     Ok(())
 }
 
-async fn a_second_agent_session_cannot_unenroll_the_agents_pods(
-    capture: CaptureMode,
-) -> anyhow::Result<()> {
-    require_privileged();
-    let mesh = mesh(capture, BASE).await?;
-    let (server, outsider) = (
-        mesh.topology.pod("demo/server"),
+/// Whether plaintext from outside the mesh reaches the STRICT server (it
+/// does not while ztunnel captures the server).
+async fn plaintext_served(mesh: &Mesh, what: &str) -> bool {
+    let (outsider, server) = (
         mesh.topology.pod("legacy/outsider"),
+        mesh.topology.pod("demo/server"),
     );
-    // The node agent's own session, held open, names the server.
-    let agent = mesh.agent("n2").await?;
-    mesh.add_pod(&agent, "demo/server", "server").await?;
+    served(outsider, server, what).await
+}
 
-    // Another root client says hello and sends an empty snapshot.
-    let intruder = mesh.agent("n2").await?;
-    intruder.snapshot_done().await?;
-    let dump = mesh.ztunnel("n2").config_dump().await?;
-    let pods: Vec<&str> = dump["pods"]
+/// The pods ztunnel serves, by name.
+async fn served_pods(mesh: &Mesh, node: &str) -> anyhow::Result<Vec<String>> {
+    let dump = mesh.ztunnel(node).config_dump().await?;
+    Ok(dump["pods"]
         .as_array()
         .context("pods")?
         .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+async fn a_node_agent_ztunnel_does_not_trust_cannot_unenroll_pods(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
+    require_privileged();
+    let mut mesh = mesh(capture, BASE).await?;
+    mesh.add_pod(mesh.agent("n2"), "demo/server", "server")
+        .await?;
+
+    // The node agent dies: ztunnel keeps serving what it was given.
+    mesh.stop_agent("n2");
+    eventually(
+        "ztunnel to notice the agent is gone",
+        Duration::from_secs(10),
+        || async {
+            let dump = mesh.ztunnel("n2").config_dump().await.ok()?;
+            (dump["node_agent"]["connected"] == false).then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(served_pods(&mesh, "n2").await?, ["server"]);
     assert!(
-        pods.contains(&"server"),
-        "the intruder's snapshot released {pods:?}"
-    );
-    assert!(
-        !served(outsider, server, "after the intruder").await,
+        !plaintext_served(&mesh, "without the agent").await,
         "still captured"
     );
 
-    // Adds go to the newest session only; the older one may still remove.
-    let err = mesh
-        .add_pod(&agent, "demo/server", "server")
-        .await
-        .expect_err("an add from the older session");
-    assert!(
-        format!("{err:#}").contains("a newer node-agent session"),
-        "{err:#}"
-    );
-    drop(intruder);
-    eventually(
-        "the agent's session to be the newest again",
-        Duration::from_secs(5),
-        || async { mesh.add_pod(&agent, "demo/server", "server").await.ok() },
-    )
-    .await?;
-
-    // A process that is neither root nor the agent is refused outright,
-    // even where the socket's mode would let it connect.
-    let socket = mesh.ztunnel("n2").socket.clone();
+    // A process that is neither root nor the agent's uid takes the socket
+    // path (where the directory's mode would let it) and waits for ztunnel.
+    let socket = mesh.agent_socket("n2");
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
-    let answer = std::thread::spawn(move || {
+    std::fs::set_permissions(
+        socket.parent().expect("a directory"),
+        std::fs::Permissions::from_mode(0o777),
+    )?;
+    let intruder_socket = socket.clone();
+    let intruder = std::thread::spawn(move || -> anyhow::Result<Option<Vec<u8>>> {
         // Credentials are per thread to the kernel: only this one drops root.
         // SAFETY: a plain syscall with integer arguments.
         let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+        anyhow::ensure!(rc == 0, "setresuid: {}", std::io::Error::last_os_error());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(async { AgentClient::connect(&socket).await.map(drop) })
+            .build()?;
+        runtime.block_on(async {
+            let listener = DatagramListener::bind(&intruder_socket)?;
+            let ztunnel = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                .await
+                .context("ztunnel never connected to the intruder")??;
+            // ztunnel hangs up without a hello; an empty snapshot sent anyway
+            // reaches nobody.
+            let hello = tokio::time::timeout(Duration::from_secs(5), ztunnel.recv())
+                .await
+                .context("ztunnel neither spoke nor hung up")??;
+            let _ = ztunnel
+                .send(&weft_zds::messages::encode_snapshot_sent(), &[])
+                .await;
+            Ok(hello.map(|d| d.bytes))
+        })
     })
     .join()
-    .expect("the unprivileged client does not panic");
-    let err = answer.expect_err("an unprivileged process enrolled pods");
-    assert!(err.to_string().contains("uid 65534; only root"), "{err}");
+    .expect("the intruder thread does not panic")?;
+    assert_eq!(intruder, None, "ztunnel said hello to an untrusted agent");
+    support::logged(
+        mesh.ztunnel("n2"),
+        &["refused the node agent", "uid 65534; only root"],
+    )
+    .await?;
+    assert_eq!(served_pods(&mesh, "n2").await?, ["server"]);
+    assert!(
+        !plaintext_served(&mesh, "after the intruder").await,
+        "still captured"
+    );
+
+    // The agent comes back, having rebuilt its state: ztunnel reconnects,
+    // and the snapshot keeps the server.
+    mesh.start_agent("n2", &[("demo/server", "server")]).await?;
+    anyhow::ensure!(
+        mesh.agent("n2")
+            .wait_connected(1, Duration::from_secs(10))
+            .await,
+        "ztunnel did not reconnect to the restarted agent"
+    );
+    let dump = mesh.ztunnel("n2").config_dump().await?;
+    assert_eq!(dump["node_agent"]["snapshots"], 2, "{}", dump["node_agent"]);
+    assert_eq!(served_pods(&mesh, "n2").await?, ["server"]);
     Ok(())
 }
 
@@ -441,6 +489,6 @@ async fn a_root_namespace_selector_policy_applies_in_every_namespace() -> anyhow
 in_both_capture_modes!(
     a_stale_pod_with_the_servers_address_does_not_lift_strict,
     a_pod_not_yet_described_is_denied_until_it_is,
-    the_node_agent_cannot_lie_about_a_pods_namespace_or_addresses,
-    a_second_agent_session_cannot_unenroll_the_agents_pods,
+    the_node_agent_cannot_lie_about_a_pods_namespace,
+    a_node_agent_ztunnel_does_not_trust_cannot_unenroll_pods,
 );

@@ -364,6 +364,8 @@ async fn kubectl_changes_reach_ztunnel_across_an_api_server_restart() -> anyhow:
         "127.0.0.1:0".parse()?,
     )
     .await?;
+    // The node agent ztunnel connects to; it has no pods to hand over.
+    let _agent = weft_zds::agent::Agent::bind(&dir.path().join("n1.sock"))?;
     let ztunnel = ZtunnelProcess::start(
         Path::new(ZTUNNEL),
         "n1",

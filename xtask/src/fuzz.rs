@@ -14,6 +14,7 @@ pub const TARGETS: &[&str] = &[
     "route_match",
     "l7_policy",
     "path_normalize",
+    "zds_decode",
 ];
 
 pub fn run(root: &Path, seconds: u64) -> anyhow::Result<()> {

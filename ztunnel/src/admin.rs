@@ -1,8 +1,9 @@
 //! ztunnel's HTTP endpoints:
 //! - admin (localhost:15000): `/config_dump`, `/logging`, `/quitquitquit`;
 //! - metrics (:15020): `/metrics` and `/stats/prometheus`;
-//! - readiness (:15021): `/healthz/ready`, 200 once xDS has synced and the
-//!   enrolled pods' certificates are held (and 503 again if one is lost).
+//! - readiness (:15021): `/healthz/ready`, 200 once xDS has synced, the
+//!   node agent's snapshot is applied and the enrolled pods' certificates
+//!   are held (and 503 again if one is lost).
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +26,7 @@ use crate::{
     pods::{PodSummary, Pods},
     proxy::Proxy,
     telemetry::Telemetry,
+    zds::{AgentLink, LinkStatus},
 };
 
 /// Changes the log filter at run time (`/logging?level=…`).
@@ -39,6 +41,7 @@ struct ConfigDump {
     #[serde(flatten)]
     state: StateDump,
     pods: Vec<PodSummary>,
+    node_agent: AgentLink,
     certificates: Vec<CertificateInfo>,
     connections: Vec<ConnectionSummary>,
     hbone: HboneDump,
@@ -89,6 +92,7 @@ pub struct Sources {
     pub pods: Arc<Pods>,
     pub certs: CertificateManager,
     pub xds: watch::Receiver<XdsStatus>,
+    pub agent: LinkStatus,
 }
 
 pub fn admin_routes(sources: Sources, logging: Option<LogControl>, quit: Arc<Notify>) -> Routes {
@@ -115,6 +119,7 @@ pub fn admin_routes(sources: Sources, logging: Option<LogControl>, quit: Arc<Not
                 },
                 state: s.proxy.state.dump(),
                 pods: s.pods.list(),
+                node_agent: s.agent.get(),
                 certificates: s.certs.info(),
                 connections: s.proxy.connections.list(),
                 hbone: HboneDump {
@@ -177,6 +182,20 @@ pub fn readiness_routes(sources: Sources) -> Routes {
             return Reply::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: xDS has not synced\n",
+            );
+        }
+        let agent = sources.agent.get();
+        if agent.snapshots == 0 {
+            return Reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: no snapshot of this node's pods from the node agent at {} yet{}\n",
+                    agent.socket.display(),
+                    agent
+                        .last_error
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
             );
         }
         let missing: Vec<String> = sources

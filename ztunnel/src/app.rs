@@ -14,8 +14,8 @@ use weft_proxy::{
 };
 
 use crate::{
-    admin, capture::Capture, config::Config, netns::own_netns, nodeagent, pods::Pods, proxy::Ports,
-    proxy::Proxy, telemetry::Telemetry,
+    admin, capture::Capture, config::Config, netns::own_netns, pods::Pods, proxy::Ports,
+    proxy::Proxy, telemetry::Telemetry, zds,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +35,6 @@ pub enum StartError {
     Capture(#[from] crate::capture::CaptureError),
     #[error("opening ztunnel's own network namespace: {0}")]
     Netns(std::io::Error),
-    #[error("the node-agent socket {path}: {source}")]
-    NodeAgent {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// A started ztunnel.
@@ -120,17 +114,12 @@ pub async fn start(
     let (admin_listener, admin_address) = bind("admin", config.admin_address).await?;
     let (ready_listener, readiness_address) = bind("readiness", config.readiness_address).await?;
     let (metrics_listener, metrics_address) = bind("metrics", config.metrics_address).await?;
-    let agent_listener =
-        nodeagent::wire::PacketListener::bind(&config.node_agent_socket).map_err(|source| {
-            StartError::NodeAgent {
-                path: config.node_agent_socket.clone(),
-                source,
-            }
-        })?;
-    tasks.push(tokio::spawn(nodeagent::server::serve(
-        agent_listener,
+    let agent_link = zds::LinkStatus::default();
+    tasks.push(tokio::spawn(zds::run(
+        config.node_agent_socket.clone(),
         pods.clone(),
         config.node_agent_uid,
+        agent_link.clone(),
     )));
     tasks.push(tokio::spawn(proxy.connections.clone().watch(proxy.clone())));
 
@@ -140,6 +129,7 @@ pub async fn start(
         pods: pods.clone(),
         certs: certificates.clone(),
         xds: xds_status.clone(),
+        agent: agent_link,
     };
     let telemetry = Arc::new(Telemetry::new(
         proxy.clone(),

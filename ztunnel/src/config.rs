@@ -53,15 +53,17 @@ pub struct Config {
     /// Log format: `text` or `json` (one object per line, access logs included).
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-    /// The node-agent socket through which pods are enrolled.
+    /// The node agent's ZDS socket, to which ztunnel connects to be handed
+    /// the node's pods (Istio's path by default, so either node agent
+    /// drives either ztunnel).
     #[arg(
         long,
         env = "WEFT_NODE_AGENT_SOCKET",
-        default_value = "/var/run/weft/ztunnel.sock"
+        default_value = weft_zds::DEFAULT_SOCKET
     )]
     pub node_agent_socket: PathBuf,
-    /// Besides root, the uid allowed to enroll pods on the node-agent
-    /// socket (checked with SO_PEERCRED).
+    /// Besides root, the uid whose node agent may enroll pods (the owner of
+    /// the agent's listening socket, checked with SO_PEERCRED).
     #[arg(long, env = "WEFT_NODE_AGENT_UID")]
     pub node_agent_uid: Option<u32>,
     /// The mesh's SPIFFE trust domain.

@@ -1,6 +1,6 @@
 //! ztunnel, Weft's per-node proxy.
 //!
-//! Data flows like this: the CNI plugin (or `weft local`) hands ztunnel each
+//! Data flows like this: the node agent (or `weft local`) hands ztunnel each
 //! enrolled pod's network namespace; capture (eBPF by default, iptables as the
 //! fallback) steers the pod's TCP into listeners ztunnel opens inside that
 //! namespace; outbound connections leave in an HBONE tunnel (HTTP/2 CONNECT
@@ -22,10 +22,10 @@ pub mod inbound;
 pub mod limits;
 pub mod local;
 pub mod netns;
-pub mod nodeagent;
 pub mod outbound;
 pub mod pods;
 pub mod proxy;
 pub mod socket;
 pub mod splice;
 pub mod telemetry;
+pub mod zds;

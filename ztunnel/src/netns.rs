@@ -73,3 +73,29 @@ impl InpodNetns {
         Ok(cmd)
     }
 }
+
+/// The addresses of the calling thread's network namespace that a pod is
+/// reached at: every interface's but loopback's and link-local ones. Run it
+/// inside the pod's namespace ([`InpodNetns::run`]).
+pub fn pod_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    use std::net::IpAddr;
+    let mut ips: Vec<IpAddr> = nix::ifaddrs::getifaddrs()?
+        .filter_map(|ifa| {
+            let address = ifa.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+            IpAddr::V6(v6) => {
+                !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_unspecified()
+            }
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    Ok(ips)
+}

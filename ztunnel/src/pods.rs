@@ -60,10 +60,15 @@ pub enum PodError {
     #[error("pod {uid}: the network namespace given is ztunnel's own, not a pod's; refused")]
     OwnNetns { uid: String },
     #[error(
-        "pod {uid}: its network namespace does not hold {ip}; the node agent sent the wrong \
-         namespace or the wrong addresses (refused)"
+        "pod {uid}: its network namespace does not hold {ip}, the address the control service \
+         gives this pod; the node agent sent another pod's namespace (refused)"
     )]
     NotInNetns { uid: String, ip: std::net::IpAddr },
+    #[error(
+        "pod {uid}: its network namespace has no address yet; ztunnel takes a pod once its \
+         network is set up (after the primary CNI plugin)"
+    )]
+    NoAddress { uid: String },
     #[error(
         "pod {uid}: address {ip} belongs to enrolled pod {owner}; refused until that pod is \
          released (an address reused before its old pod was removed?)"
@@ -87,8 +92,6 @@ pub enum PodError {
 struct Running {
     ctx: Arc<PodContext>,
     tasks: Vec<JoinHandle<()>>,
-    /// The node-agent session that added it.
-    session: u64,
     /// ztunnel's inbound plaintext listener in the pod, for putting its
     /// capture back.
     plaintext: Arc<OwnedFd>,
@@ -141,29 +144,16 @@ impl Pods {
     }
 
     /// Checks what the node agent says about a pod against what ztunnel can
-    /// see for itself: the namespace is a pod's and holds the pod's
-    /// addresses, no other enrolled pod has them, and the service account
-    /// is the one the control service knows.
+    /// see for itself: the namespace is a pod's, its addresses belong to no
+    /// other enrolled pod, and the control service, when it knows the pod,
+    /// gives it addresses this namespace holds and the same service account.
     fn check(&self, info: &PodInfo, netns: &InpodNetns) -> Result<(), PodError> {
         let uid = || info.uid.clone();
         if netns.inode() == self.own_netns_inode {
             return Err(PodError::OwnNetns { uid: uid() });
         }
-        for ip in &info.ips {
-            // Binding succeeds only to an address the namespace holds.
-            let holds = netns
-                .run(|| {
-                    let domain = socket2::Domain::for_address(SocketAddr::new(*ip, 0));
-                    socket2::Socket::new(domain, socket2::Type::STREAM, None)
-                        .and_then(|s| s.bind(&SocketAddr::new(*ip, 0).into()))
-                })
-                .map_err(|source| PodError::Netns { uid: uid(), source })?;
-            if holds.is_err() {
-                return Err(PodError::NotInNetns {
-                    uid: uid(),
-                    ip: *ip,
-                });
-            }
+        if info.ips.is_empty() {
+            return Err(PodError::NoAddress { uid: uid() });
         }
         let running = self.running.lock().expect("pods lock");
         for other in running.values().filter(|r| r.ctx.info.uid != info.uid) {
@@ -181,6 +171,12 @@ impl Pods {
             .state
             .workload_for_pod(&info.uid, &info.namespace, &info.name);
         if let Some(workload) = known {
+            if let Some(ip) = workload.ips.iter().find(|ip| !info.ips.contains(ip)) {
+                return Err(PodError::NotInNetns {
+                    uid: uid(),
+                    ip: *ip,
+                });
+            }
             if workload.identity.service_account != info.service_account {
                 return Err(PodError::ServiceAccount {
                     uid: uid(),
@@ -192,13 +188,21 @@ impl Pods {
         Ok(())
     }
 
-    /// Starts serving a pod whose network namespace is `netns`, on behalf
-    /// of node-agent session `session`.
-    pub async fn add(&self, info: PodInfo, netns: OwnedFd, session: u64) -> Result<(), PodError> {
+    /// Starts serving a pod whose network namespace is `netns`. Its
+    /// addresses are the ones the namespace holds (`info.ips` is filled in
+    /// here).
+    pub async fn add(&self, mut info: PodInfo, netns: OwnedFd) -> Result<(), PodError> {
         let _one_at_a_time = self.changes.lock().await;
         let uid = info.uid.clone();
         let netns =
             InpodNetns::new(netns, self.own_netns.clone()).map_err(|source| PodError::Netns {
+                uid: uid.clone(),
+                source,
+            })?;
+        info.ips = netns
+            .run(crate::netns::pod_addresses)
+            .and_then(|ips| ips)
+            .map_err(|source| PodError::Netns {
                 uid: uid.clone(),
                 source,
             })?;
@@ -211,10 +215,7 @@ impl Pods {
             .filter(|existing| {
                 existing.ctx.netns.inode() == netns.inode() && existing.ctx.info == info
             })
-            .map(|existing| {
-                existing.session = session;
-                (existing.ctx.clone(), existing.plaintext.clone())
-            });
+            .map(|existing| (existing.ctx.clone(), existing.plaintext.clone()));
         if let Some((ctx, plaintext)) = same {
             // The same pod again: nothing to redo, but its capture is put
             // back in place in case something took it away.
@@ -317,7 +318,6 @@ impl Pods {
             Running {
                 ctx,
                 tasks,
-                session,
                 plaintext,
             },
         );
@@ -378,22 +378,22 @@ impl Pods {
         }
     }
 
-    /// After session `session`'s snapshot, which named `uids`: releases
-    /// the pods it did not name, except those another live session (one of
-    /// `live`) added — a snapshot speaks for its own session only, so a
-    /// second client cannot unenroll the pods of the agent that is
-    /// connected.
-    pub async fn retain(&self, session: u64, uids: &HashSet<String>, live: &HashSet<u64>) {
+    /// Whether pod `uid` is being served.
+    pub fn serves(&self, uid: &str) -> bool {
+        self.running.lock().expect("pods lock").contains_key(uid)
+    }
+
+    /// After a node agent's snapshot, which named `uids`: releases the pods
+    /// it did not name.
+    pub async fn retain(&self, uids: &HashSet<String>) {
         let _one_at_a_time = self.changes.lock().await;
         let stale: Vec<String> = self
             .running
             .lock()
             .expect("pods lock")
-            .iter()
-            .filter(|(uid, r)| {
-                !uids.contains(*uid) && (r.session == session || !live.contains(&r.session))
-            })
-            .map(|(uid, _)| uid.clone())
+            .keys()
+            .filter(|uid| !uids.contains(*uid))
+            .cloned()
             .collect();
         for uid in stale {
             self.remove_locked(&uid).await;

@@ -148,8 +148,9 @@ async fn start(
     }
     println!("weft local: starting the control service");
     runtime::start_control(paths, topology).await?;
-    println!("weft local: starting ztunnel on each node");
+    println!("weft local: starting the node agent and ztunnel on each node");
     for node in topology.nodes() {
+        runtime::start_node_agent(paths, topology, node.name()).await?;
         runtime::start_ztunnel(paths, topology, node.name())?;
     }
     runtime::wait_ztunnels_ready(paths, topology).await?;

@@ -10,6 +10,7 @@
 //! every pod a hosts file naming the services. Everything keeps running
 //! between commands; `weft local down` removes it all.
 
+pub mod agent;
 mod commands;
 mod config;
 mod mesh;

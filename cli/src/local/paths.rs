@@ -43,8 +43,19 @@ impl Paths {
         self.control().join("nodes")
     }
 
+    /// The node agent's ZDS socket, to which the node's ztunnel connects.
     pub fn ztunnel_socket(&self, node: &str) -> PathBuf {
         self.root.join("nodes").join(node).join("ztunnel.sock")
+    }
+
+    /// The node's enrolled pods, for its node agent.
+    pub fn node_pods(&self, node: &str) -> PathBuf {
+        self.root.join("nodes").join(node).join("pods.json")
+    }
+
+    /// What the node's agent last did.
+    pub fn node_agent_report(&self, node: &str) -> PathBuf {
+        self.root.join("nodes").join(node).join("agent.json")
     }
 
     pub fn logs(&self) -> PathBuf {

@@ -11,18 +11,17 @@ use std::{
     time::Duration,
 };
 
+use super::{
+    agent::{read_report, write_json, Desired, DesiredPod},
+    paths::{Paths, CONTROL_ADDRESS},
+    state::PodState,
+};
 use anyhow::{bail, Context};
 use weft_control::translate::Resources;
 use weft_proto::istio::workload::address::Type;
 use weft_tests::{
     processes::{eventually, http_get},
     topology::{NetNs, Pod, Topology},
-};
-use ztunnel::nodeagent::client::{AgentClient, Pod as AgentPod};
-
-use super::{
-    paths::{Paths, CONTROL_ADDRESS},
-    state::PodState,
 };
 
 /// Makes `cmd` a daemon: its own session, no terminal, output to `log`.
@@ -81,6 +80,37 @@ pub async fn start_control(paths: &Paths, topology: &Topology) -> anyhow::Result
     )
     .await
     .with_context(|| format!("see {}", paths.log("control").display()))
+}
+
+/// Starts `node`'s node agent in the node's namespace and waits until it
+/// listens, so that ztunnel finds it at once.
+pub async fn start_node_agent(
+    paths: &Paths,
+    topology: &Topology,
+    node: &str,
+) -> anyhow::Result<()> {
+    let socket = paths.ztunnel_socket(node);
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = topology.node(node).netns().command(weft_binary()?);
+    cmd.arg("local-node-agent")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--pods")
+        .arg(paths.node_pods(node))
+        .arg("--report")
+        .arg(paths.node_agent_report(node));
+    topology.system_cgroup().confine(&mut cmd)?;
+    let log = paths.log(&format!("node-agent-{node}"));
+    daemonize(&mut cmd, &log)?;
+    cmd.spawn()
+        .with_context(|| format!("starting the node agent of {node}"))?;
+    eventually(
+        &format!("the node agent of {node} to listen"),
+        Duration::from_secs(10),
+        || async { paths.node_agent_report(node).exists().then_some(()) },
+    )
+    .await
+    .with_context(|| format!("see {}", log.display()))
 }
 
 /// Starts `node`'s ztunnel in the node's namespace.
@@ -401,35 +431,72 @@ pub async fn wait_pod_ready(pod: &Pod, spec: &weft_control::objects::Pod) {
     }
 }
 
-/// Tells each node's ztunnel exactly which of its pods are enrolled (a full
-/// snapshot, so released pods are dropped), then waits until ztunnels hold
-/// the new pods' certificates.
+/// Tells each node's agent exactly which of its pods are enrolled (it hands
+/// the changes to ztunnel), waits until the agents have, reports the pods
+/// ztunnel refused, then waits until ztunnels hold the new pods'
+/// certificates.
 pub async fn enroll(
     paths: &Paths,
     topology: &Topology,
     enrolled: &BTreeMap<String, PodState>,
 ) -> anyhow::Result<()> {
+    let mut written = Vec::new();
     for node in topology.nodes() {
-        let agent = AgentClient::connect(&paths.ztunnel_socket(node.name())).await?;
-        for pod in topology.pods().iter().filter(|p| p.node() == node.name()) {
-            let Some(state) = enrolled.get(&pod.qualified_name()) else {
-                continue;
-            };
-            agent
-                .add(
-                    &AgentPod {
-                        uid: &state.uid,
-                        name: pod.name(),
-                        namespace: pod.namespace(),
-                        service_account: &state.service_account,
-                        ips: &[pod.ip().into()],
-                    },
-                    pod.netns().file(),
-                )
-                .await
-                .with_context(|| format!("enrolling {}", pod.qualified_name()))?;
+        let file = paths.node_pods(node.name());
+        let previous = std::fs::read(&file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Desired>(&bytes).ok())
+            .unwrap_or_default();
+        let desired = Desired {
+            generation: previous.generation + 1,
+            pods: topology
+                .pods()
+                .iter()
+                .filter(|p| p.node() == node.name())
+                .filter_map(|pod| {
+                    let state = enrolled.get(&pod.qualified_name())?;
+                    Some(DesiredPod {
+                        uid: state.uid.clone(),
+                        name: pod.name().to_owned(),
+                        namespace: pod.namespace().to_owned(),
+                        service_account: state.service_account.clone(),
+                        netns: pod.netns().path(),
+                    })
+                })
+                .collect(),
+        };
+        write_json(&file, &desired)?;
+        written.push((node.name().to_owned(), desired));
+    }
+    let mut refusals = Vec::new();
+    for (node, desired) in &written {
+        let report_file = paths.node_agent_report(node);
+        let report = eventually(
+            &format!("the node agent of {node} to hand its pods to ztunnel"),
+            Duration::from_secs(20),
+            || async {
+                read_report(&report_file)
+                    .ok()
+                    .flatten()
+                    .filter(|r| r.generation == desired.generation && r.ztunnels > 0)
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "see {} and {}",
+                paths.log(&format!("node-agent-{node}")).display(),
+                paths.log(&format!("ztunnel-{node}")).display()
+            )
+        })?;
+        for pod in &desired.pods {
+            if let Some(reason) = report.refused.get(&pod.uid) {
+                refusals.push(format!("{}/{}: {reason}", pod.namespace, pod.name));
+            }
         }
-        agent.snapshot_done().await?;
+    }
+    if !refusals.is_empty() {
+        bail!("pods not enrolled:\n  {}", refusals.join("\n  "));
     }
     wait_ztunnels_ready(paths, topology).await
 }

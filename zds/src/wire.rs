@@ -1,4 +1,5 @@
-//! Packets on a unix SOCK_SEQPACKET socket, with descriptors.
+//! Datagrams on a unix `SOCK_SEQPACKET` socket, with descriptors: ZDS's
+//! transport. One protobuf message per datagram, nothing around it.
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
@@ -8,16 +9,12 @@ use std::{
 
 use nix::sys::socket::{
     accept4, bind, connect, listen, recvmsg, sendmsg, socket, AddressFamily, Backlog,
-    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, UnixCredentials,
 };
 use tokio::io::unix::AsyncFd;
 
-/// Largest message accepted.
-const MAX_PACKET: usize = 64 * 1024;
-/// First byte of every packet. An empty protobuf message encodes to no
-/// bytes, and a zero-length read is how a closed peer looks, so every packet
-/// carries this marker before its message.
-const MARKER: u8 = 0x57;
+/// Largest datagram read; a longer one arrives truncated and is refused.
+pub const MAX_DATAGRAM: usize = 64 * 1024;
 
 fn new_socket() -> io::Result<OwnedFd> {
     Ok(socket(
@@ -34,12 +31,22 @@ fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     Ok(unsafe { AsyncFd::register(fd) }?)
 }
 
-/// A connected packet socket.
-pub struct Packets {
+/// One datagram as it arrived: its bytes, the descriptors it carried (now
+/// owned here, so they close if nobody takes them), and whether the kernel
+/// cut the data or the descriptors short.
+#[derive(Debug)]
+pub struct Datagram {
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+    pub truncated: bool,
+}
+
+/// A connected datagram socket.
+pub struct Datagrams {
     fd: AsyncFd<OwnedFd>,
 }
 
-impl Packets {
+impl Datagrams {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> io::Result<Self> {
         let fd = new_socket()?;
@@ -47,8 +54,21 @@ impl Packets {
         Ok(Self { fd: register(fd)? })
     }
 
-    /// Who is at the other end (pid, uid, gid when it connected).
-    pub fn peer_credentials(&self) -> io::Result<nix::sys::socket::UnixCredentials> {
+    /// A connected pair (for tests of either side).
+    pub fn pair() -> io::Result<(Self, Self)> {
+        let (a, b) = nix::sys::socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )?;
+        Ok((Self { fd: register(a)? }, Self { fd: register(b)? }))
+    }
+
+    /// Who is at the other end: for a connecting side, the process that
+    /// made the listening socket; for an accepting side, the one that
+    /// connected.
+    pub fn peer_credentials(&self) -> io::Result<UnixCredentials> {
         nix::sys::socket::getsockopt(
             self.fd.get_ref(),
             nix::sys::socket::sockopt::PeerCredentials,
@@ -56,12 +76,28 @@ impl Packets {
         .map_err(io::Error::from)
     }
 
-    /// Sends one packet, with `fds` attached.
+    /// Whether the peer has closed its end (checked without waiting and
+    /// without consuming anything).
+    pub fn peer_closed(&self) -> bool {
+        let mut byte = [0u8; 1];
+        match nix::sys::socket::recv(
+            self.fd.get_ref().as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(nix::errno::Errno::EAGAIN) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Sends one datagram, with `fds` attached.
     pub async fn send(&self, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
         loop {
             let mut guard = self.fd.writable().await?;
             let result = guard.try_io(|fd| {
-                let iov = [IoSlice::new(&[MARKER]), IoSlice::new(bytes)];
+                let iov = [IoSlice::new(bytes)];
                 let rights;
                 let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() {
                     &[]
@@ -79,13 +115,16 @@ impl Packets {
         }
     }
 
-    /// Receives one packet and its descriptors; `None` when the peer closed.
-    pub async fn recv(&self) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    /// Receives one datagram; `None` when the peer closed (a zero-length
+    /// datagram reads the same: no ZDS message encodes to nothing).
+    pub async fn recv(&self) -> io::Result<Option<Datagram>> {
         loop {
             let mut guard = self.fd.readable().await?;
             let result = guard.try_io(|fd| {
-                let mut buf = vec![0u8; MAX_PACKET];
-                let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                // Room for more descriptors than any message may carry, so
+                // that extra ones are seen (and closed) rather than lost.
+                let mut cmsg = nix::cmsg_space!([RawFd; 8]);
                 let mut iov = [IoSliceMut::new(&mut buf)];
                 let msg = recvmsg::<()>(
                     fd.as_raw_fd(),
@@ -106,29 +145,22 @@ impl Packets {
                         );
                     }
                 }
-                let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+                let truncated = msg
+                    .flags
+                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
                 let len = msg.bytes;
                 buf.truncate(len);
-                Ok((buf, fds, truncated))
+                Ok(Datagram {
+                    bytes: buf,
+                    fds,
+                    truncated,
+                })
             });
             match result {
-                Ok(Ok((buf, fds, _))) if buf.is_empty() && fds.is_empty() => return Ok(None),
-                Ok(Ok((_, _, true))) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "packet larger than 64 KiB",
-                    ))
+                Ok(Ok(d)) if d.bytes.is_empty() && d.fds.is_empty() && !d.truncated => {
+                    return Ok(None)
                 }
-                Ok(Ok((mut buf, fds, false))) => {
-                    if buf.first() != Some(&MARKER) {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "not a node-agent packet",
-                        ));
-                    }
-                    buf.remove(0);
-                    return Ok(Some((buf, fds)));
-                }
+                Ok(Ok(d)) => return Ok(Some(d)),
                 Ok(Err(err)) => return Err(err),
                 Err(_would_block) => continue,
             }
@@ -136,13 +168,14 @@ impl Packets {
     }
 }
 
-/// A listening packet socket.
-pub struct PacketListener {
+/// A listening datagram socket.
+pub struct DatagramListener {
     fd: AsyncFd<OwnedFd>,
 }
 
-impl PacketListener {
-    /// Binds `path` (replacing a stale socket file) with mode 0600.
+impl DatagramListener {
+    /// Binds `path` (replacing a stale socket file) with mode 0600, creating
+    /// its directory.
     pub fn bind(path: &Path) -> io::Result<Self> {
         if path.exists() {
             std::fs::remove_file(path)?;
@@ -158,7 +191,7 @@ impl PacketListener {
         Ok(Self { fd: register(fd)? })
     }
 
-    pub async fn accept(&self) -> io::Result<Packets> {
+    pub async fn accept(&self) -> io::Result<Datagrams> {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|fd| {
@@ -171,7 +204,7 @@ impl PacketListener {
                 Ok(Ok(raw)) => {
                     // SAFETY: accept4 returned a new descriptor we now own.
                     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                    return Ok(Packets { fd: register(fd)? });
+                    return Ok(Datagrams { fd: register(fd)? });
                 }
                 Ok(Err(err)) => return Err(err),
                 Err(_would_block) => continue,
