@@ -310,6 +310,16 @@ impl Topology {
         self.cni.is_some()
     }
 
+    /// Chains a CNI plugin after the bridge for the pods added from now on
+    /// (as a node's conflist gains an entry while it runs).
+    pub fn chain_cni(&mut self, plugin: cni::Chained) -> Result<()> {
+        let plugins = self.cni.take().ok_or_else(|| {
+            TopologyError::Invalid("this topology's pods are not networked by CNI".into())
+        })?;
+        self.cni = Some(plugins.chain(plugin));
+        Ok(())
+    }
+
     /// Adds a pod to a running topology.
     pub fn add_pod(&mut self, qualified_name: &str, node: &str) -> Result<&Pod> {
         let (namespace, name) = qualified_name.split_once('/').ok_or_else(|| {

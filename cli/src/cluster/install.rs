@@ -1,6 +1,6 @@
 //! `weft install` and `weft uninstall`: the built-in base applied
 //! server-side (field manager `weft-install`), then a wait for the control
-//! service and every node's ztunnel to be ready.
+//! service and every node's node agent and ztunnel to be ready.
 
 use std::time::{Duration, Instant};
 
@@ -156,16 +156,25 @@ async fn readiness(client: &Client) -> anyhow::Result<(bool, String)> {
     let status = control.status.unwrap_or_default();
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
-    let ztunnel = daemonsets.get("ztunnel").await?.status.unwrap_or_default();
-    let nodes = ztunnel.desired_number_scheduled;
-    let nodes_ready = ztunnel.number_ready;
-    let nodes_updated = ztunnel.updated_number_scheduled.unwrap_or(0);
+    // (ready, desired) nodes of a DaemonSet, counting only updated pods.
+    let nodes = |name: &'static str| {
+        let daemonsets = daemonsets.clone();
+        async move {
+            let status = daemonsets.get(name).await?.status.unwrap_or_default();
+            let desired = status.desired_number_scheduled;
+            let updated = status.updated_number_scheduled.unwrap_or(0);
+            anyhow::Ok((status.number_ready.min(updated), desired))
+        }
+    };
+    let (ztunnels, nodes_wanted) = nodes("ztunnel").await?;
+    let (agents, agents_wanted) = nodes("weft-node-agent").await?;
     let done =
-        ready >= wanted && updated >= wanted && nodes_ready >= nodes && nodes_updated >= nodes;
+        ready >= wanted && updated >= wanted && ztunnels >= nodes_wanted && agents >= agents_wanted;
     Ok((
         done,
         format!(
-            "control service {ready}/{wanted} ready, ztunnel {nodes_ready}/{nodes} nodes ready"
+            "control service {ready}/{wanted} ready, node agent {agents}/{agents_wanted} and \
+             ztunnel {ztunnels}/{nodes_wanted} nodes ready"
         ),
     ))
 }

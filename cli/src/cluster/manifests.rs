@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 /// The base, in the order kustomize's `resources` lists it.
-const BASE: [(&str, &str); 4] = [
+const BASE: [(&str, &str); 5] = [
     (
         "namespace.yaml",
         include_str!("../../../deploy/base/namespace.yaml"),
@@ -19,10 +19,15 @@ const BASE: [(&str, &str); 4] = [
         "ztunnel.yaml",
         include_str!("../../../deploy/base/ztunnel.yaml"),
     ),
+    (
+        "node-agent.yaml",
+        include_str!("../../../deploy/base/node-agent.yaml"),
+    ),
 ];
 
 /// `--set` keys.
-pub const SETTINGS: &str = "hub=<registry> (images <hub>/control, <hub>/ztunnel, <hub>/waypoint), \
+pub const SETTINGS: &str =
+    "hub=<registry> (images <hub>/control, <hub>/ztunnel, <hub>/node-agent, <hub>/waypoint), \
     tag=<tag>, control.replicas=<n>, ztunnel.surge=true|false (false for clusters older than 1.22)";
 
 #[derive(Clone, Debug, PartialEq, Eq)]

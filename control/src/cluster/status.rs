@@ -1,5 +1,5 @@
 //! Status written back, by server-side apply on the status subresource
-//! (field manager `weft-control`), by the leader only: waypoint Gateways
+//! (field manager `weft-control-status`), by the leader only: waypoint Gateways
 //! (`Accepted`, `Programmed`, the Service's address), HTTPRoute and
 //! GRPCRoute parent statuses, `istio.io/WaypointBound` on Services, and
 //! AuthorizationPolicies' `ZtunnelAccepted` / `WaypointAccepted`.
@@ -24,8 +24,16 @@ use crate::{
     xds::XdsSnapshot,
 };
 
-/// The field manager of every status write.
+/// The field manager of the objects the control service writes
+/// (waypoints' objects, the CA Secret).
 pub const FIELD_MANAGER: &str = "weft-control";
+/// The field manager of status writes. Not [`FIELD_MANAGER`]: an apply
+/// through `/status` sets what its manager owns to what it sends, and
+/// metadata is writable there, so under one manager a status write would
+/// take away the labels and owner references that manager applied to the
+/// object (a waypoint's Service, no longer owned by its Gateway, would
+/// outlive it).
+pub const STATUS_FIELD_MANAGER: &str = "weft-control-status";
 /// The controller named in route parent statuses: the one of the
 /// `istio-waypoint` GatewayClass, so status reads as it does with Istio.
 pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
@@ -88,8 +96,8 @@ async fn write(writer: &mut Writer, target: &Target, status: &Value) -> Result<(
     // An apply creates what does not exist, even through /status (a bare
     // object no one would own): write only to the object that is there, the
     // version read being the apply's precondition. A deleted object then
-    // answers 404 or 409, never a creation; a 409 from a newer version is
-    // retried on that version.
+    // answers 404 (a Service, 422: a bare one fails validation), never a
+    // creation; a 409 from a newer version is retried on that version.
     for _ in 0..3 {
         let Some(live) = api.get_opt(&target.name).await? else {
             return Ok(());
@@ -104,7 +112,7 @@ async fn write(writer: &mut Writer, target: &Target, status: &Value) -> Result<(
             },
             "status": status,
         });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
         match api
             .patch_status(&target.name, &params, &Patch::Apply(&body))
             .await

@@ -23,10 +23,21 @@ pub const CNI_VERSION: &str = "1.0.0";
 /// The bridge the plugin creates in each node.
 pub const BRIDGE: &str = "weft0";
 
-/// An installed set of CNI plugins.
+/// An installed set of CNI plugins, and the plugins chained after the
+/// bridge (the mesh's, in tests of it).
 #[derive(Clone, Debug)]
 pub struct CniPlugins {
     dir: PathBuf,
+    chained: Vec<Chained>,
+}
+
+/// A plugin run after the bridge, as a cluster's conflist chains it.
+#[derive(Clone, Debug)]
+pub struct Chained {
+    /// The directory holding its binary (named as its `type`).
+    pub dir: PathBuf,
+    /// Its entry in the conflist's `plugins`.
+    pub config: Value,
 }
 
 impl CniPlugins {
@@ -40,7 +51,10 @@ impl CniPlugins {
             .iter()
             .all(|plugin| dir.join(plugin).is_file());
         if complete {
-            Ok(Self { dir })
+            Ok(Self {
+                dir,
+                chained: Vec::new(),
+            })
         } else {
             Err(TopologyError::CniMissing { dir })
         }
@@ -48,6 +62,40 @@ impl CniPlugins {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Chains `plugin` after the ones already there.
+    pub fn chain(mut self, plugin: Chained) -> Self {
+        self.chained.push(plugin);
+        self
+    }
+
+    /// The runtime's `CNI_PATH`: every directory plugins are found in.
+    fn path(&self) -> String {
+        std::iter::once(&self.dir)
+            .chain(self.chained.iter().map(|c| &c.dir))
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// Where the binary of plugin `kind` is, as a runtime searches
+    /// `CNI_PATH`.
+    fn binary(&self, kind: &str) -> PathBuf {
+        std::iter::once(&self.dir)
+            .chain(self.chained.iter().map(|c| &c.dir))
+            .map(|d| d.join(kind))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| self.dir.join(kind))
+    }
+
+    /// `network`'s conflist with the chained plugins appended.
+    fn conflist(&self, network: &NodeNetwork) -> Value {
+        let mut list = network.conflist();
+        if let Some(plugins) = list["plugins"].as_array_mut() {
+            plugins.extend(self.chained.iter().map(|c| c.config.clone()));
+        }
+        list
     }
 }
 
@@ -113,7 +161,7 @@ impl PodCall<'_> {
     pub fn add(&self, network: &NodeNetwork) -> Result<Attachment> {
         let loopback = json!({ "cniVersion": CNI_VERSION, "name": "loopback", "type": "loopback" });
         self.invoke("ADD", "lo", &loopback)?;
-        let list = network.conflist();
+        let list = self.plugins.conflist(network);
         let mut prev: Option<Value> = None;
         for plugin in list["plugins"].as_array().into_iter().flatten() {
             let config = plugin_config(&list, plugin, prev.as_ref());
@@ -136,7 +184,7 @@ impl PodCall<'_> {
     /// `DEL`: the list's plugins in reverse order, each given the `ADD`
     /// result, so host-local releases the address.
     pub fn del(&self, network: &NodeNetwork, attachment: &Attachment) -> Result<()> {
-        let list = network.conflist();
+        let list = self.plugins.conflist(network);
         for plugin in list["plugins"].as_array().into_iter().flatten().rev() {
             let config = plugin_config(&list, plugin, Some(&attachment.result));
             self.invoke("DEL", "eth0", &config)?;
@@ -146,7 +194,14 @@ impl PodCall<'_> {
 
     fn invoke(&self, command: &'static str, ifname: &str, config: &Value) -> Result<String> {
         let plugin = config["type"].as_str().unwrap_or_default();
-        let binary = self.plugins.dir().join(plugin);
+        let binary = self.plugins.binary(plugin);
+        // What containerd passes for a Kubernetes pod.
+        let (namespace, name) = self.pod.split_once('/').unwrap_or(("", self.pod));
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};\
+             K8S_POD_INFRA_CONTAINER_ID={}",
+            self.container_id
+        );
         // `ip netns exec` (rather than a bare setns) also remounts /sys for
         // the namespace, which the plugins read.
         let mut cmd = std::process::Command::new("ip");
@@ -156,7 +211,8 @@ impl PodCall<'_> {
             .env("CNI_CONTAINERID", self.container_id)
             .env("CNI_NETNS", self.pod_netns.path())
             .env("CNI_IFNAME", ifname)
-            .env("CNI_PATH", self.plugins.dir());
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", self.plugins.path());
         let stdin = serde_json::to_vec(config).expect("JSON values serialize");
         exec::run(&mut cmd, Some(&stdin))
             .map_err(|err| self.error(command, &config["type"], err.to_string()))

@@ -1,0 +1,210 @@
+//! `weft-node-agent`: configuration, the plugin socket, and start-up.
+
+use std::{path::PathBuf, sync::Arc};
+
+use clap::Parser;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use crate::{
+    agent::NodeAgent,
+    cni::spec::DEFAULT_AGENT_SOCKET,
+    install::{plugin_entry, Installer},
+    plugin_api::{PluginAnswer, PluginRequest},
+};
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "weft-node-agent",
+    version,
+    about = "Weft's node agent: hands the node's enrolled pods to ztunnel"
+)]
+pub struct Config {
+    /// The node this agent serves.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The ZDS socket ztunnel connects to (Istio's path by default).
+    #[arg(long, env = "WEFT_ZDS_SOCKET", default_value = weft_zds::DEFAULT_SOCKET)]
+    pub zds_socket: PathBuf,
+    /// The socket the CNI plugin calls (the same path on the host).
+    #[arg(long, env = "WEFT_CNI_SOCKET", default_value = DEFAULT_AGENT_SOCKET)]
+    pub plugin_socket: PathBuf,
+    /// The node's CNI configuration directory; when given, `weft-cni` is
+    /// installed and kept chained into its primary configuration.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The node's CNI bin directory, where `weft-cni` is copied.
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// The plugin binary to install.
+    #[arg(long, env = "WEFT_CNI_PLUGIN", default_value = "/opt/weft/weft-cni")]
+    pub plugin_binary: PathBuf,
+}
+
+/// `weft-node-agent uninstall`: takes `weft-cni` out of the node's CNI
+/// configuration and removes its binary.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "weft-node-agent uninstall")]
+pub struct Uninstall {
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/host/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listening on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to the API server: {0} (in a pod, the service account is used; elsewhere KUBECONFIG)")]
+    Kube(#[from] kube::Error),
+    #[error("installing weft-cni: {0}")]
+    Install(#[from] crate::install::InstallError),
+}
+
+impl Config {
+    /// How `weft-cni` is installed, when it is.
+    pub fn installer(&self) -> Option<Installer> {
+        Some(Installer {
+            bin_dir: self.cni_bin_dir.clone(),
+            conf_dir: self.cni_conf_dir.clone()?,
+            plugin_binary: self.plugin_binary.clone(),
+            entry: plugin_entry(&self.plugin_socket),
+        })
+    }
+}
+
+/// Binds both sockets and serves until the task is dropped.
+pub async fn start(config: &Config) -> Result<(Arc<NodeAgent>, UnixListener), StartError> {
+    let client = kube::Client::try_default().await?;
+    let listen = |path: &PathBuf, source| StartError::Listen {
+        path: path.clone(),
+        source,
+    };
+    let zds = weft_zds::agent::Agent::bind(&config.zds_socket)
+        .map_err(|e| listen(&config.zds_socket, e))?;
+    let _ = std::fs::remove_file(&config.plugin_socket);
+    if let Some(dir) = config.plugin_socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| listen(&config.plugin_socket, e))?;
+    }
+    let plugin =
+        UnixListener::bind(&config.plugin_socket).map_err(|e| listen(&config.plugin_socket, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        &config.plugin_socket,
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .map_err(|e| listen(&config.plugin_socket, e))?;
+    Ok((NodeAgent::new(zds, client), plugin))
+}
+
+/// Answers plugin connections, one request each.
+pub async fn serve_plugin(agent: Arc<NodeAgent>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = answer(&agent, stream).await {
+                        tracing::warn!(%err, "a CNI plugin call failed");
+                    }
+                });
+            }
+            Err(err) => {
+                tracing::warn!(%err, "plugin socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(agent: &NodeAgent, stream: UnixStream) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let answer = match serde_json::from_str::<PluginRequest>(&line) {
+        Ok(request) => agent.handle(request).await,
+        Err(err) => PluginAnswer::Failed {
+            message: format!("not a plugin request: {err}"),
+            retry: false,
+        },
+    };
+    let mut out = serde_json::to_vec(&answer).expect("answers serialize");
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+/// The binary's entry point.
+pub fn main() -> anyhow::Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "uninstall") {
+        let uninstall = Uninstall::parse_from(
+            std::iter::once(std::ffi::OsString::from("weft-node-agent uninstall"))
+                .chain(args[2..].iter().cloned()),
+        );
+        let installer = Installer {
+            bin_dir: uninstall.cni_bin_dir,
+            conf_dir: uninstall.cni_conf_dir,
+            plugin_binary: PathBuf::new(),
+            entry: serde_json::Value::Null,
+        };
+        for path in installer.uninstall()? {
+            println!("removed weft-cni from {}", path.display());
+        }
+        return Ok(());
+    }
+    let config = Config::parse_from(args);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let (agent, plugin) = start(&config).await?;
+            // The plugin is chained only once its socket answers, so that no
+            // ADD finds nobody home because of the agent's own start.
+            let installing = match config.installer() {
+                Some(installer) => {
+                    let binary = installer.install_binary()?;
+                    tracing::info!(binary = %binary.display(), "weft-cni installed");
+                    Some(tokio::spawn(
+                        installer.keep_chained(std::time::Duration::from_secs(1)),
+                    ))
+                }
+                None => None,
+            };
+            // The line tests and scripts wait for, on stdout.
+            println!(
+                "zds={} plugin={}",
+                config.zds_socket.display(),
+                config.plugin_socket.display()
+            );
+            tracing::info!(node = %config.node_name, zds = %config.zds_socket.display(), plugin = %config.plugin_socket.display(), "node agent started");
+            let serving = tokio::spawn(serve_plugin(agent, plugin));
+            // On SIGTERM (an upgrade, a restart) the plugin stays chained:
+            // new pods wait for the next agent instead of starting
+            // uncaptured. `weft-node-agent uninstall` takes it out.
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            serving.abort();
+            if let Some(task) = installing {
+                task.abort();
+            }
+            Ok(())
+        })
+}

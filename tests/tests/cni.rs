@@ -1,0 +1,375 @@
+//! `weft-cni` driven as a container runtime drives it — after Debian's real
+//! `bridge` and `host-local`, given their result as `prevResult` — with the
+//! real node agent deciding from a real API server and a real ztunnel
+//! taking the pod over ZDS: an enrolled pod is captured before ADD returns
+//! (its first connection goes through ztunnel), a pod outside the mesh is
+//! passed through untouched, and each verb and error case of the CNI spec
+//! answers as the spec says.
+
+#[macro_use]
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use support::probe;
+use weft_control::auth::issue_node_token;
+use weft_tests::{
+    apps,
+    kube::ApiServer,
+    privilege::require_privileged,
+    processes::{eventually, ControlProcess, Process, ZtunnelProcess},
+    topology::{addressing::CONTROL_PLANE_IP, cni::Chained, PodNetworking, Topology},
+};
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: app, namespace: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: demo}
+spec: {nodeName: n1, serviceAccountName: app, containers: [{name: app, image: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: late, namespace: demo}
+spec: {nodeName: n1, containers: [{name: app, image: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: visitor, namespace: legacy}
+spec: {nodeName: n1, containers: [{name: app, image: app}]}
+"#;
+
+/// Runs the plugin by hand, as a runtime would: `command`, the
+/// environment, `stdin`. Returns the exit status's success and stdout as
+/// JSON (`Null` when empty).
+fn plugin(
+    binary: &Path,
+    command: Option<&str>,
+    env: &[(&str, &str)],
+    stdin: &Value,
+) -> anyhow::Result<(bool, Value)> {
+    let mut cmd = Command::new(binary);
+    cmd.env_clear();
+    if let Some(command) = command {
+        cmd.env("CNI_COMMAND", command);
+    }
+    cmd.envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let input = match stdin {
+        Value::String(raw) => raw.clone().into_bytes(),
+        other => serde_json::to_vec(other)?,
+    };
+    use std::io::Write;
+    child.stdin.take().expect("piped").write_all(&input)?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)?
+    };
+    Ok((out.status.success(), json))
+}
+
+async fn annotation(api: &ApiServer, namespace: &str, name: &str) -> anyhow::Result<String> {
+    api.kubectl_ok(
+        &[
+            "get",
+            "pod",
+            "-n",
+            namespace,
+            name,
+            "-o",
+            "jsonpath={.metadata.annotations.ambient\\.istio\\.io/redirection}",
+        ],
+        None,
+    )
+    .await
+}
+
+async fn ztunnel_pods(ztunnel: &ZtunnelProcess) -> anyhow::Result<Vec<(String, Value)>> {
+    let dump = ztunnel.config_dump().await?;
+    Ok(dump["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["ips"].clone(),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_cni_captures_enrolled_pods_before_add_returns() -> anyhow::Result<()> {
+    require_privileged();
+    let api = ApiServer::start().await?;
+    api.kubectl_ok(&["apply", "--server-side", "-f", "-"], Some(OBJECTS))
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let (zds_socket, plugin_socket) = (dir.path().join("zds.sock"), dir.path().join("cni.sock"));
+    // The node's CNI directories, where the cluster's CNI has written its
+    // configuration (the bridge's; the harness runs the real one).
+    let (cni_bin, cni_conf): (PathBuf, PathBuf) =
+        (dir.path().join("opt-cni-bin"), dir.path().join("net.d"));
+    std::fs::create_dir_all(&cni_conf)?;
+    let primary = cni_conf.join("10-k8s.conflist");
+    std::fs::write(
+        &primary,
+        r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge","bridge":"weft0"}]}"#,
+    )?;
+    let mut topology = Topology::builder()
+        .control_plane()
+        .node("n1")
+        .networking(PodNetworking::Cni)
+        .build()?;
+
+    // The control service (nothing to serve but the CA), the node agent
+    // and ztunnel, as the DaemonSets would run them.
+    let (config_dir, state_dir) = (dir.path().join("config"), dir.path().join("state"));
+    std::fs::create_dir_all(&config_dir)?;
+    issue_node_token(&state_dir.join("nodes"), "n1")?;
+    let control = ControlProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_wt-control")),
+        topology.control_plane().map(|n| n.name()),
+        &config_dir,
+        &state_dir,
+        SocketAddr::from((CONTROL_PLANE_IP, 15012)),
+    )
+    .await?;
+    let mut agent_cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wt-node-agent"));
+    agent_cmd
+        .args(["--node-name", "n1", "--zds-socket"])
+        .arg(&zds_socket)
+        .arg("--plugin-socket")
+        .arg(&plugin_socket)
+        .arg("--cni-conf-dir")
+        .arg(&cni_conf)
+        .arg("--cni-bin-dir")
+        .arg(&cni_bin)
+        .args(["--plugin-binary", env!("CARGO_BIN_EXE_wt-cni")])
+        .env("KUBECONFIG", &api.kubeconfig);
+    let (mut agent, _) = Process::start("node agent", agent_cmd, "zds=").await?;
+    // The agent installs the plugin and chains it last in the primary
+    // configuration; the runtime (the harness) runs what it finds there.
+    let entry = eventually("weft-cni chained", Duration::from_secs(10), || async {
+        let list: Value = serde_json::from_slice(&std::fs::read(&primary).ok()?).ok()?;
+        let plugins = list["plugins"].as_array()?;
+        (plugins.len() == 2 && plugins[0]["type"] == "bridge").then(|| plugins[1].clone())
+    })
+    .await?;
+    assert_eq!(entry["type"], "weft-cni");
+    let weft_cni = cni_bin.join("weft-cni");
+    assert!(weft_cni.is_file(), "the plugin binary is installed");
+    topology.chain_cni(Chained {
+        dir: cni_bin.clone(),
+        config: entry,
+    })?;
+    let ztunnel = ZtunnelProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
+        "n1",
+        Some(topology.node("n1").netns().name()),
+        &zds_socket,
+        &control,
+    )
+    .await?;
+    eventually(
+        "ztunnel to take the agent's snapshot",
+        Duration::from_secs(20),
+        || async {
+            let dump = ztunnel.config_dump().await.ok()?;
+            (dump["node_agent"]["snapshots"] == 1).then_some(())
+        },
+    )
+    .await?;
+    let plugin_env = |socket: &Path| -> Value {
+        json!({"cniVersion": "1.0.0", "name": "k8s", "type": "weft-cni", "agentSocket": socket})
+    };
+
+    // STATUS: the agent can serve ADDs.
+    let (ok, out) = plugin(&weft_cni, Some("STATUS"), &[], &plugin_env(&plugin_socket))?;
+    assert!(ok && out.is_null(), "STATUS: {out}");
+
+    // An enrolled pod: bridge, host-local, then weft-cni. When ADD returns,
+    // ztunnel already serves the pod at the address the bridge gave it.
+    let app = topology.add_pod("demo/app", "n1")?;
+    let app_ip = app.ip();
+    let served = ztunnel_pods(&ztunnel).await?;
+    assert_eq!(served, [("app".to_owned(), json!([app_ip.to_string()]))]);
+    // The result the runtime got is bridge's, passed through unchanged.
+    let result = app.cni_result().expect("a CNI result").clone();
+    assert_eq!(
+        result["ips"][0]["address"].as_str().unwrap_or_default(),
+        format!("{app_ip}/24")
+    );
+    assert!(result["interfaces"]
+        .as_array()
+        .is_some_and(|i| !i.is_empty()));
+    assert_eq!(annotation(&api, "demo", "app").await?, "enabled");
+
+    // A pod outside the mesh: passed through, never handed to ztunnel.
+    let visitor = topology.add_pod("legacy/visitor", "n1")?;
+    let visitor_ip = visitor.ip();
+    assert_eq!(ztunnel_pods(&ztunnel).await?.len(), 1);
+    assert_eq!(annotation(&api, "legacy", "visitor").await?, "");
+
+    // The enrolled pod's first connection goes through ztunnel (outbound,
+    // passed through to a destination outside the mesh).
+    let visitor = topology.pod("legacy/visitor");
+    let listener = visitor.enter(|| std::net::TcpListener::bind((visitor_ip, 8080)))??;
+    apps::spawn_echo(listener, "visitor")?;
+    let report = probe(
+        topology.pod("demo/app"),
+        SocketAddr::from((visitor_ip, 8080)),
+        "first",
+    )
+    .await?;
+    assert!(report.reply.contains("visitor"), "{report:?}");
+    support::logged(&ztunnel, &["src.workload=app", &visitor_ip.to_string()]).await?;
+
+    // The other verbs, by hand: CHECK passes for the captured pod.
+    let app_netns = topology.pod("demo/app").netns().path();
+    let container = topology.pod("demo/app").netns().name().to_owned();
+    let cni_args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=app";
+    let pod_env = [
+        ("CNI_CONTAINERID", container.as_str()),
+        ("CNI_NETNS", app_netns.to_str().unwrap_or_default()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", cni_args),
+    ];
+    let mut check_conf = plugin_env(&plugin_socket);
+    check_conf["prevResult"] = result.clone();
+    let (ok, out) = plugin(&weft_cni, Some("CHECK"), &pod_env, &check_conf)?;
+    assert!(ok && out.is_null(), "CHECK: {out}");
+    // VERSION lists both spec versions it speaks.
+    let (ok, out) = plugin(
+        &weft_cni,
+        Some("VERSION"),
+        &[],
+        &json!({"cniVersion": "1.1.0"}),
+    )?;
+    assert!(ok, "VERSION: {out}");
+    let versions: Vec<&str> = out["supportedVersions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        versions.contains(&"1.0.0") && versions.contains(&"1.1.0"),
+        "{out}"
+    );
+
+    // Errors in the spec's form, with its codes.
+    let mut no_prev = plugin_env(&plugin_socket);
+    no_prev["cniVersion"] = "1.1.0".into();
+    let mut old = plugin_env(&plugin_socket);
+    old["cniVersion"] = "0.1.0".into();
+    let errors: Vec<(&str, Option<&str>, Value, u64, &str)> = vec![
+        (
+            "no command",
+            None,
+            plugin_env(&plugin_socket),
+            4,
+            "CNI_COMMAND",
+        ),
+        (
+            "unknown command",
+            Some("ATTACH"),
+            plugin_env(&plugin_socket),
+            4,
+            "ATTACH",
+        ),
+        (
+            "not JSON",
+            Some("ADD"),
+            Value::String("{oops".into()),
+            6,
+            "not JSON",
+        ),
+        ("old version", Some("ADD"), old, 1, "not supported"),
+        ("unchained", Some("ADD"), no_prev, 7, "chained"),
+    ];
+    for (what, command, stdin, code, text) in errors {
+        let (ok, out) = plugin(&weft_cni, command, &pod_env, &stdin)?;
+        assert!(!ok, "{what}: succeeded with {out}");
+        assert_eq!(out["code"], code, "{what}: {out}");
+        assert!(
+            out["msg"].as_str().unwrap_or_default().contains(text),
+            "{what}: {out}"
+        );
+    }
+
+    // GC with the app's sandbox not among the valid ones releases it; a
+    // CNI DEL (the pod's teardown, through the whole chain) is then a no-op
+    // for Weft, and a second DEL by hand is fine too.
+    let mut gc = plugin_env(&plugin_socket);
+    gc["cniVersion"] = "1.1.0".into();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "some-other", "ifname": "eth0"}]);
+    let (ok, out) = plugin(&weft_cni, Some("GC"), &[], &gc)?;
+    assert!(ok, "GC: {out}");
+    eventually("GC to release the app", Duration::from_secs(10), || async {
+        ztunnel_pods(&ztunnel).await.ok()?.is_empty().then_some(())
+    })
+    .await?;
+    topology.remove_pod("demo/app")?;
+    let mut del_conf = plugin_env(&plugin_socket);
+    del_conf["prevResult"] = result.clone();
+    let (ok, out) = plugin(&weft_cni, Some("DEL"), &pod_env, &del_conf)?;
+    assert!(ok && out.is_null(), "DEL again: {out}");
+
+    // Without the agent: STATUS says the plugin is not available (50), DEL
+    // still succeeds, and an enrolled pod's ADD fails with "try again
+    // later" (11) naming the socket, so the runtime retries and the pod's
+    // application never starts uncaptured.
+    agent.kill().await?;
+    let (ok, out) = plugin(&weft_cni, Some("STATUS"), &[], &plugin_env(&plugin_socket))?;
+    assert!(!ok, "STATUS without the agent: {out}");
+    assert_eq!(out["code"], 50, "{out}");
+    let (ok, out) = plugin(&weft_cni, Some("DEL"), &pod_env, &del_conf)?;
+    assert!(ok, "DEL without the agent: {out}");
+    let (ok, out) = plugin(&weft_cni, Some("ADD"), &pod_env, &del_conf)?;
+    assert!(!ok, "ADD without the agent: {out}");
+    assert_eq!(out["code"], 11, "{out}");
+    let socket_name = plugin_socket.display().to_string();
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&socket_name),
+        "{out}"
+    );
+    // The same through the runtime's whole chain: the sandbox fails.
+    let err = topology
+        .add_pod("demo/late", "n1")
+        .expect_err("ADD without the node agent");
+    let text = err.to_string();
+    assert!(
+        text.contains("unreachable") && text.contains(&socket_name),
+        "{text}"
+    );
+    assert!(ztunnel_pods(&ztunnel).await?.is_empty());
+    Ok(())
+}
