@@ -11,7 +11,7 @@ use tokio::{
 use crate::{
     agent::NodeAgent,
     cni::spec::DEFAULT_AGENT_SOCKET,
-    install::{plugin_entry, Installer},
+    install::{plugin_entry, Credentials, Installer},
     plugin_api::{PluginAnswer, PluginRequest},
 };
 
@@ -41,6 +41,10 @@ pub struct Config {
     /// The plugin binary to install.
     #[arg(long, env = "WEFT_CNI_PLUGIN", default_value = "/opt/weft/weft-cni")]
     pub plugin_binary: PathBuf,
+    /// `--cni-conf-dir` as the host names it (where the plugin, run by the
+    /// runtime on the host, finds its credentials).
+    #[arg(long, env = "WEFT_CNI_CONF_HOST_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_host_dir: PathBuf,
 }
 
 /// `weft-node-agent uninstall`: takes `weft-cni` out of the node's CNI
@@ -71,11 +75,19 @@ pub enum StartError {
 impl Config {
     /// How `weft-cni` is installed, when it is.
     pub fn installer(&self) -> Option<Installer> {
+        // The plugin reads the API server as the agent does: the agent's
+        // kubeconfig, else its service account.
+        let credentials = match std::env::var_os("KUBECONFIG") {
+            Some(file) => Some(Credentials::File(file.into())),
+            None => std::env::var_os("KUBERNETES_SERVICE_HOST").map(|_| Credentials::InCluster),
+        };
         Some(Installer {
             bin_dir: self.cni_bin_dir.clone(),
             conf_dir: self.cni_conf_dir.clone()?,
             plugin_binary: self.plugin_binary.clone(),
             entry: plugin_entry(&self.plugin_socket),
+            host_conf_dir: self.cni_conf_host_dir.clone(),
+            credentials,
         })
     }
 }
@@ -153,6 +165,8 @@ pub fn main() -> anyhow::Result<()> {
             conf_dir: uninstall.cni_conf_dir,
             plugin_binary: PathBuf::new(),
             entry: serde_json::Value::Null,
+            host_conf_dir: PathBuf::new(),
+            credentials: None,
         };
         for path in installer.uninstall()? {
             println!("removed weft-cni from {}", path.display());

@@ -14,6 +14,63 @@ use serde_json::{json, Value};
 
 /// The plugin's `type`, and so its binary's name.
 pub const PLUGIN_TYPE: &str = "weft-cni";
+/// The plugin's API server credentials, beside the configuration (runtimes
+/// read only `.conf`, `.conflist` and `.json` there).
+pub const KUBECONFIG_NAME: &str = "weft-cni.kubeconfig";
+
+/// Where the plugin's API server credentials come from: the agent's own,
+/// so that the plugin can tell a pod outside the mesh while the agent is
+/// down.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// The agent's kubeconfig file (`KUBECONFIG`), copied.
+    File(PathBuf),
+    /// The agent's service account, as its pod sees it.
+    InCluster,
+}
+
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl Credentials {
+    /// The kubeconfig the plugin reads.
+    fn render(&self) -> Result<Vec<u8>, InstallError> {
+        match self {
+            Credentials::File(path) => std::fs::read(path).map_err(io("reading", path)),
+            Credentials::InCluster => {
+                let read = |name: &str| {
+                    let path = Path::new(SERVICE_ACCOUNT).join(name);
+                    std::fs::read(&path).map_err(io("reading", &path))
+                };
+                let (token, ca) = (read("token")?, read("ca.crt")?);
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").unwrap_or_default();
+                let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or("443".into());
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                use base64::Engine;
+                let config = json!({
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "cluster", "cluster": {
+                        "server": format!("https://{host}:{port}"),
+                        "certificate-authority-data":
+                            base64::engine::general_purpose::STANDARD.encode(ca),
+                    }}],
+                    "users": [{"name": PLUGIN_TYPE, "user": {
+                        "token": String::from_utf8_lossy(&token).trim(),
+                    }}],
+                    "contexts": [{"name": PLUGIN_TYPE, "context": {
+                        "cluster": "cluster", "user": PLUGIN_TYPE,
+                    }}],
+                    "current-context": PLUGIN_TYPE,
+                });
+                Ok(serde_json::to_vec_pretty(&config).expect("JSON serializes"))
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -48,6 +105,11 @@ pub struct Installer {
     pub plugin_binary: PathBuf,
     /// The plugin's entry in the chain (its `type` is [`PLUGIN_TYPE`]).
     pub entry: Value,
+    /// `conf_dir` as the host (and so the plugin) names it.
+    pub host_conf_dir: PathBuf,
+    /// The plugin's API server credentials, kept current beside the
+    /// configuration (tokens rotate).
+    pub credentials: Option<Credentials>,
 }
 
 /// The entry for a plugin that calls the agent at `socket`.
@@ -159,8 +221,23 @@ impl Installer {
         let Some(path) = primary_config(&self.conf_dir)? else {
             return Ok(None);
         };
+        let mut entry = self.entry.clone();
+        if let Some(credentials) = &self.credentials {
+            // Written before the entry that names it.
+            let bytes = credentials.render()?;
+            let file = self.conf_dir.join(KUBECONFIG_NAME);
+            if std::fs::read(&file).ok().as_deref() != Some(bytes.as_slice()) {
+                write_atomically(&file, &bytes, 0o600)?;
+            }
+            entry["kubeconfig"] = self
+                .host_conf_dir
+                .join(KUBECONFIG_NAME)
+                .display()
+                .to_string()
+                .into();
+        }
         let config = read_config(&path)?;
-        let Some(list) = chained(&config, &self.entry).map_err(|reason| InstallError::Invalid {
+        let Some(list) = chained(&config, &entry).map_err(|reason| InstallError::Invalid {
             path: path.clone(),
             reason,
         })?
@@ -199,11 +276,15 @@ impl Installer {
                 }
             }
         }
-        let binary = self.bin_dir.join(PLUGIN_TYPE);
-        match std::fs::remove_file(&binary) {
-            Ok(()) => changed.push(binary),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(io("removing", &binary)(err)),
+        for file in [
+            self.bin_dir.join(PLUGIN_TYPE),
+            self.conf_dir.join(KUBECONFIG_NAME),
+        ] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => changed.push(file),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io("removing", &file)(err)),
+            }
         }
         Ok(changed)
     }
@@ -282,12 +363,19 @@ mod tests {
         std::fs::create_dir_all(&conf).unwrap();
         let plugin = dir.path().join("weft-cni-build");
         std::fs::write(&plugin, b"#!/bin/true\n").unwrap();
+        let agent_kubeconfig = dir.path().join("agent.kubeconfig");
+        std::fs::write(&agent_kubeconfig, b"apiVersion: v1\nkind: Config\n").unwrap();
         let installer = Installer {
             bin_dir: bin.clone(),
             conf_dir: conf.clone(),
             plugin_binary: plugin,
             entry: entry(),
+            host_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            credentials: Some(Credentials::File(agent_kubeconfig)),
         };
+        // The entry names the credentials where the host sees them.
+        let mut entry = entry();
+        entry["kubeconfig"] = "/etc/cni/net.d/weft-cni.kubeconfig".into();
         installer.install_binary().unwrap();
         assert!(bin.join(PLUGIN_TYPE).is_file());
         // Nothing to chain into yet.
@@ -304,7 +392,21 @@ mod tests {
         assert!(!conf.join("10-bridge.conf").exists());
         let read =
             |p: &Path| -> Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
-        assert_eq!(read(&written)["plugins"][1], entry());
+        assert_eq!(read(&written)["plugins"][1], entry);
+        let credentials = conf.join(KUBECONFIG_NAME);
+        assert_eq!(
+            std::fs::read(&credentials).unwrap(),
+            b"apiVersion: v1\nkind: Config\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&credentials)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         assert_eq!(installer.ensure_chained().unwrap(), None);
         // The primary CNI rewrites its file without us: put back.
         std::fs::write(
@@ -313,7 +415,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(installer.ensure_chained().unwrap(), Some(written.clone()));
-        assert_eq!(read(&written)["plugins"][1], entry());
+        assert_eq!(read(&written)["plugins"][1], entry);
         // Garbage is named, not overwritten.
         std::fs::write(conf.join("05-broken.conflist"), "{").unwrap();
         let err = installer.ensure_chained().unwrap_err().to_string();
@@ -324,6 +426,7 @@ mod tests {
         assert!(changed.contains(&written), "{changed:?}");
         assert_eq!(read(&written)["plugins"], json!([{"type": "bridge"}]));
         assert!(!bin.join(PLUGIN_TYPE).exists());
+        assert!(!credentials.exists());
         assert!(std::fs::read_dir(&conf).unwrap().all(|e| !e
             .unwrap()
             .file_name()

@@ -54,6 +54,11 @@ apiVersion: v1
 kind: Pod
 metadata: {name: visitor, namespace: legacy}
 spec: {nodeName: n1, containers: [{name: app, image: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: walk-in, namespace: legacy}
+spec: {nodeName: n1, containers: [{name: app, image: app}]}
 "#;
 
 /// Runs the plugin by hand, as a runtime would: `command`, the
@@ -169,6 +174,8 @@ async fn weft_cni_captures_enrolled_pods_before_add_returns() -> anyhow::Result<
         .arg(&cni_conf)
         .arg("--cni-bin-dir")
         .arg(&cni_bin)
+        .arg("--cni-conf-host-dir")
+        .arg(&cni_conf)
         .args(["--plugin-binary", env!("CARGO_BIN_EXE_wt-cni")])
         .env("KUBECONFIG", &api.kubeconfig);
     let (mut agent, _) = Process::start("node agent", agent_cmd, "zds=").await?;

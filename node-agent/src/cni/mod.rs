@@ -5,6 +5,7 @@
 //! are in the mesh is the agent's call. DEL and GC never fail because Weft
 //! is gone; STATUS reports whether the agent can serve ADDs.
 
+mod fallback;
 pub mod spec;
 
 use std::{io::Read, path::Path, time::Duration};
@@ -101,15 +102,34 @@ fn call(
                 let request = PluginRequest::Add {
                     container_id: container_id.to_owned(),
                     netns: netns.to_owned(),
-                    namespace,
-                    name,
+                    namespace: namespace.clone(),
+                    name: name.clone(),
                 };
                 match ask(socket, &request, Duration::from_secs(conf.timeout_seconds)) {
                     Ok(PluginAnswer::Captured | PluginAnswer::Outside | PluginAnswer::Ok) => {}
                     Ok(PluginAnswer::Failed { message, retry }) => {
                         return Err(failed(message, retry));
                     }
-                    Err(err) => return Err(unreachable(err)),
+                    // Without the agent, a pod outside the mesh still
+                    // starts; an enrolled one waits for it.
+                    Err(err) => {
+                        let Some(kubeconfig) = conf.kubeconfig.as_deref() else {
+                            return Err(unreachable(err));
+                        };
+                        match fallback::in_mesh(Path::new(kubeconfig), &namespace, &name) {
+                            Ok(false) => eprintln!(
+                                "weft-cni: {err}; pod {namespace}/{name} is outside the mesh \
+                                 (read from the API server), so it starts"
+                            ),
+                            Ok(true) => return Err(unreachable(err)),
+                            Err(reason) => {
+                                return Err(unreachable(err).with_details(format!(
+                                    "and whether pod {namespace}/{name} is in the mesh could \
+                                     not be read: {reason}"
+                                )))
+                            }
+                        }
+                    }
                 }
             }
             // Not a Kubernetes pod (no K8S_POD_* arguments): nothing to do.

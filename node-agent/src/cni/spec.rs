@@ -152,6 +152,10 @@ pub struct NetConf {
     pub agent_socket: String,
     /// How long ADD waits for the agent (and so for ztunnel).
     pub timeout_seconds: u64,
+    /// Credentials (written by the agent) for reading a pod and its
+    /// namespace from the API server while the agent is unreachable, so
+    /// that pods outside the mesh still start.
+    pub kubeconfig: Option<String>,
     /// The previous plugin's result, passed through unchanged.
     pub prev_result: Option<Value>,
     /// GC: the attachments the runtime still has (container ids).
@@ -225,6 +229,10 @@ impl NetConf {
         Ok(Self {
             cni_version,
             agent_socket: text("agentSocket", DEFAULT_AGENT_SOCKET)?,
+            kubeconfig: object
+                .get("kubeconfig")
+                .map(|_| text("kubeconfig", ""))
+                .transpose()?,
             timeout_seconds,
             prev_result: object.get("prevResult").cloned(),
             valid_attachments,
