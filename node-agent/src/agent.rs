@@ -8,17 +8,14 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::{
-    api::{Patch, PatchParams},
-    Api, Client,
-};
+use kube::{Api, Client};
 use weft_zds::{
     agent::{Agent, AgentError, AgentPod},
     messages::Workload,
 };
 
 use crate::{
-    enrollment::{decide, REDIRECTION_ANNOTATION, REDIRECTION_ENABLED},
+    enrollment::{decide, REDIRECTION_ENABLED},
     plugin_api::{PluginAnswer, PluginRequest},
 };
 
@@ -52,6 +49,11 @@ impl NodeAgent {
 
     pub fn zds(&self) -> &Agent {
         &self.zds
+    }
+
+    /// Starts serving ztunnel on the ZDS socket.
+    pub fn listen(&self) -> std::io::Result<()> {
+        self.zds.listen()
     }
 
     /// Answers one plugin request.
@@ -199,21 +201,20 @@ impl NodeAgent {
             },
         );
         tracing::info!(pod = %qualified, container = %container_id, "pod captured (CNI ADD)");
-        self.annotate(&pods, &name, REDIRECTION_ENABLED).await;
+        self.annotate(&namespace, &name, Some(REDIRECTION_ENABLED))
+            .await;
         PluginAnswer::Captured
     }
 
-    /// Records the pod's state in its annotation, through `pods/status`
-    /// (the only write the agent's RBAC allows on pods).
-    async fn annotate(&self, pods: &Api<Pod>, name: &str, value: &str) {
-        let patch = serde_json::json!({
-            "metadata": {"annotations": {REDIRECTION_ANNOTATION: value}}
-        });
-        if let Err(err) = pods
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::warn!(pod = %name, %err, "could not record the redirection annotation");
-        }
+    pub(crate) fn kube(&self) -> &Client {
+        &self.kube
+    }
+
+    /// Drops the sandboxes recorded for pod `uid` (it left the mesh).
+    pub(crate) fn forget_sandboxes_of(&self, uid: &str) {
+        self.sandboxes
+            .lock()
+            .expect("sandboxes lock")
+            .retain(|_, s| s.uid != uid);
     }
 }

@@ -41,6 +41,9 @@ pub struct Config {
     /// The plugin binary to install.
     #[arg(long, env = "WEFT_CNI_PLUGIN", default_value = "/opt/weft/weft-cni")]
     pub plugin_binary: PathBuf,
+    /// The node's /proc, where running pods' network namespaces are found.
+    #[arg(long, env = "WEFT_HOST_PROC", default_value = "/host/proc")]
+    pub proc_root: PathBuf,
     /// `--cni-conf-dir` as the host names it (where the plugin, run by the
     /// runtime on the host, finds its credentials).
     #[arg(long, env = "WEFT_CNI_CONF_HOST_DIR", default_value = "/etc/cni/net.d")]
@@ -92,15 +95,35 @@ impl Config {
     }
 }
 
-/// Binds both sockets and serves until the task is dropped.
-pub async fn start(config: &Config) -> Result<(Arc<NodeAgent>, UnixListener), StartError> {
+/// A started agent: it holds the node's running enrolled pods, listens
+/// for ztunnel and for the plugin, and follows the API server.
+pub struct Started {
+    pub agent: Arc<NodeAgent>,
+    pub plugin: UnixListener,
+    pub running: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the agent: the running pods first (so the first ztunnel's
+/// snapshot names them), then the ZDS socket, then the plugin's.
+pub async fn start(config: &Config) -> Result<Started, StartError> {
     let client = kube::Client::try_default().await?;
     let listen = |path: &PathBuf, source| StartError::Listen {
         path: path.clone(),
         source,
     };
-    let zds = weft_zds::agent::Agent::bind(&config.zds_socket)
-        .map_err(|e| listen(&config.zds_socket, e))?;
+    let agent = NodeAgent::new(
+        weft_zds::agent::Agent::new(&config.zds_socket),
+        client.clone(),
+    );
+    let running = crate::running::start(
+        agent.clone(),
+        client,
+        &config.node_name,
+        config.proc_root.clone(),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    agent.listen().map_err(|e| listen(&config.zds_socket, e))?;
     let _ = std::fs::remove_file(&config.plugin_socket);
     if let Some(dir) = config.plugin_socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| listen(&config.plugin_socket, e))?;
@@ -113,7 +136,11 @@ pub async fn start(config: &Config) -> Result<(Arc<NodeAgent>, UnixListener), St
         std::fs::Permissions::from_mode(0o600),
     )
     .map_err(|e| listen(&config.plugin_socket, e))?;
-    Ok((NodeAgent::new(zds, client), plugin))
+    Ok(Started {
+        agent,
+        plugin,
+        running,
+    })
 }
 
 /// Answers plugin connections, one request each.
@@ -185,7 +212,11 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            let (agent, plugin) = start(&config).await?;
+            let Started {
+                agent,
+                plugin,
+                running,
+            } = start(&config).await?;
             // The plugin is chained only once its socket answers, so that no
             // ADD finds nobody home because of the agent's own start.
             let installing = match config.installer() {
@@ -216,6 +247,7 @@ pub fn main() -> anyhow::Result<()> {
                 _ = terminate.recv() => {}
             }
             serving.abort();
+            running.abort();
             if let Some(task) = installing {
                 task.abort();
             }

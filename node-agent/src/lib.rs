@@ -8,7 +8,9 @@
 //!   (`weft_zds`);
 //! - [`plugin_api`]: what the two say to each other;
 //! - [`install`]: the plugin's binary and its place in the node's CNI
-//!   configuration.
+//!   configuration;
+//! - [`running`]: pods already running, enrolled and released as labels
+//!   change, their namespaces found through `/proc`.
 //!
 //! The node agent runs in its own DaemonSet, not in ztunnel's pod, as
 //! Istio's CNI agent does: it holds every pod's network namespace and the
@@ -21,3 +23,4 @@ pub mod cni;
 pub mod enrollment;
 pub mod install;
 pub mod plugin_api;
+pub mod running;

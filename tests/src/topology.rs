@@ -320,6 +320,12 @@ impl Topology {
         Ok(())
     }
 
+    /// Takes the chained plugin of type `kind` out again (as the runtime
+    /// reads a conflist its installer has removed it from).
+    pub fn unchain_cni(&mut self, kind: &str) {
+        self.cni = self.cni.take().map(|plugins| plugins.unchain(kind));
+    }
+
     /// Adds a pod to a running topology.
     pub fn add_pod(&mut self, qualified_name: &str, node: &str) -> Result<&Pod> {
         let (namespace, name) = qualified_name.split_once('/').ok_or_else(|| {

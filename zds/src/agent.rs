@@ -188,12 +188,14 @@ impl Inner {
 /// A node agent's ZDS server.
 pub struct Agent {
     inner: Arc<Inner>,
-    accept: JoinHandle<()>,
+    accept: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.accept.abort();
+        if let Some(accept) = self.accept.lock().expect("accept lock").take() {
+            accept.abort();
+        }
     }
 }
 
@@ -201,7 +203,15 @@ impl Agent {
     /// Listens at `path` (mode 0600; a stale socket file is replaced) and
     /// serves every ztunnel that connects.
     pub fn bind(path: &Path) -> std::io::Result<Self> {
-        let listener = DatagramListener::bind(path)?;
+        let agent = Self::new(path);
+        agent.listen()?;
+        Ok(agent)
+    }
+
+    /// An agent for `path` that does not listen yet: pods added now are
+    /// held for the first ztunnel's snapshot (a restarted agent gathers
+    /// them before ztunnel can ask).
+    pub fn new(path: &Path) -> Self {
         let inner = Arc::new(Inner {
             socket: path.to_owned(),
             pods: Mutex::default(),
@@ -211,8 +221,21 @@ impl Agent {
             next_id: AtomicU64::new(0),
             connected: watch::channel(0).0,
         });
-        let serving = inner.clone();
-        let accept = tokio::spawn(async move {
+        Self {
+            inner,
+            accept: Mutex::new(None),
+        }
+    }
+
+    /// Starts listening (once).
+    pub fn listen(&self) -> std::io::Result<()> {
+        let mut accept = self.accept.lock().expect("accept lock");
+        if accept.is_some() {
+            return Ok(());
+        }
+        let listener = DatagramListener::bind(&self.inner.socket)?;
+        let serving = self.inner.clone();
+        *accept = Some(tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok(datagrams) => {
@@ -229,8 +252,8 @@ impl Agent {
                     }
                 }
             }
-        });
-        Ok(Self { inner, accept })
+        }));
+        Ok(())
     }
 
     pub fn socket(&self) -> &Path {

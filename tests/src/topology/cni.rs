@@ -38,6 +38,11 @@ pub struct Chained {
     pub dir: PathBuf,
     /// Its entry in the conflist's `plugins`.
     pub config: Value,
+    /// Run it in the machine's network namespace rather than the node's.
+    /// On a real node both are the host's; here a node's namespace has no
+    /// route to the test API server on the machine's loopback, which a
+    /// plugin that reads the API server needs.
+    pub in_host_netns: bool,
 }
 
 impl CniPlugins {
@@ -68,6 +73,18 @@ impl CniPlugins {
     pub fn chain(mut self, plugin: Chained) -> Self {
         self.chained.push(plugin);
         self
+    }
+
+    /// Takes the chained plugin of type `kind` out again.
+    pub fn unchain(mut self, kind: &str) -> Self {
+        self.chained.retain(|c| c.config["type"] != kind);
+        self
+    }
+
+    fn in_host_netns(&self, kind: &str) -> bool {
+        self.chained
+            .iter()
+            .any(|c| c.config["type"] == kind && c.in_host_netns)
     }
 
     /// The runtime's `CNI_PATH`: every directory plugins are found in.
@@ -204,10 +221,14 @@ impl PodCall<'_> {
         );
         // `ip netns exec` (rather than a bare setns) also remounts /sys for
         // the namespace, which the plugins read.
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", self.node.name()])
-            .arg(&binary)
-            .env("CNI_COMMAND", command)
+        let mut cmd = if self.plugins.in_host_netns(plugin) {
+            std::process::Command::new(&binary)
+        } else {
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args(["netns", "exec", self.node.name()]).arg(&binary);
+            cmd
+        };
+        cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", self.container_id)
             .env("CNI_NETNS", self.pod_netns.path())
             .env("CNI_IFNAME", ifname)
