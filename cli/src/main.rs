@@ -139,6 +139,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run the Kubernetes node agent (as `weft-node-agent`).
+    #[command(hide = true, disable_help_flag = true)]
+    NodeAgent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Run a `weft local` node's node agent (started by `weft local up`).
     #[command(hide = true)]
     LocalNodeAgent {
@@ -240,6 +246,9 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(local::agent::run(&socket, &pods, &report))
         }
+        Command::NodeAgent { args } => weft_node_agent::app::main_from(
+            std::iter::once(OsString::from("weft-node-agent")).chain(args),
+        ),
         Command::Ztunnel { args } => {
             ztunnel::app::main_from(std::iter::once(OsString::from("ztunnel")).chain(args))
         }

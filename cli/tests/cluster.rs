@@ -249,6 +249,19 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
         ])
         .output()?;
     assert!(created.status.success(), "bpftool: {created:?}");
+    // ... and weft-cni chained in its CNI configuration, as the node agent
+    // left it.
+    let node_dirs = tempfile::tempdir()?;
+    let (cni_bin, cni_conf) = (node_dirs.path().join("bin"), node_dirs.path().join("net.d"));
+    std::fs::create_dir_all(&cni_bin)?;
+    std::fs::create_dir_all(&cni_conf)?;
+    std::fs::write(cni_bin.join("weft-cni"), b"plugin")?;
+    std::fs::write(cni_conf.join("weft-cni.kubeconfig"), b"credentials")?;
+    let conflist = cni_conf.join("10-k8s.conflist");
+    std::fs::write(
+        &conflist,
+        r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"},{"type":"weft-cni"}]}"#,
+    )?;
     let kubelet = weft_tests::kubelet::Kubelet::start(&api, "n1").await?;
     let uninstall = tokio::spawn({
         let kubeconfig = api.kubeconfig.clone();
@@ -289,8 +302,15 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
             &api,
             "weft-system",
             &cleanup_pod,
-            &[WEFT, "ztunnel"],
-            &[("/sys/fs/bpf", &bpffs.path)],
+            &[
+                ("weft/ztunnel", &[WEFT, "ztunnel"]),
+                ("weft/node-agent", &[WEFT, "node-agent"]),
+            ],
+            &[
+                ("/sys/fs/bpf", &bpffs.path),
+                ("/opt/cni/bin", &cni_bin),
+                ("/etc/cni/net.d", &cni_conf),
+            ],
         )
         .await?;
     let out = uninstall.await??;
@@ -301,8 +321,19 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
     );
     assert!(ok, "{out}{err}");
     assert!(!bpffs.path.join("weft").exists(), "n1's pins left");
+    let list: serde_json::Value = serde_json::from_slice(&std::fs::read(&conflist)?)?;
+    assert_eq!(
+        list["plugins"],
+        serde_json::json!([{"type": "bridge"}]),
+        "n1's CNI configuration"
+    );
+    assert!(
+        !cni_bin.join("weft-cni").exists() && !cni_conf.join("weft-cni.kubeconfig").exists(),
+        "n1's plugin left"
+    );
     for line in [
         "DaemonSet/ztunnel deleted",
+        "DaemonSet/weft-node-agent deleted",
         "waiting: ztunnel's capture removed on 1/1 nodes",
         "DaemonSet/weft-node-cleanup deleted",
     ] {

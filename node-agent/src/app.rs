@@ -181,7 +181,13 @@ async fn answer(agent: &NodeAgent, stream: UnixStream) -> std::io::Result<()> {
 
 /// The binary's entry point.
 pub fn main() -> anyhow::Result<()> {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    main_from(std::env::args_os())
+}
+
+/// Runs the agent (or `uninstall`) with `args` (the first is the program
+/// name).
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
     if args.get(1).is_some_and(|a| a == "uninstall") {
         let uninstall = Uninstall::parse_from(
             std::iter::once(std::ffi::OsString::from("weft-node-agent uninstall"))

@@ -97,8 +97,9 @@ impl Kubelet {
 
     /// Plays the scheduler and this node's kubelet for pod
     /// `namespace/name`: binds it to this node, runs each of its init
-    /// containers for real as `entry` (the image's entry point) with the
-    /// container's args and env, each mounted host path rewritten to where
+    /// containers for real as the entry point `entries` gives its image
+    /// (the first whose name the image contains) with the container's args
+    /// and env, each mounted host path rewritten to where
     /// `host_paths` puts it on this machine, and, once all succeeded, marks
     /// the pod running and ready (its main containers are not run).
     pub async fn run_init_containers(
@@ -106,7 +107,7 @@ impl Kubelet {
         api: &ApiServer,
         namespace: &str,
         name: &str,
-        entry: &[&str],
+        entries: &[(&str, &[&str])],
         host_paths: &[(&str, &std::path::Path)],
     ) -> anyhow::Result<()> {
         let pod: serde_json::Value = serde_json::from_str(
@@ -160,6 +161,12 @@ impl Kubelet {
                 }
                 text.to_owned()
             };
+            let image = container["image"].as_str().unwrap_or_default();
+            let entry = entries
+                .iter()
+                .find(|(name, _)| image.contains(name))
+                .map(|(_, entry)| *entry)
+                .ok_or_else(|| anyhow::anyhow!("no entry point for image {image}"))?;
             let mut cmd = tokio::process::Command::new(entry[0]);
             cmd.args(&entry[1..]).env_clear().kill_on_drop(true);
             for arg in container["args"].as_array().into_iter().flatten() {

@@ -4,19 +4,25 @@
 //! behind, it would keep steering enrolled pods' traffic to a ztunnel that
 //! is gone.
 //!
-//! The ztunnel DaemonSet is stopped first (nothing may pin again), then a
-//! DaemonSet `weft-node-cleanup` runs `ztunnel uninstall` on every node
-//! from ztunnel's own image, with its pin directory and bpffs mount. Its
-//! pods are ready once that init container has succeeded; when all are,
-//! the DaemonSet is removed. `deploy/uninstall/node-cleanup.yaml` is the
-//! same DaemonSet for those who installed with kubectl.
+//! The same goes for `weft-cni`, which the node agent keeps chained in each
+//! node's CNI configuration (on purpose too: while the agent is replaced,
+//! new pods wait for it).
+//!
+//! The ztunnel and node agent DaemonSets are stopped first (nothing may pin
+//! or chain again), then a DaemonSet `weft-node-cleanup` runs `ztunnel
+//! uninstall` on every node from ztunnel's own image, with its pin
+//! directory and bpffs mount, and `weft-node-agent uninstall` from the
+//! agent's image with its CNI directories. Its pods are ready once those
+//! init containers have succeeded; when all are, the DaemonSet is removed.
+//! `deploy/uninstall/node-cleanup.yaml` is the same DaemonSet for those who
+//! installed with kubectl.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{EnvVar, Pod},
+    core::v1::{Container, EnvVar, Pod, PodSpec, Volume},
 };
 use kube::{
     api::{Api, DeleteParams, ListParams, Patch, PatchParams},
@@ -27,6 +33,7 @@ use super::install::FIELD_MANAGER;
 
 const NAMESPACE: &str = "weft-system";
 const ZTUNNEL: &str = "ztunnel";
+const NODE_AGENT: &str = "weft-node-agent";
 pub const CLEANUP: &str = "weft-node-cleanup";
 const TEMPLATE: &str = include_str!("../../../deploy/uninstall/node-cleanup.yaml");
 
@@ -38,28 +45,37 @@ pub async fn run(client: &Client, timeout: Duration) -> anyhow::Result<()> {
         println!("DaemonSet/{ZTUNNEL} not found: no node capture to remove");
         return Ok(());
     };
-    let cleanup = cleanup_daemonset(&ztunnel)?;
-    daemonsets
-        .delete(ZTUNNEL, &DeleteParams::background())
-        .await
-        .with_context(|| format!("deleting DaemonSet/{ZTUNNEL}"))?;
-    println!("DaemonSet/{ZTUNNEL} deleted");
+    let agent = daemonsets.get_opt(NODE_AGENT).await?;
+    let cleanup = cleanup_daemonset(&ztunnel, agent.as_ref())?;
     let start = Instant::now();
+    let mut stopped = vec![ZTUNNEL];
+    if agent.is_some() {
+        stopped.push(NODE_AGENT);
+    }
+    for name in &stopped {
+        daemonsets
+            .delete(name, &DeleteParams::background())
+            .await
+            .with_context(|| format!("deleting DaemonSet/{name}"))?;
+        println!("DaemonSet/{name} deleted");
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let selector = format!("app={ZTUNNEL}");
-    loop {
-        let left = pods.list(&ListParams::default().labels(&selector)).await?;
-        if left.items.is_empty() {
-            break;
+    for name in &stopped {
+        let selector = format!("app={name}");
+        loop {
+            let left = pods.list(&ListParams::default().labels(&selector)).await?;
+            if left.items.is_empty() {
+                break;
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{} {name} pods still running after {timeout:?}; the nodes' capture is left \
+                     in place (see kubectl get pods -n {NAMESPACE} -l {selector})",
+                    left.items.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        if start.elapsed() > timeout {
-            bail!(
-                "{} ztunnel pods still running after {timeout:?}; the nodes' capture is left in \
-                 place (see kubectl get pods -n {NAMESPACE} -l {selector})",
-                left.items.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     daemonsets
         .patch(
@@ -69,7 +85,10 @@ pub async fn run(client: &Client, timeout: Duration) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("creating DaemonSet/{CLEANUP}"))?;
-    println!("DaemonSet/{CLEANUP} created: removing ztunnel's eBPF capture on every node");
+    println!(
+        "DaemonSet/{CLEANUP} created: removing ztunnel's eBPF capture{} on every node",
+        if agent.is_some() { " and weft-cni" } else { "" }
+    );
     let outcome = wait_done(&daemonsets, start, timeout).await;
     daemonsets
         .delete(CLEANUP, &DeleteParams::background())
@@ -80,62 +99,102 @@ pub async fn run(client: &Client, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cleanup DaemonSet for the ztunnel DaemonSet `ztunnel`: its image,
-/// its pin directory and its bpffs volume.
-fn cleanup_daemonset(ztunnel: &DaemonSet) -> anyhow::Result<DaemonSet> {
-    let template = ztunnel
+/// The container `name` of `daemonset`'s pod template, and the template.
+fn container<'a>(
+    daemonset: &'a DaemonSet,
+    name: &str,
+) -> anyhow::Result<(&'a PodSpec, &'a Container)> {
+    let what = daemonset.metadata.name.as_deref().unwrap_or_default();
+    let template = daemonset
         .spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
-        .context("DaemonSet/ztunnel has no pod template")?;
+        .with_context(|| format!("DaemonSet/{what} has no pod template"))?;
     let container = template
         .containers
         .iter()
-        .find(|c| c.name == ZTUNNEL)
-        .context("DaemonSet/ztunnel has no container named ztunnel")?;
-    let image = container
-        .image
-        .clone()
-        .context("DaemonSet/ztunnel's container has no image")?;
-    let pin_dir = container
+        .find(|c| c.name == name)
+        .with_context(|| format!("DaemonSet/{what} has no container named {name}"))?;
+    Ok((template, container))
+}
+
+/// Sets `value` for `name` in `container`'s environment.
+fn set_env(container: &mut Container, name: &str, value: Option<String>) {
+    if let Some(value) = value {
+        let env = container.env.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != name);
+        env.push(EnvVar {
+            name: name.into(),
+            value: Some(value),
+            ..Default::default()
+        });
+    }
+}
+
+fn env_of(container: &Container, name: &str) -> Option<String> {
+    container
         .env
         .iter()
         .flatten()
-        .find(|e| e.name == "WEFT_BPF_PIN_DIR")
-        .and_then(|e| e.value.clone());
-    let bpffs = template
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "bpffs")
-        .cloned();
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+/// Replaces `volumes`' entries of the same names by `from`'s.
+fn take_volumes(volumes: &mut Vec<Volume>, from: &PodSpec, names: &[&str]) {
+    for name in names {
+        if let Some(volume) = from.volumes.iter().flatten().find(|v| v.name == *name) {
+            volumes.retain(|v| v.name != *name);
+            volumes.push(volume.clone());
+        }
+    }
+}
+
+/// The cleanup DaemonSet for the ztunnel DaemonSet `ztunnel` (its image,
+/// its pin directory and its bpffs volume) and the node agent's `agent`
+/// (its image and CNI directories; without one, the plugin step is left
+/// out).
+fn cleanup_daemonset(ztunnel: &DaemonSet, agent: Option<&DaemonSet>) -> anyhow::Result<DaemonSet> {
+    let (ztunnel_pod, ztunnel_container) = container(ztunnel, ZTUNNEL)?;
+    let image = ztunnel_container
+        .image
+        .clone()
+        .context("DaemonSet/ztunnel's container has no image")?;
+    let pin_dir = env_of(ztunnel_container, "WEFT_BPF_PIN_DIR");
+    let agent = agent.map(|a| container(a, "node-agent")).transpose()?;
     let mut cleanup: DaemonSet = serde_yaml::from_str(TEMPLATE).context("the cleanup template")?;
     let spec = cleanup
         .spec
         .as_mut()
         .and_then(|s| s.template.spec.as_mut())
         .context("the cleanup template has no pod spec")?;
-    for container in spec
-        .init_containers
-        .iter_mut()
-        .flatten()
-        .chain(&mut spec.containers)
-    {
-        container.image = Some(image.clone());
-        if let Some(dir) = &pin_dir {
-            let env = container.env.get_or_insert_with(Vec::new);
-            env.retain(|e| e.name != "WEFT_BPF_PIN_DIR");
-            env.push(EnvVar {
-                name: "WEFT_BPF_PIN_DIR".into(),
-                value: Some(dir.clone()),
-                ..Default::default()
-            });
+    let init = spec.init_containers.get_or_insert_with(Vec::new);
+    if agent.is_none() {
+        init.retain(|c| c.name != "remove-cni");
+    }
+    for container in init.iter_mut().chain(&mut spec.containers) {
+        if container.name == "remove-cni" {
+            let Some((agent_pod, agent_container)) = agent else {
+                continue;
+            };
+            container.image = agent_container.image.clone();
+            for name in ["WEFT_CNI_CONF_DIR", "WEFT_CNI_BIN_DIR"] {
+                set_env(container, name, env_of(agent_container, name));
+            }
+            let volumes = spec.volumes.get_or_insert_with(Vec::new);
+            take_volumes(volumes, agent_pod, &["cni-bin", "cni-conf"]);
+        } else {
+            container.image = Some(image.clone());
+            set_env(container, "WEFT_BPF_PIN_DIR", pin_dir.clone());
         }
     }
-    if let (Some(bpffs), Some(volumes)) = (bpffs, spec.volumes.as_mut()) {
-        volumes.retain(|v| v.name != "bpffs");
-        volumes.push(bpffs);
+    if agent.is_none() {
+        if let Some(volumes) = spec.volumes.as_mut() {
+            volumes.retain(|v| v.name != "cni-bin" && v.name != "cni-conf");
+        }
     }
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    take_volumes(volumes, ztunnel_pod, &["bpffs"]);
     Ok(cleanup)
 }
 
