@@ -190,6 +190,20 @@ impl Mesh {
         Ok(())
     }
 
+    /// Replaces `node`'s ztunnel as a rolling update does: the new one
+    /// starts beside the old (both connected to the node agent, both bound
+    /// in every pod) and is waited on until ready; then the old one gets
+    /// SIGTERM, drains and exits.
+    pub async fn rolling_update_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
+        let old = self
+            .ztunnels
+            .remove(node)
+            .with_context(|| format!("no ztunnel runs on {node}"))?;
+        self.start_ztunnel(node).await?;
+        self.wait_ready(node).await?;
+        old.terminate(Duration::from_secs(30)).await
+    }
+
     /// SIGKILLs `node`'s ztunnel, as a crash would.
     pub async fn kill_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
         if let Some(mut z) = self.ztunnels.remove(node) {

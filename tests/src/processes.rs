@@ -381,6 +381,27 @@ impl ZtunnelProcess {
         })
     }
 
+    /// SIGTERMs it, as a rolling update does, and waits (at most
+    /// `timeout`) for it to drain and exit.
+    pub async fn terminate(mut self, timeout: Duration) -> anyhow::Result<()> {
+        let pid = self
+            .process
+            .pid()
+            .ok_or_else(|| anyhow!("ztunnel has exited already"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let status = tokio::time::timeout(timeout, self.process.wait())
+            .await
+            .map_err(|_| anyhow!("ztunnel did not exit within {timeout:?} of SIGTERM"))??;
+        anyhow::ensure!(
+            status.success(),
+            "ztunnel exited with {status} after SIGTERM"
+        );
+        Ok(())
+    }
+
     /// How many file descriptors the process holds.
     pub fn open_fds(&self) -> anyhow::Result<usize> {
         let pid = self

@@ -14,57 +14,14 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
-    process::Stdio,
     time::Duration,
 };
 
-use support::{binaries, probe};
-use tokio::io::AsyncReadExt;
-use weft_tests::{
-    apps,
-    capture::{contains, PacketCapture},
-    mesh::Mesh,
-    privilege::require_privileged,
-    topology::{Pod, Topology},
+use support::{
+    binaries,
+    churn::{self, UnderTraffic},
 };
-
-const CONFIG: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: legacy}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: demo}
-spec: {nodeName: n1, serviceAccountName: client}
-status: {podIP: "${demo/client}"}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: outsider, namespace: legacy}
-spec: {nodeName: n1}
-status: {podIP: "${legacy/outsider}"}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: demo, labels: {app: server}}
-spec: {nodeName: n2, serviceAccountName: server}
-status: {podIP: "${demo/server}"}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: only-client, namespace: demo}
-spec:
-  selector: {matchLabels: {app: server}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
-"#;
+use weft_tests::{mesh::Mesh, privilege::require_privileged};
 
 const MARKER: &str = "ENROLLED-CLIENT-PAYLOAD-5d21";
 
@@ -107,50 +64,13 @@ fn weft_bpf_ids() -> BTreeSet<String> {
     programs.chain(maps).collect()
 }
 
-/// A shell loop, as a process of `pod`, connecting to `addr` with `text`
-/// over and over; it prints each reply it gets.
-fn traffic(pod: &Pod, addr: SocketAddr, text: &str) -> anyhow::Result<tokio::process::Child> {
-    let script =
-        format!("while :; do \"$0\" connect {addr} --send {text} 2>/dev/null; sleep 0.02; done");
-    let mut cmd = pod.command("sh")?;
-    cmd.args(["-c", &script, env!("CARGO_BIN_EXE_weft-probe")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    Ok(tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_ztunnel_restarts_under_traffic_never_bypass_and_never_leak() -> anyhow::Result<()> {
     require_privileged();
     // (Objects of an earlier test may still be on their way out.)
     let baseline = weft_bpf_ids();
-    let topology = Topology::builder()
-        .control_plane()
-        .node("n1")
-        .node("n2")
-        .pod("demo/client", "n1")
-        .pod("legacy/outsider", "n1")
-        .pod("demo/server", "n2")
-        .build()?;
-    let mut mesh = Mesh::start(topology, CONFIG, binaries()).await?;
-    mesh.enroll("demo/client", "client").await?;
-    mesh.enroll("demo/server", "server").await?;
-    let server = mesh.topology.pod("demo/server");
-    let echo = server.enter(|| std::net::TcpListener::bind((server.ip(), 9090)))??;
-    apps::spawn_echo(echo, "server")?;
-    let target = SocketAddr::from((server.ip(), 9090));
-    let client_ip = mesh.topology.pod("demo/client").ip();
-
-    // The mesh works, and policy refuses the unenrolled pod.
-    let report = probe(mesh.topology.pod("demo/client"), target, "first").await?;
-    assert_eq!(report.reply, format!("server saw {client_ip}: first"));
-    assert!(
-        probe(mesh.topology.pod("legacy/outsider"), target, "refused")
-            .await
-            .is_err()
-    );
+    let mut mesh = Mesh::start(churn::topology()?, churn::CONFIG, binaries()).await?;
+    let target = churn::serve(&mesh).await?;
     let objects = weft_bpf_objects();
     assert_eq!(
         objects.keys().filter(|k| k.starts_with("program")).count(),
@@ -158,53 +78,13 @@ async fn twenty_ztunnel_restarts_under_traffic_never_bypass_and_never_leak() -> 
         "connect4, connect6, sockops, sk_lookup: {objects:?}"
     );
 
-    let pcap = mesh.dir.path().join("fabric.pcap");
-    let wire = PacketCapture::start(
-        mesh.topology.fabric(),
-        &mesh.topology.node("n1").fabric_link(),
-        pcap.clone(),
-    )
-    .await?;
-    let mut client_loop = traffic(mesh.topology.pod("demo/client"), target, MARKER)?;
-    let mut outsider_loop = traffic(mesh.topology.pod("legacy/outsider"), target, "OUTSIDER")?;
-
+    let traffic = UnderTraffic::start(&mesh, target, MARKER).await?;
     for round in 0..20 {
         let node = if round % 2 == 0 { "n1" } else { "n2" };
         tokio::time::sleep(Duration::from_millis(100)).await;
         mesh.restart_ztunnel(node).await?;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    client_loop.kill().await?;
-    outsider_loop.kill().await?;
-    let bytes = wire.stop().await?;
-
-    // Nothing crossed in clear: every connection of the enrolled client
-    // that reached the server went through the tunnel.
-    assert!(
-        !contains(&bytes, MARKER.as_bytes()),
-        "the enrolled client's payload crossed the wire in clear"
-    );
-    assert!(
-        PacketCapture::count(&pcap, "tcp.port == 15008").await? > 0,
-        "the tunnel carried the client's traffic"
-    );
-    // The refused pod never got through to the server.
-    let mut refused_output = String::new();
-    if let Some(mut out) = outsider_loop.stdout.take() {
-        out.read_to_string(&mut refused_output).await?;
-    }
-    assert!(
-        !refused_output.contains("server saw"),
-        "a refused connection reached the server: {refused_output}"
-    );
-    let mut client_output = String::new();
-    if let Some(mut out) = client_loop.stdout.take() {
-        out.read_to_string(&mut client_output).await?;
-    }
-    assert!(
-        client_output.contains(&format!("server saw {client_ip}: {MARKER}")),
-        "the client's traffic kept flowing between restarts"
-    );
+    traffic.finish().await?;
 
     // The restarted ztunnels adopted the pinned programs: nothing leaked,
     // and capture still works.
@@ -213,13 +93,7 @@ async fn twenty_ztunnel_restarts_under_traffic_never_bypass_and_never_leak() -> 
         objects,
         "BPF objects before and after 20 restarts"
     );
-    let report = probe(mesh.topology.pod("demo/client"), target, "last").await?;
-    assert_eq!(report.reply, format!("server saw {client_ip}: last"));
-    assert!(
-        probe(mesh.topology.pod("legacy/outsider"), target, "refused")
-            .await
-            .is_err()
-    );
+    churn::check(&mesh, target, "last").await?;
     for node in ["n1", "n2"] {
         let adopted = mesh
             .ztunnel(node)

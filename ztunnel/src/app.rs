@@ -48,6 +48,29 @@ pub struct Ztunnel {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl Ztunnel {
+    /// SIGTERM in a rolling update: the in-pod listeners close at once, so
+    /// the next ztunnel (bound beside them) takes every new connection;
+    /// open ones run on for at most `timeout`. Capture is left in place.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        self.pods.stop_listening();
+        let open = self.pods.open_connections();
+        tracing::info!(
+            open,
+            ?timeout,
+            "draining: in-pod listeners closed, waiting for open connections"
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.pods.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let left = self.pods.open_connections();
+        if left > 0 {
+            tracing::warn!(left, "drain timed out; closing the connections left");
+        }
+    }
+}
+
 impl Drop for Ztunnel {
     fn drop(&mut self) {
         for task in &self.tasks {
@@ -244,6 +267,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
         .enable_all()
         .build()?
         .block_on(async move {
+            let drain_seconds = config.drain_seconds;
             let ztunnel = start(config, Some(logging)).await?;
             // Machine-readable, for tools that start ztunnel on port 0.
             println!(
@@ -252,10 +276,15 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
             );
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = ztunnel.quit.notified() => {}
+            let drain = tokio::select! {
+                _ = tokio::signal::ctrl_c() => false,
+                _ = term.recv() => true,
+                _ = ztunnel.quit.notified() => false,
+            };
+            if drain {
+                ztunnel
+                    .drain(std::time::Duration::from_secs(drain_seconds))
+                    .await;
             }
             tracing::info!("shutting down");
             drop(ztunnel);

@@ -98,6 +98,10 @@ pub struct Config {
     /// pod can starve the others. Capped at a quarter of the open-file limit.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_POD", default_value_t = crate::proxy::DEFAULT_CONNECTIONS_PER_POD)]
     pub max_connections_per_pod: usize,
+    /// On SIGTERM, how long open connections may run on after the in-pod
+    /// listeners close (within the pod's termination grace period).
+    #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 20)]
+    pub drain_seconds: u64,
 }
 
 /// `ztunnel uninstall`: removes what ztunnel leaves on a node on purpose so

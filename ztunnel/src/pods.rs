@@ -378,6 +378,22 @@ impl Pods {
         }
     }
 
+    /// Closes every pod's listeners (a rolling update's drain): new
+    /// connections go to the ztunnel that shares the ports; capture stays
+    /// in place and open connections run on.
+    pub fn stop_listening(&self) {
+        for running in self.running.lock().expect("pods lock").values_mut() {
+            for task in running.tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+
+    /// Connections ztunnel holds open.
+    pub fn open_connections(&self) -> usize {
+        self.proxy.connections.len()
+    }
+
     /// Whether pod `uid` is being served.
     pub fn serves(&self, uid: &str) -> bool {
         self.running.lock().expect("pods lock").contains_key(uid)

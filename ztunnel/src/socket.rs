@@ -20,11 +20,15 @@ pub const TPROXY_MARK: u32 = 0x111;
 /// The mask both marks are matched under.
 pub const MARK_MASK: u32 = 0xfff;
 
-/// A listener bound inside the pod.
+/// A listener bound inside the pod. `SO_REUSEPORT`: during a rolling
+/// update the next ztunnel binds the same ports in the pod beside this one
+/// and takes over when this one closes its listeners (the kernel lets only
+/// sockets of the same user join the group).
 pub fn listen(netns: &InpodNetns, addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = netns
         .run(|| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)))??;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::{bail, Context};
 use weft_tests::{apps::ProbeReport, mesh::Binaries, topology::Pod};
 
+pub mod churn;
 pub mod shop;
 
 /// The control service and ztunnel built from this checkout.
@@ -39,6 +40,20 @@ pub async fn probe(pod: &Pod, addr: SocketAddr, text: &str) -> anyhow::Result<Pr
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// A shell loop, as a process of `pod`, connecting to `addr` with `text`
+/// over and over; it prints each reply it gets.
+pub fn traffic(pod: &Pod, addr: SocketAddr, text: &str) -> anyhow::Result<tokio::process::Child> {
+    let script =
+        format!("while :; do \"$0\" connect {addr} --send {text} 2>/dev/null; sleep 0.02; done");
+    let mut cmd = pod.command("sh")?;
+    cmd.args(["-c", &script, env!("CARGO_BIN_EXE_weft-probe")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    Ok(tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()?)
 }
 
 /// Transmitted bytes of `link` in `netns`, from the kernel's counters.

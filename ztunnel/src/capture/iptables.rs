@@ -61,7 +61,25 @@ fn port_returns(excluded: &[u16], chains: [&str; 2]) -> String {
         .collect()
 }
 
-fn rules(redirects: Option<&Redirects>) -> String {
+/// Which of Weft's jumps are in the built-in chains already: those are
+/// kept, so that replacing the rules leaves no instant without them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Hooked {
+    nat_output: bool,
+    nat_prerouting: bool,
+    mangle_output: bool,
+}
+
+/// `line`, unless the jump it adds is there already.
+fn jump(present: bool, line: &str) -> &str {
+    if present {
+        ""
+    } else {
+        line
+    }
+}
+
+fn rules(redirects: Option<&Redirects>, hooked: Hooked) -> String {
     let mask = format!("{MARK_MASK:#x}");
     let nat = match redirects {
         Some(Redirects {
@@ -71,13 +89,16 @@ fn rules(redirects: Option<&Redirects>) -> String {
             excluded,
         }) => {
             let exclusions = port_returns(excluded, ["WEFT_OUTPUT", "WEFT_PREROUTING"]);
+            let output_jump = jump(hooked.nat_output, "-A OUTPUT -p tcp -j WEFT_OUTPUT\n");
+            let prerouting_jump = jump(
+                hooked.nat_prerouting,
+                "-A PREROUTING -p tcp -j WEFT_PREROUTING\n",
+            );
             format!(
                 "*nat
 :WEFT_OUTPUT - [0:0]
 :WEFT_PREROUTING - [0:0]
--A OUTPUT -p tcp -j WEFT_OUTPUT
--A PREROUTING -p tcp -j WEFT_PREROUTING
--A WEFT_OUTPUT -m mark --mark {SKIP_MARK:#x}/{mask} -j RETURN
+{output_jump}{prerouting_jump}-A WEFT_OUTPUT -m mark --mark {SKIP_MARK:#x}/{mask} -j RETURN
 -A WEFT_OUTPUT -m mark --mark {TPROXY_MARK:#x}/{mask} -j RETURN
 -A WEFT_OUTPUT -o lo -j RETURN
 {exclusions}-A WEFT_OUTPUT -p tcp -j REDIRECT --to-ports {outbound}
@@ -89,11 +110,11 @@ COMMIT
         }
         None => String::new(),
     };
+    let mangle_jump = jump(hooked.mangle_output, "-A OUTPUT -j WEFT_OUTPUT\n");
     format!(
         "{nat}*mangle
 :WEFT_OUTPUT - [0:0]
--A OUTPUT -j WEFT_OUTPUT
--A WEFT_OUTPUT -m mark --mark {TPROXY_MARK:#x}/{mask} -j CONNMARK --save-mark --nfmask {mask} --ctmask {mask}
+{mangle_jump}-A WEFT_OUTPUT -m mark --mark {TPROXY_MARK:#x}/{mask} -j CONNMARK --save-mark --nfmask {mask} --ctmask {mask}
 -A WEFT_OUTPUT -m connmark --mark {TPROXY_MARK:#x}/{mask} -j CONNMARK --restore-mark --nfmask {mask} --ctmask {mask}
 COMMIT
 "
@@ -101,15 +122,15 @@ COMMIT
 }
 
 /// ip6tables rules refusing the pod's IPv6 TCP (iptables mode only).
-fn ipv6_rules(excluded: &[u16]) -> String {
+fn ipv6_rules(excluded: &[u16], hooked: (bool, bool)) -> String {
     let exclusions = port_returns(excluded, ["WEFT_OUTPUT", "WEFT_INPUT"]);
+    let input_jump = jump(hooked.0, "-A INPUT -p tcp -j WEFT_INPUT\n");
+    let output_jump = jump(hooked.1, "-A OUTPUT -p tcp -j WEFT_OUTPUT\n");
     format!(
         "*filter
 :WEFT_INPUT - [0:0]
 :WEFT_OUTPUT - [0:0]
--A INPUT -p tcp -j WEFT_INPUT
--A OUTPUT -p tcp -j WEFT_OUTPUT
--A WEFT_INPUT -i lo -j RETURN
+{input_jump}{output_jump}-A WEFT_INPUT -i lo -j RETURN
 -A WEFT_OUTPUT -o lo -j RETURN
 {exclusions}-A WEFT_INPUT -p tcp -j DROP
 -A WEFT_OUTPUT -p tcp -j REJECT --reject-with tcp-reset
@@ -123,7 +144,7 @@ fn run(
     program: &str,
     args: &[&str],
     stdin: Option<&str>,
-) -> Result<(), IptablesError> {
+) -> Result<String, IptablesError> {
     let command = format!("{program} {}", args.join(" "));
     let spawn_error = |source| IptablesError::Spawn {
         command: command.clone(),
@@ -136,7 +157,7 @@ fn run(
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(spawn_error)?;
     if let Some(input) = stdin {
@@ -149,7 +170,7 @@ fn run(
     }
     let out = child.wait_with_output().map_err(spawn_error)?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(IptablesError::Failed {
             command,
@@ -161,44 +182,71 @@ fn run(
 /// Installs the transparent-reply routing in the pod and, with
 /// `redirects`, capture itself (eBPF mode captures without them).
 pub fn install(netns: &InpodNetns, redirects: Option<&Redirects>) -> Result<(), IptablesError> {
-    // Start from a clean slate if a previous ztunnel left rules behind.
-    let _ = uninstall(netns);
+    if redirects.is_none() {
+        // eBPF mode captures without redirects: any an iptables-mode
+        // ztunnel left behind go.
+        let _ = uninstall_redirects(netns);
+    }
+    // Rules a previous ztunnel left (a restart, a rolling update: the old
+    // one still running) are replaced in place, each table in one atomic
+    // commit that refills Weft's chains while the jumps into them stay: no
+    // instant without capture.
+    let hooked = |program: &str, table: &str, hook: &str, chain: &str| {
+        let mut args = vec!["-t", table, "-C", hook];
+        if table != "mangle" {
+            args.extend(["-p", "tcp"]);
+        }
+        args.extend(["-j", chain]);
+        run(netns, program, &args, None).is_ok()
+    };
+    let present = Hooked {
+        nat_output: hooked("iptables", "nat", "OUTPUT", "WEFT_OUTPUT"),
+        nat_prerouting: hooked("iptables", "nat", "PREROUTING", "WEFT_PREROUTING"),
+        mangle_output: hooked("iptables", "mangle", "OUTPUT", "WEFT_OUTPUT"),
+    };
     run(
         netns,
         "iptables-restore",
         &["--noflush"],
-        Some(&rules(redirects)),
+        Some(&rules(redirects, present)),
     )?;
     if let Some(redirects) = redirects {
+        let present6 = (
+            hooked("ip6tables", "filter", "INPUT", "WEFT_INPUT"),
+            hooked("ip6tables", "filter", "OUTPUT", "WEFT_OUTPUT"),
+        );
         run(
             netns,
             "ip6tables-restore",
             &["--noflush"],
-            Some(&ipv6_rules(&redirects.excluded)),
+            Some(&ipv6_rules(&redirects.excluded, present6)),
         )?;
     }
     let mark = format!("{TPROXY_MARK:#x}/{MARK_MASK:#x}");
-    run(
-        netns,
-        "ip",
-        &[
-            "rule",
-            "add",
-            "fwmark",
-            &mark,
-            "pref",
-            "32764",
-            "lookup",
-            TPROXY_TABLE,
-        ],
-        None,
-    )?;
+    let rules = run(netns, "ip", &["rule", "show", "pref", "32764"], None)?;
+    if rules.trim().is_empty() {
+        run(
+            netns,
+            "ip",
+            &[
+                "rule",
+                "add",
+                "fwmark",
+                &mark,
+                "pref",
+                "32764",
+                "lookup",
+                TPROXY_TABLE,
+            ],
+            None,
+        )?;
+    }
     run(
         netns,
         "ip",
         &[
             "route",
-            "add",
+            "replace",
             "local",
             "0.0.0.0/0",
             "dev",
@@ -271,7 +319,7 @@ pub fn uninstall(netns: &InpodNetns) -> Result<(), IptablesError> {
         &["route", "flush", "table", TPROXY_TABLE],
         None,
     );
-    chains.and(rule).and(routes)
+    chains.and(rule.map(drop)).and(routes.map(drop))
 }
 
 fn remove_chains(netns: &InpodNetns, chains: &[(&str, &str, &str)]) -> Result<(), IptablesError> {
@@ -297,7 +345,7 @@ fn remove_chains_with(
             vec!["-t", table, "-F", chain],
             vec!["-t", table, "-X", chain],
         ] {
-            if let Err(err) = run(netns, program, &args, None) {
+            if let Err(err) = run(netns, program, &args, None).map(drop) {
                 first_error.get_or_insert(err);
             }
         }
@@ -319,8 +367,8 @@ mod tests {
             hbone: 15008,
             excluded: vec![10250, 9000],
         };
-        let v4 = rules(Some(&redirects));
-        let v6 = ipv6_rules(&redirects.excluded);
+        let v4 = rules(Some(&redirects), Hooked::default());
+        let v6 = ipv6_rules(&redirects.excluded, (false, false));
         for (rules, chains, last) in [
             (
                 &v4,
@@ -339,5 +387,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Replacing rules a ztunnel left keeps its jumps (none is added
+    /// twice), while Weft's chains are declared, and so refilled, either
+    /// way.
+    #[test]
+    fn jumps_already_there_are_kept_not_repeated() {
+        let redirects = Redirects {
+            outbound: 15001,
+            inbound_plaintext: 15006,
+            hbone: 15008,
+            excluded: vec![],
+        };
+        let jumps = [
+            "-A OUTPUT -p tcp -j WEFT_OUTPUT",
+            "-A PREROUTING -p tcp -j WEFT_PREROUTING",
+            "-A OUTPUT -j WEFT_OUTPUT",
+        ];
+        let fresh = rules(Some(&redirects), Hooked::default());
+        let all = Hooked {
+            nat_output: true,
+            nat_prerouting: true,
+            mangle_output: true,
+        };
+        let replaced = rules(Some(&redirects), all);
+        for jump in jumps {
+            assert!(fresh.lines().any(|l| l == jump), "{jump} in {fresh}");
+            assert!(!replaced.lines().any(|l| l == jump), "{jump} in {replaced}");
+        }
+        for rules in [&fresh, &replaced] {
+            assert!(rules.contains(":WEFT_OUTPUT - [0:0]") && rules.contains("-j REDIRECT"));
+        }
+        let v6 = ipv6_rules(&[], (true, false));
+        assert!(!v6.contains("-A INPUT -p tcp -j WEFT_INPUT"));
+        assert!(v6.contains("-A OUTPUT -p tcp -j WEFT_OUTPUT"));
     }
 }
