@@ -94,7 +94,6 @@ impl NodeAgent {
             .filter_map(|ns| Some((ns.metadata.name.clone()?, ns)))
             .collect();
         let held: BTreeSet<String> = self.zds().pods().into_iter().collect();
-        let mut running = BTreeSet::new();
         for pod in stores.pods.state() {
             let status = pod.status.clone().unwrap_or_default();
             let host_network = pod
@@ -112,7 +111,6 @@ impl NodeAgent {
             ) else {
                 continue;
             };
-            running.insert(uid.clone());
             let enrolled = match decide(&pod, namespaces.get(&namespace).map(|n| &**n)) {
                 Ok(enrolled) => enrolled,
                 Err(err) => {
@@ -135,9 +133,10 @@ impl NodeAgent {
                 _ => {}
             }
         }
-        // Held pods that are gone from the API server (deleted while the
-        // CNI DEL did not reach us) are released too; pods still starting
-        // are left to their ADD.
+        // Held pods the store does not have: deleted while the CNI DEL did
+        // not reach us, or just added by an ADD that outran the watch. The
+        // API server itself tells which: only a pod it no longer has (under
+        // that uid) is released, so a pod captured a moment ago never is.
         let known: BTreeSet<String> = stores
             .pods
             .state()
@@ -145,9 +144,22 @@ impl NodeAgent {
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
         for uid in held.difference(&known) {
-            if !running.contains(uid) {
+            let Some(workload) = self.zds().workload(uid) else {
+                continue;
+            };
+            let pods: Api<Pod> = Api::namespaced(self.kube().clone(), &workload.namespace);
+            let gone = match pods.get_opt(&workload.name).await {
+                Ok(None) => true,
+                Ok(Some(pod)) => pod.metadata.uid.as_deref() != Some(uid.as_str()),
+                Err(err) => {
+                    tracing::warn!(pod = %format!("{}/{}", workload.namespace, workload.name), %err, "cannot tell whether a held pod still exists");
+                    false
+                }
+            };
+            if gone {
                 self.zds().remove(uid).await;
-                tracing::info!(pod = %uid, "released a pod that is gone from the API server");
+                self.forget_sandboxes_of(uid);
+                tracing::info!(pod = %format!("{}/{}", workload.namespace, workload.name), "released a pod that is gone from the API server");
             }
         }
     }

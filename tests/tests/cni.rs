@@ -664,6 +664,30 @@ async fn running_pods_follow_their_labels_and_survive_an_agent_restart() -> anyh
     )
     .await?;
     serves(&node.ztunnel, &[]).await?;
+    // Enrolled again, then deleted from the API server with no CNI DEL (as
+    // when a node's runtime lost it): the agent asks the API server and,
+    // the pod being gone, releases it.
+    label(
+        &node.api,
+        &["namespace", "legacy", "istio.io/dataplane-mode=ambient"],
+    )
+    .await?;
+    serves(&node.ztunnel, &["walk-in"]).await?;
+    node.api
+        .kubectl_ok(
+            &[
+                "delete",
+                "pod",
+                "-n",
+                "legacy",
+                "walk-in",
+                "--grace-period=0",
+                "--force",
+            ],
+            None,
+        )
+        .await?;
+    serves(&node.ztunnel, &[]).await?;
     drop(containers);
     Ok(())
 }

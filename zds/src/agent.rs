@@ -333,6 +333,16 @@ impl Agent {
             .collect()
     }
 
+    /// Who the held pod `uid` is.
+    pub fn workload(&self, uid: &str) -> Option<Workload> {
+        self.inner
+            .pods
+            .lock()
+            .expect("pods lock")
+            .get(uid)
+            .map(|p| p.workload.clone())
+    }
+
     /// Pods ztunnel refused, with its reasons.
     pub fn refused(&self) -> BTreeMap<String, String> {
         self.inner.refused.lock().expect("refused lock").clone()
