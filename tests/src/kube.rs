@@ -9,7 +9,7 @@
 //! dropped.
 
 use std::{
-    net::{Ipv4Addr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -37,6 +37,8 @@ pub struct ApiServer {
     pub ca: PathBuf,
     /// The key service-account tokens are signed with (PKCS#8 PEM).
     pub service_account_key: PathBuf,
+    /// The administrator's bearer token (the kubeconfig's).
+    admin_token: String,
     // Dropped in order: the processes, then their directory.
     controllers: Option<Child>,
     apiserver: Child,
@@ -191,6 +193,7 @@ impl ApiServer {
             kubeconfig,
             ca,
             service_account_key,
+            admin_token: token,
             controllers: None,
             apiserver,
             apiserver_bin,
@@ -226,6 +229,34 @@ impl ApiServer {
         })
         .await
         .with_context(|| log_tail(self.dir.path(), "kube-apiserver"))
+    }
+
+    /// Writes a kubeconfig at `path` for the administrator that reaches the
+    /// server at `server` (a forwarder to it, say) and still verifies its
+    /// certificate, issued for 127.0.0.1 (`tls-server-name`).
+    pub fn write_kubeconfig_via(&self, server: &str, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters: [{{name: weft-test, cluster: {{server: \"{server}\", \
+                 certificate-authority: \"{}\", tls-server-name: \"127.0.0.1\"}}}}]\n\
+                 users: [{{name: weft-admin, user: {{token: \"{}\"}}}}]\n\
+                 contexts: [{{name: weft-test, context: {{cluster: weft-test, user: weft-admin}}}}]\n\
+                 current-context: weft-test\n",
+                self.ca.display(),
+                self.admin_token,
+            ),
+        )
+        .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The `host:port` the server listens on.
+    pub fn address(&self) -> anyhow::Result<SocketAddr> {
+        self.url
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("the API server's URL {}", self.url))
     }
 
     /// What a kubelet reports for a running pod: phase `Running` and its

@@ -212,11 +212,26 @@ impl ControlProcess {
         listen: SocketAddr,
         namespace: &str,
     ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(bin);
-        cmd.arg("--kubernetes")
+        Self::start_kubernetes_with(bin, None, kubeconfig, state_dir, listen, namespace, &[]).await
+    }
+
+    /// As [`ControlProcess::start_kubernetes_with_lease_in`], inside
+    /// `netns` (by name) if given, with extra flags.
+    pub async fn start_kubernetes_with(
+        bin: &Path,
+        netns: Option<&str>,
+        kubeconfig: &Path,
+        state_dir: &Path,
+        listen: SocketAddr,
+        lease_namespace: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = command_in(netns, bin)?;
+        cmd.args(extra)
+            .arg("--kubernetes")
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--lease-namespace", namespace]);
+            .args(["--lease-namespace", lease_namespace]);
         Self::launch(cmd, state_dir, listen).await
     }
 

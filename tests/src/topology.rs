@@ -84,6 +84,13 @@ impl TopologyBuilder {
         self
     }
 
+    /// Takes the declared pods out of the description, for a caller that
+    /// adds them later ([`Topology::add_pod`]), in order.
+    pub fn without_pods(mut self) -> (Self, Vec<(String, String)>) {
+        let pods = std::mem::take(&mut self.pods);
+        (self, pods)
+    }
+
     /// Chooses how pods are networked (default: [`PodNetworking::Auto`]).
     pub fn networking(mut self, networking: PodNetworking) -> Self {
         self.networking = networking;
@@ -326,6 +333,32 @@ impl Topology {
         self.cni = self.cni.take().map(|plugins| plugins.unchain(kind));
     }
 
+    /// From now on, `node`'s pods are set up from configuration files, as
+    /// a runtime finds them: `conf_dir`'s first `.conflist` (read at every
+    /// ADD and DEL) with plugins looked up in `bin_dir` too. The node's own
+    /// network (the bridge and host-local) is written there first, as the
+    /// cluster's primary CNI installs it.
+    pub fn use_cni_files(&mut self, node: &str, files: cni::NodeCniFiles) -> Result<()> {
+        if self.cni.is_none() {
+            return Err(TopologyError::Invalid(
+                "this topology's pods are not networked by CNI".into(),
+            ));
+        }
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .ok_or_else(|| TopologyError::Invalid(format!("no node {node}")))?;
+        for dir in [&files.conf_dir, &files.bin_dir] {
+            std::fs::create_dir_all(dir).map_err(TopologyError::io("creating", dir))?;
+        }
+        let primary = files.conf_dir.join("10-bridge.conflist");
+        let list = serde_json::to_vec_pretty(&node.network.conflist()).expect("JSON serializes");
+        std::fs::write(&primary, list).map_err(TopologyError::io("writing", &primary))?;
+        node.network.files = Some(files);
+        Ok(())
+    }
+
     /// Adds a pod to a running topology.
     pub fn add_pod(&mut self, qualified_name: &str, node: &str) -> Result<&Pod> {
         let (namespace, name) = qualified_name.split_once('/').ok_or_else(|| {
@@ -504,6 +537,7 @@ impl Topology {
             subnet: addresses.pod_cidr(),
             gateway: addresses.pod_gateway,
             ipam_dir: self.id.state_dir().join("ipam"),
+            files: None,
         };
         self.nodes.push(Node {
             name: name.to_owned(),

@@ -22,6 +22,7 @@ use weft_control::auth::issue_node_token;
 use weft_tests::{
     apps,
     kube::ApiServer,
+    mesh::cluster::{start_container, CgroupDriver},
     privilege::require_privileged,
     processes::{eventually, ControlProcess, Process, ZtunnelProcess},
     topology::{addressing::CONTROL_PLANE_IP, cni::Chained, PodNetworking, Topology},
@@ -497,38 +498,6 @@ async fn weft_cni_captures_enrolled_pods_before_add_returns() -> anyhow::Result<
     Ok(())
 }
 
-/// Runs `sleep` in `pod`'s network namespace inside a child cgroup named
-/// as kubelet names a pod's: the cgroupfs driver's `…/pod<uid>/<container>`
-/// or the systemd driver's `…-pod<uid with _>.slice/…scope`.
-fn start_container(
-    pod: &weft_tests::topology::Pod,
-    uid: &str,
-    systemd: bool,
-) -> anyhow::Result<tokio::process::Child> {
-    let leaf = if systemd {
-        pod.cgroup()
-            .join("kubepods.slice/kubepods-besteffort.slice")
-            .join(format!(
-                "kubepods-besteffort-pod{}.slice",
-                uid.replace('-', "_")
-            ))
-            .join("cri-containerd-c0.scope")
-    } else {
-        pod.cgroup()
-            .join("kubepods/besteffort")
-            .join(format!("pod{uid}"))
-            .join("c0")
-    };
-    std::fs::create_dir_all(&leaf)?;
-    let child = tokio::process::Command::from(pod.command("sleep")?)
-        .arg("300")
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().expect("a running child");
-    std::fs::write(leaf.join("cgroup.procs"), pid.to_string())?;
-    Ok(child)
-}
-
 /// `kubectl label ARGS…`.
 async fn label(api: &ApiServer, args: &[&str]) -> anyhow::Result<()> {
     let mut full = vec!["label"];
@@ -581,14 +550,17 @@ async fn running_pods_follow_their_labels_and_survive_an_agent_restart() -> anyh
     // Two pods outside the mesh, started and running: their containers'
     // cgroups as each kubelet driver names them.
     let mut containers = Vec::new();
-    for (name, systemd) in [("visitor", false), ("walk-in", true)] {
+    for (name, driver) in [
+        ("visitor", CgroupDriver::Cgroupfs),
+        ("walk-in", CgroupDriver::Systemd),
+    ] {
         let pod = node.topology.add_pod(&format!("legacy/{name}"), "n1")?;
         let ip = pod.ip().to_string();
         let uid = uid(&node.api, "legacy", name).await?;
         containers.push(start_container(
             node.topology.pod(&format!("legacy/{name}")),
             &uid,
-            systemd,
+            driver,
         )?);
         node.api.set_pod_running("legacy", name, &ip).await?;
     }

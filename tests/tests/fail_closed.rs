@@ -364,7 +364,7 @@ async fn a_node_agent_ztunnel_does_not_trust_cannot_unenroll_pods(
         .await?;
 
     // The node agent dies: ztunnel keeps serving what it was given.
-    mesh.stop_agent("n2");
+    mesh.stop_agent("n2").await?;
     eventually(
         "ztunnel to notice the agent is gone",
         Duration::from_secs(10),

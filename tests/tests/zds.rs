@@ -108,7 +108,7 @@ async fn ztunnel_speaks_istios_zds() -> anyhow::Result<()> {
     let mut mesh = Mesh::start(topology, CONFIG, binaries).await?;
 
     // The node agent is now this test, and ztunnel a fresh one.
-    mesh.stop_agent("n1");
+    mesh.stop_agent("n1").await?;
     let listener = DatagramListener::bind(&mesh.agent_socket("n1"))?;
     mesh.kill_ztunnel("n1").await?;
     mesh.start_ztunnel("n1").await?;

@@ -87,10 +87,16 @@ impl CniPlugins {
             .any(|c| c.config["type"] == kind && c.in_host_netns)
     }
 
-    /// The runtime's `CNI_PATH`: every directory plugins are found in.
-    fn path(&self) -> String {
+    /// Every directory plugins are found in for `network`'s pods.
+    fn dirs<'a>(&'a self, network: &'a NodeNetwork) -> impl Iterator<Item = &'a PathBuf> {
         std::iter::once(&self.dir)
             .chain(self.chained.iter().map(|c| &c.dir))
+            .chain(network.files.iter().map(|f| &f.bin_dir))
+    }
+
+    /// The runtime's `CNI_PATH`.
+    fn path(&self, network: &NodeNetwork) -> String {
+        self.dirs(network)
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(":")
@@ -98,21 +104,58 @@ impl CniPlugins {
 
     /// Where the binary of plugin `kind` is, as a runtime searches
     /// `CNI_PATH`.
-    fn binary(&self, kind: &str) -> PathBuf {
-        std::iter::once(&self.dir)
-            .chain(self.chained.iter().map(|c| &c.dir))
+    fn binary(&self, kind: &str, network: &NodeNetwork) -> PathBuf {
+        self.dirs(network)
             .map(|d| d.join(kind))
             .find(|p| p.is_file())
             .unwrap_or_else(|| self.dir.join(kind))
     }
 
-    /// `network`'s conflist with the chained plugins appended.
-    fn conflist(&self, network: &NodeNetwork) -> Value {
+    /// The conflist a pod of `network` is set up with: the node's file when
+    /// it has a configuration directory (read at each call, as a runtime
+    /// does), else `network`'s own with the chained plugins appended.
+    fn conflist(&self, network: &NodeNetwork) -> Result<Value> {
+        if let Some(files) = &network.files {
+            return files.read();
+        }
         let mut list = network.conflist();
         if let Some(plugins) = list["plugins"].as_array_mut() {
             plugins.extend(self.chained.iter().map(|c| c.config.clone()));
         }
-        list
+        Ok(list)
+    }
+}
+
+/// A node's CNI configuration as files, the way a runtime finds it: the
+/// configuration directory (`/etc/cni/net.d`), whose first `.conflist` by
+/// name is the network, and a directory of plugin binaries another
+/// installer (the mesh's node agent) may add to (`/opt/cni/bin`).
+#[derive(Clone, Debug)]
+pub struct NodeCniFiles {
+    pub conf_dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+impl NodeCniFiles {
+    /// The first `.conflist` in the directory, parsed.
+    pub fn read(&self) -> Result<Value> {
+        let io = |what: &'static str| TopologyError::io(what, &self.conf_dir);
+        let mut lists: Vec<PathBuf> = std::fs::read_dir(&self.conf_dir)
+            .map_err(io("reading the CNI configuration directory"))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "conflist"))
+            .collect();
+        lists.sort();
+        let first = lists.first().ok_or_else(|| {
+            TopologyError::Invalid(format!(
+                "no .conflist in {} (the runtime has no network)",
+                self.conf_dir.display()
+            ))
+        })?;
+        let text = std::fs::read(first).map_err(TopologyError::io("reading", first))?;
+        serde_json::from_slice(&text).map_err(|err| {
+            TopologyError::Invalid(format!("{} is not JSON: {err}", first.display()))
+        })
     }
 }
 
@@ -128,6 +171,9 @@ pub struct NodeNetwork {
     /// Where host-local keeps its allocations (inside the topology's state
     /// directory, never the host's /var/lib/cni).
     pub ipam_dir: PathBuf,
+    /// The node's configuration files, once it has them
+    /// ([`crate::topology::Topology::use_cni_files`]).
+    pub files: Option<NodeCniFiles>,
 }
 
 impl NodeNetwork {
@@ -177,12 +223,12 @@ impl PodCall<'_> {
     /// `eth0`, chaining results through `prevResult` as libcni does.
     pub fn add(&self, network: &NodeNetwork) -> Result<Attachment> {
         let loopback = json!({ "cniVersion": CNI_VERSION, "name": "loopback", "type": "loopback" });
-        self.invoke("ADD", "lo", &loopback)?;
-        let list = self.plugins.conflist(network);
+        self.invoke(network, "ADD", "lo", &loopback)?;
+        let list = self.plugins.conflist(network)?;
         let mut prev: Option<Value> = None;
         for plugin in list["plugins"].as_array().into_iter().flatten() {
             let config = plugin_config(&list, plugin, prev.as_ref());
-            let out = self.invoke("ADD", "eth0", &config)?;
+            let out = self.invoke(network, "ADD", "eth0", &config)?;
             prev = Some(
                 serde_json::from_str(&out)
                     .map_err(|err| self.error("ADD", plugin, err.to_string()))?,
@@ -201,17 +247,23 @@ impl PodCall<'_> {
     /// `DEL`: the list's plugins in reverse order, each given the `ADD`
     /// result, so host-local releases the address.
     pub fn del(&self, network: &NodeNetwork, attachment: &Attachment) -> Result<()> {
-        let list = self.plugins.conflist(network);
+        let list = self.plugins.conflist(network)?;
         for plugin in list["plugins"].as_array().into_iter().flatten().rev() {
             let config = plugin_config(&list, plugin, Some(&attachment.result));
-            self.invoke("DEL", "eth0", &config)?;
+            self.invoke(network, "DEL", "eth0", &config)?;
         }
         Ok(())
     }
 
-    fn invoke(&self, command: &'static str, ifname: &str, config: &Value) -> Result<String> {
+    fn invoke(
+        &self,
+        network: &NodeNetwork,
+        command: &'static str,
+        ifname: &str,
+        config: &Value,
+    ) -> Result<String> {
         let plugin = config["type"].as_str().unwrap_or_default();
-        let binary = self.plugins.binary(plugin);
+        let binary = self.plugins.binary(plugin, network);
         // What containerd passes for a Kubernetes pod.
         let (namespace, name) = self.pod.split_once('/').unwrap_or(("", self.pod));
         let args = format!(
@@ -233,7 +285,7 @@ impl PodCall<'_> {
             .env("CNI_NETNS", self.pod_netns.path())
             .env("CNI_IFNAME", ifname)
             .env("CNI_ARGS", args)
-            .env("CNI_PATH", self.plugins.path());
+            .env("CNI_PATH", self.plugins.path(network));
         let stdin = serde_json::to_vec(config).expect("JSON values serialize");
         exec::run(&mut cmd, Some(&stdin))
             .map_err(|err| self.error(command, &config["type"], err.to_string()))
@@ -279,6 +331,7 @@ mod tests {
             subnet: "198.18.1.0/24".into(),
             gateway: Ipv4Addr::new(198, 18, 1, 1),
             ipam_dir: "/run/wft/x".into(),
+            files: None,
         };
         let list = network.conflist();
         let prev = json!({"cniVersion": CNI_VERSION, "ips": []});

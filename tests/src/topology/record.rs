@@ -120,6 +120,7 @@ impl Topology {
                     subnet: addresses.pod_cidr(),
                     gateway: addresses.pod_gateway,
                     ipam_dir: topology.id.state_dir().join("ipam"),
+                    files: None,
                 },
                 addresses,
                 next_host: n.next_host,

@@ -4,7 +4,11 @@
 use std::{net::SocketAddr, path::Path};
 
 use anyhow::{bail, Context};
-use weft_tests::{apps::ProbeReport, mesh::Binaries, topology::Pod};
+use weft_tests::{
+    apps::ProbeReport,
+    mesh::{cluster::NodeBinaries, Binaries, Source},
+    topology::Pod,
+};
 
 pub mod churn;
 pub mod shop;
@@ -15,6 +19,15 @@ pub fn binaries() -> Binaries<'static> {
         control: Path::new(env!("CARGO_BIN_EXE_wt-control")),
         ztunnel: Path::new(env!("CARGO_BIN_EXE_wt-ztunnel")),
     }
+}
+
+/// The mesh on a Kubernetes cluster, with the node agent and plugin built
+/// from this checkout.
+pub fn cluster() -> Source<'static> {
+    Source::Kubernetes(NodeBinaries {
+        node_agent: Path::new(env!("CARGO_BIN_EXE_wt-node-agent")),
+        cni: Path::new(env!("CARGO_BIN_EXE_wt-cni")),
+    })
 }
 
 /// Runs `weft-probe connect ADDR --send TEXT` as a process of `pod` and
@@ -87,6 +100,80 @@ macro_rules! in_both_capture_modes {
                     super::$test(ztunnel::capture::CaptureMode::Ebpf).await
                 }
             )*
+        }
+    };
+}
+
+/// Runs each test of `both: [...]` (`async fn name(CaptureMode, Source) ->
+/// anyhow::Result<()>`) in both capture modes on a YAML directory
+/// (`iptables::name`, `ebpf::name`) and on a Kubernetes cluster
+/// (`cluster::iptables::name`, `cluster::ebpf::name`); each of
+/// `directory_only: [...]` (`async fn name(CaptureMode)`) in both capture
+/// modes on the directory.
+#[allow(unused_macros)]
+macro_rules! in_both_capture_modes_and_sources {
+    (both: [$($test:ident),* $(,)?], directory_only: [$($only:ident),* $(,)?] $(,)?) => {
+        mod iptables {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() -> anyhow::Result<()> {
+                    super::$test(
+                        ztunnel::capture::CaptureMode::Iptables,
+                        weft_tests::mesh::Source::Directory,
+                    )
+                    .await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $only() -> anyhow::Result<()> {
+                    super::$only(ztunnel::capture::CaptureMode::Iptables).await
+                }
+            )*
+        }
+        mod ebpf {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() -> anyhow::Result<()> {
+                    super::$test(
+                        ztunnel::capture::CaptureMode::Ebpf,
+                        weft_tests::mesh::Source::Directory,
+                    )
+                    .await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $only() -> anyhow::Result<()> {
+                    super::$only(ztunnel::capture::CaptureMode::Ebpf).await
+                }
+            )*
+        }
+        mod cluster {
+            mod iptables {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() -> anyhow::Result<()> {
+                        super::super::$test(
+                            ztunnel::capture::CaptureMode::Iptables,
+                            crate::support::cluster(),
+                        )
+                        .await
+                    }
+                )*
+            }
+            mod ebpf {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() -> anyhow::Result<()> {
+                        super::super::$test(
+                            ztunnel::capture::CaptureMode::Ebpf,
+                            crate::support::cluster(),
+                        )
+                        .await
+                    }
+                )*
+            }
         }
     };
 }

@@ -5,8 +5,21 @@
 //!
 //! The config is Kubernetes YAML in which `${ns/pod}` stands for that pod's
 //! IP (assigned by the CNI plugin when the topology was built).
+//!
+//! The same mesh also runs on a Kubernetes cluster ([`Source::Kubernetes`],
+//! see [`cluster`]): the config's objects in a real API server, the real
+//! node agent on every node, and the harness as kubelet and runtime, so a
+//! test runs its scenario on either.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+pub mod cluster;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 use weft_control::auth::issue_node_token;
@@ -19,7 +32,7 @@ use ztunnel::capture::CaptureMode;
 
 use crate::{
     processes::{eventually, CaptureSetup, ControlProcess, WaypointProcess, ZtunnelProcess},
-    topology::{addressing::CONTROL_PLANE_IP, Topology},
+    topology::{addressing::CONTROL_PLANE_IP, PodNetworking, Topology, TopologyBuilder},
 };
 
 /// The binaries a mesh runs.
@@ -31,10 +44,13 @@ pub struct Binaries<'a> {
 
 pub struct Mesh {
     pub topology: Topology,
+    /// The cluster, when the mesh runs on one ([`Source::Kubernetes`]).
+    pub cluster: Option<cluster::Cluster>,
     pub dir: tempfile::TempDir,
     pub control: ControlProcess,
     pub ztunnels: BTreeMap<String, ZtunnelProcess>,
-    /// Each node's node agent, which outlives its ztunnel's restarts.
+    /// Each node's node agent, which outlives its ztunnel's restarts (in
+    /// this process; on a cluster they are processes of their own).
     agents: BTreeMap<String, Agent>,
     binaries: (std::path::PathBuf, std::path::PathBuf),
     control_flags: Vec<String>,
@@ -59,6 +75,20 @@ pub struct MeshOptions<'a> {
     pub bpf_log: bool,
     /// More flags for every ztunnel.
     pub ztunnel_flags: &'a [&'a str],
+    /// Where the config lives ([`Mesh::launch`]).
+    pub source: Source<'a>,
+}
+
+/// Where a mesh's config lives, and so who hands pods to ztunnel.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Source<'a> {
+    /// A YAML directory the control service reads; pods are enrolled by
+    /// hand ([`Mesh::enroll`]) through a node agent in this process.
+    #[default]
+    Directory,
+    /// A Kubernetes API server: the real node agent on every node enrolls
+    /// pods from their labels when the harness, as kubelet, starts them.
+    Kubernetes(cluster::NodeBinaries<'a>),
 }
 
 impl Default for MeshOptions<'_> {
@@ -69,6 +99,7 @@ impl Default for MeshOptions<'_> {
             splice: true,
             bpf_log: false,
             ztunnel_flags: &[],
+            source: Source::Directory,
         }
     }
 }
@@ -92,6 +123,124 @@ pub fn render(topology: &Topology, template: &str) -> String {
 }
 
 impl Mesh {
+    /// Builds the topology `builder` describes and starts the mesh on it
+    /// from `options.source`: with [`Source::Directory`] as
+    /// [`Mesh::start_with`]; with [`Source::Kubernetes`] the builder's pods
+    /// are not created up front but run by the harness as kubelet, once
+    /// their Pod objects exist and the node agents are up.
+    pub async fn launch(
+        builder: TopologyBuilder,
+        config: &str,
+        binaries: Binaries<'_>,
+        options: MeshOptions<'_>,
+    ) -> anyhow::Result<Self> {
+        match options.source {
+            Source::Directory => {
+                Self::start_with(builder.build()?, config, binaries, options).await
+            }
+            Source::Kubernetes(node_binaries) => {
+                Self::start_on_cluster(builder, config, binaries, node_binaries, options).await
+            }
+        }
+    }
+
+    async fn start_on_cluster(
+        builder: TopologyBuilder,
+        config: &str,
+        binaries: Binaries<'_>,
+        node_binaries: cluster::NodeBinaries<'_>,
+        options: MeshOptions<'_>,
+    ) -> anyhow::Result<Self> {
+        let (builder, pods) = builder.networking(PodNetworking::Cni).without_pods();
+        let mut topology = builder.build()?;
+        let dir = tempfile::tempdir()?;
+        let state_dir = dir.path().join("state");
+        let cluster =
+            cluster::Cluster::start(&mut topology, dir.path(), &state_dir, node_binaries).await?;
+        let control_flags: Vec<String> = options
+            .control_flags
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        let control = cluster
+            .start_control(binaries.control, &topology, &state_dir, &control_flags)
+            .await?;
+        cluster.apply_pods(config).await?;
+        let nodes: Vec<String> = topology
+            .nodes()
+            .iter()
+            .map(|n| n.name().to_owned())
+            .collect();
+        let mut mesh = Self {
+            topology,
+            cluster: Some(cluster),
+            dir,
+            control,
+            ztunnels: BTreeMap::new(),
+            binaries: (binaries.control.to_owned(), binaries.ztunnel.to_owned()),
+            control_flags,
+            capture: options.capture,
+            splice: options.splice,
+            bpf_log: options.bpf_log,
+            ztunnel_flags: options
+                .ztunnel_flags
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+            agents: BTreeMap::new(),
+        };
+        for node in &nodes {
+            mesh.start_agent(node, &[]).await?;
+            mesh.start_ztunnel(node).await?;
+        }
+        for node in &nodes {
+            mesh.wait_ready(node).await?;
+        }
+        for (qualified, node) in &pods {
+            mesh.run_pod(qualified, node).await?;
+        }
+        mesh.reconfigure(config).await?;
+        for node in &nodes {
+            mesh.wait_ready(node).await?;
+        }
+        Ok(mesh)
+    }
+
+    /// The cluster the mesh runs on; panics on a directory mesh.
+    pub fn cluster(&mut self) -> &mut cluster::Cluster {
+        self.cluster
+            .as_mut()
+            .expect("this mesh reads a YAML directory, not a cluster")
+    }
+
+    /// Runs pod `qualified` on `node`, as kubelet does (cluster meshes).
+    pub async fn run_pod(&mut self, qualified: &str, node: &str) -> anyhow::Result<()> {
+        let cluster = self
+            .cluster
+            .as_mut()
+            .context("only a cluster mesh runs pods")?;
+        cluster.run_pod(&mut self.topology, qualified, node).await
+    }
+
+    /// Replaces the mesh's config (rendered as at start): the directory's
+    /// file, or the cluster's objects (those gone from it are deleted).
+    pub async fn reconfigure(&mut self, config: &str) -> anyhow::Result<()> {
+        match &mut self.cluster {
+            None => self.update_config(config),
+            Some(cluster) => {
+                let run: BTreeSet<String> = self
+                    .topology
+                    .pods()
+                    .iter()
+                    .map(|p| p.qualified_name())
+                    .collect();
+                cluster
+                    .apply_config(&render(&self.topology, config), &run)
+                    .await
+            }
+        }
+    }
+
     /// Starts the control service (serving `config`, rendered) and one
     /// ztunnel per node, and waits until every ztunnel is ready.
     pub async fn start(
@@ -151,6 +300,7 @@ impl Mesh {
                 .map(|f| f.to_string())
                 .collect(),
             agents: BTreeMap::new(),
+            cluster: None,
         };
         let nodes: Vec<String> = mesh
             .topology
@@ -170,7 +320,10 @@ impl Mesh {
 
     /// Starts `node`'s ztunnel (again, after [`Mesh::kill_ztunnel`]).
     pub async fn start_ztunnel(&mut self, node: &str) -> anyhow::Result<()> {
-        let socket = self.agent_socket(node);
+        let socket = match &self.cluster {
+            Some(cluster) => cluster.zds_socket(node),
+            None => self.agent_socket(node),
+        };
         let setup = CaptureSetup {
             splice: self.splice,
             bpf_log: self.bpf_log,
@@ -215,6 +368,10 @@ impl Mesh {
     /// Replaces the control service's config (rendered as at start); the
     /// control service picks the change up from its directory.
     pub fn update_config(&self, config: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.cluster.is_none(),
+            "a cluster mesh's config is in the API server: use Mesh::reconfigure"
+        );
         let path = self.dir.path().join("config").join("mesh.yaml");
         // Written aside and renamed in, so the control service never reads
         // half a file.
@@ -234,10 +391,39 @@ impl Mesh {
 
     /// Enrolls pod `ns/name` (service account `sa`) with its node's
     /// ztunnel, and waits until ztunnel holds its certificate.
+    ///
+    /// On a cluster the node agent enrolled it from its labels when it
+    /// started; this waits until its ztunnel serves it under `service_account`.
     pub async fn enroll(&self, qualified: &str, service_account: &str) -> anyhow::Result<()> {
         let pod = self.topology.pod(qualified);
-        self.add_pod(self.agent(pod.node()), qualified, service_account)
+        if self.cluster.is_some() {
+            let z = self.ztunnel(pod.node());
+            eventually(
+                &format!("{qualified} served by its ztunnel"),
+                Duration::from_secs(20),
+                || async {
+                    let dump = z.config_dump().await.ok()?;
+                    dump["pods"]
+                        .as_array()?
+                        .iter()
+                        .any(|p| {
+                            p["name"] == pod.name()
+                                && p["namespace"] == pod.namespace()
+                                && p["identity"].as_str().is_some_and(|id| {
+                                    id.ends_with(&format!(
+                                        "/ns/{}/sa/{service_account}",
+                                        pod.namespace()
+                                    ))
+                                })
+                        })
+                        .then_some(())
+                },
+            )
             .await?;
+        } else {
+            self.add_pod(self.agent(pod.node()), qualified, service_account)
+                .await?;
+        }
         self.wait_ready(pod.node()).await
     }
 
@@ -266,7 +452,9 @@ impl Mesh {
 
     /// The node agent of `node`.
     pub fn agent(&self, node: &str) -> &Agent {
-        &self.agents[node]
+        self.agents.get(node).unwrap_or_else(|| {
+            panic!("no node agent of {node} in this process (a cluster's agents are processes)")
+        })
     }
 
     /// Where `node`'s node agent listens (and its ztunnel connects).
@@ -276,15 +464,25 @@ impl Mesh {
 
     /// Stops `node`'s node agent, as a crash would: its socket stops
     /// answering, its ztunnel keeps what it has.
-    pub fn stop_agent(&mut self, node: &str) {
+    pub async fn stop_agent(&mut self, node: &str) -> anyhow::Result<()> {
         self.agents.remove(node);
+        if let Some(cluster) = &mut self.cluster {
+            cluster.kill_agent(node).await?;
+        }
+        Ok(())
     }
 
     /// Starts `node`'s node agent (again), holding `pods` (qualified name,
     /// service account) before it listens — as a restarted agent rebuilds
     /// its state from the API server first — so its first snapshot names
     /// them.
+    ///
+    /// On a cluster it starts the node agent's process, which finds the
+    /// node's pods from the API server and `/proc` itself (`pods` unused).
     pub async fn start_agent(&mut self, node: &str, pods: &[(&str, &str)]) -> anyhow::Result<()> {
+        if let Some(cluster) = &mut self.cluster {
+            return cluster.start_agent(&self.topology, node).await;
+        }
         let socket = self.agent_socket(node);
         let agent = Agent::bind(&socket)
             .with_context(|| format!("the node agent's socket {}", socket.display()))?;
@@ -323,8 +521,42 @@ impl Mesh {
     }
 
     /// Releases a pod from its ztunnel.
+    ///
+    /// On a cluster, the pod is labelled out of the mesh
+    /// (`istio.io/dataplane-mode=none`) and waited on until released.
     pub async fn release(&self, qualified: &str) -> anyhow::Result<()> {
         let pod = self.topology.pod(qualified);
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .api
+                .kubectl_ok(
+                    &[
+                        "label",
+                        "pod",
+                        "-n",
+                        pod.namespace(),
+                        pod.name(),
+                        "istio.io/dataplane-mode=none",
+                        "--overwrite",
+                    ],
+                    None,
+                )
+                .await?;
+            let z = self.ztunnel(pod.node());
+            return eventually(
+                &format!("{qualified} released"),
+                Duration::from_secs(20),
+                || async {
+                    let dump = z.config_dump().await.ok()?;
+                    (!dump["pods"]
+                        .as_array()?
+                        .iter()
+                        .any(|p| p["name"] == pod.name() && p["namespace"] == pod.namespace()))
+                    .then_some(())
+                },
+            )
+            .await;
+        }
         self.agent(pod.node())
             .remove(&pod_uid(pod.namespace(), pod.name()))
             .await;
@@ -362,6 +594,17 @@ impl Mesh {
 
     /// Restarts the control service on its address (after a kill).
     pub async fn restart_control(&mut self) -> anyhow::Result<()> {
+        if let Some(cluster) = &self.cluster {
+            self.control = cluster
+                .start_control(
+                    &self.binaries.0,
+                    &self.topology,
+                    &self.dir.path().join("state"),
+                    &self.control_flags,
+                )
+                .await?;
+            return Ok(());
+        }
         let netns = self.topology.control_plane().map(|n| n.name().to_owned());
         self.control = ControlProcess::start_with(
             &self.binaries.0,
