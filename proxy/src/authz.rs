@@ -80,8 +80,9 @@ impl std::fmt::Display for DenyReason {
             }
             DenyReason::UnknownDestination(pod) => write!(
                 f,
-                "the control service has not described destination pod {pod} yet, so its \
-                 policies are unknown; denied until it does (is the pod in the config?)"
+                "the control service has not described destination pod {pod} yet (or not at \
+                 an address its namespace holds), so its policies are unknown; denied until it \
+                 does (is the pod in the config?)"
             ),
         }
     }

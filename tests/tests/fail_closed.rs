@@ -254,7 +254,7 @@ async fn the_node_agent_cannot_lie_about_a_pods_namespace(
     capture: CaptureMode,
 ) -> anyhow::Result<()> {
     require_privileged();
-    let mesh = mesh(capture, BASE).await?;
+    let mesh = mesh(capture, &format!("{BASE}{NEWCOMER}")).await?;
     let (server, outsider, spare) = (
         mesh.topology.pod("demo/server"),
         mesh.topology.pod("legacy/outsider"),
@@ -283,6 +283,50 @@ async fn the_node_agent_cannot_lie_about_a_pods_namespace(
         err.contains(&format!("does not hold {}", server.ip())),
         "{err}"
     );
+    // A pod not running yet, whose description names an address its
+    // namespace does not hold (stale, as after its sandbox was recreated,
+    // or a lie): taken and captured, but it never speaks as that pod, and
+    // nothing reaches it, until the description agrees.
+    let newcomer = mesh.topology.pod("demo/newcomer");
+    let held = Workload {
+        uid: weft_tests::mesh::pod_uid("demo", "newcomer"),
+        name: "newcomer".into(),
+        namespace: "demo".into(),
+        service_account: "newcomer".into(),
+    };
+    agent
+        .add(AgentPod {
+            workload: held.clone(),
+            netns: Arc::new(spare.netns().file().try_clone()?.into()),
+        })
+        .await?;
+    assert!(
+        !served(spare, server, "as the newcomer").await,
+        "a pod held for its description spoke with the newcomer's identity"
+    );
+    support::logged(
+        mesh.ztunnel("n2"),
+        &[
+            "connection failed",
+            &format!(
+                "the control service gives this pod {}, which its network namespace does not hold",
+                newcomer.ip()
+            ),
+        ],
+    )
+    .await?;
+    let spare_app = spare.enter(|| std::net::TcpListener::bind((spare.ip(), 8080)))??;
+    let _spare_app = apps::spawn_echo(spare_app, "spare")?;
+    assert!(
+        !served(mesh.topology.pod("demo/client"), spare, "to the held pod").await,
+        "a connection reached a pod held for its description"
+    );
+    support::logged(
+        mesh.ztunnel("n2"),
+        &["has not described destination pod demo/newcomer yet (or not at an address its namespace holds)"],
+    )
+    .await?;
+    agent.remove(&held.uid).await;
     // ztunnel's own namespace.
     let err = refused(agent, &imposter, mesh.topology.node("n2").netns().file()).await?;
     assert!(err.contains("ztunnel's own"), "{err}");

@@ -38,6 +38,8 @@ pub struct PodRef {
     pub uid: String,
     pub namespace: String,
     pub name: String,
+    /// The addresses its network namespace holds.
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 impl PodRef {
@@ -46,18 +48,21 @@ impl PodRef {
             uid: pod.info.uid.clone(),
             namespace: pod.info.namespace.clone(),
             name: pod.info.name.clone(),
+            ips: pod.info.ips.clone(),
         }
     }
 }
 
 /// Decides a connection to `attrs.dst_pod` (a pod of this node). While the
 /// control service has not described the pod, nothing is allowed: its
-/// policies (STRICT mTLS among them) are not known yet.
+/// policies (STRICT mTLS among them) are not known yet. A description
+/// giving the pod an address its namespace does not hold counts as none.
 pub fn decide(proxy: &Proxy, attrs: &Attributes) -> Decision {
     let pod = &attrs.dst_pod;
     let Some(workload) = proxy
         .state
         .workload_for_pod(&pod.uid, &pod.namespace, &pod.name)
+        .filter(|w| crate::proxy::unheld_address(w, &pod.ips).is_none())
     else {
         return Decision::Deny {
             reason: DenyReason::UnknownDestination(format!("{}/{}", pod.namespace, pod.name)),

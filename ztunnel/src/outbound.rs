@@ -62,6 +62,12 @@ pub enum OutboundError {
     NoConfig(#[from] crate::proxy::NoConfig),
     #[error("{0}")]
     Denied(String),
+    #[error(
+        "the control service gives this pod {ip}, which its network namespace does not hold; \
+         its connections are refused until the control service describes its current address \
+         (its sandbox recreated with a new address, or the node agent named the wrong namespace)"
+    )]
+    Contradicted { ip: std::net::IpAddr },
     #[error("closed by a policy change: {0}")]
     Revoked(String),
     #[error("splicing the connection: {source}")]
@@ -270,6 +276,16 @@ async fn forward(
     log: &mut ConnectionLog,
 ) -> Result<copy::Transferred, OutboundError> {
     proxy.config_ready().await?;
+    // A description that contradicts the pod's namespace may be stale for
+    // a moment after its sandbox is recreated; until it is current, the pod
+    // does not speak with the identity it was enrolled under.
+    if let Some(ip) = proxy.pod_contradicted(pod) {
+        if !proxy.pod_known(pod).await {
+            return Err(OutboundError::Contradicted {
+                ip: proxy.pod_contradicted(pod).unwrap_or(ip),
+            });
+        }
+    }
     let source = proxy.pod_workload(pod);
     let route = resolve(proxy, original)?;
     let (destination, service, mtls) = match &route {

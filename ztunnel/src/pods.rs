@@ -146,7 +146,17 @@ impl Pods {
     /// Checks what the node agent says about a pod against what ztunnel can
     /// see for itself: the namespace is a pod's, its addresses belong to no
     /// other enrolled pod, and the control service, when it knows the pod,
-    /// gives it addresses this namespace holds and the same service account.
+    /// gives it the same service account.
+    ///
+    /// When the control service gives the pod an address this namespace
+    /// does not hold, the add is refused if it would replace a running pod
+    /// whose namespace does hold it (the node agent naming the wrong
+    /// namespace). Otherwise the pod is taken, captured, but held: its
+    /// description may be stale, as when kubelet recreates a pod's sandbox
+    /// (after a node reboots, say) and writes its new address only after
+    /// the CNI ADD returns. Until the description agrees with the
+    /// namespace, the pod's connections are refused both ways (see
+    /// [`Proxy::pod_workload`]).
     fn check(&self, info: &PodInfo, netns: &InpodNetns) -> Result<(), PodError> {
         let uid = || info.uid.clone();
         if netns.inode() == self.own_netns_inode {
@@ -171,11 +181,24 @@ impl Pods {
             .state
             .workload_for_pod(&info.uid, &info.namespace, &info.name);
         if let Some(workload) = known {
-            if let Some(ip) = workload.ips.iter().find(|ip| !info.ips.contains(ip)) {
-                return Err(PodError::NotInNetns {
-                    uid: uid(),
-                    ip: *ip,
-                });
+            if let Some(ip) = crate::proxy::unheld_address(&workload, &info.ips) {
+                let replaces_a_true_one = self
+                    .running
+                    .lock()
+                    .expect("pods lock")
+                    .get(&info.uid)
+                    .is_some_and(|r| {
+                        crate::proxy::unheld_address(&workload, &r.ctx.info.ips).is_none()
+                    });
+                if replaces_a_true_one {
+                    return Err(PodError::NotInNetns { uid: uid(), ip });
+                }
+                tracing::warn!(
+                    pod = %info.uid, %ip, held = ?info.ips,
+                    "the control service gives this pod an address its namespace does not hold; \
+                     taken, its connections refused until the control service describes its \
+                     current address"
+                );
             }
             if workload.identity.service_account != info.service_account {
                 return Err(PodError::ServiceAccount {

@@ -188,10 +188,26 @@ impl Proxy {
         }
     }
 
-    /// The workload the control service describes for `pod`.
+    /// The workload the control service describes for `pod`, if the
+    /// description agrees with the pod's namespace (every address it gives
+    /// the pod is one the namespace holds). One that disagrees counts as
+    /// none: stale (the pod's sandbox was recreated with a new address the
+    /// control service has not heard of yet) or another pod's.
     pub fn pod_workload(&self, pod: &PodContext) -> Option<Arc<Workload>> {
+        self.described(pod)
+            .filter(|w| unheld_address(w, &pod.info.ips).is_none())
+    }
+
+    fn described(&self, pod: &PodContext) -> Option<Arc<Workload>> {
         self.state
             .workload_for_pod(&pod.info.uid, &pod.info.namespace, &pod.info.name)
+    }
+
+    /// An address the control service gives `pod` that its namespace does
+    /// not hold, if it describes the pod at all.
+    pub fn pod_contradicted(&self, pod: &PodContext) -> Option<IpAddr> {
+        self.described(pod)
+            .and_then(|w| unheld_address(&w, &pod.info.ips))
     }
 
     /// Waits (at most [`CONFIG_WAIT`]) until the control service has
@@ -246,6 +262,12 @@ pub struct PodInfo {
     pub namespace: String,
     pub service_account: String,
     pub ips: Vec<IpAddr>,
+}
+
+/// The first of `workload`'s addresses that is not among `held` (a pod
+/// namespace's addresses).
+pub fn unheld_address(workload: &Workload, held: &[IpAddr]) -> Option<IpAddr> {
+    workload.ips.iter().find(|ip| !held.contains(ip)).copied()
 }
 
 /// A pod ztunnel serves.

@@ -222,6 +222,17 @@ impl Mesh {
         cluster.run_pod(&mut self.topology, qualified, node).await
     }
 
+    /// Stops pod `qualified`'s sandbox as a node going down does (cluster
+    /// meshes): its command killed, CNI DEL, its namespace gone; the Pod
+    /// object stays, to be run again ([`Mesh::run_pod`]).
+    pub fn stop_pod(&mut self, qualified: &str) -> anyhow::Result<()> {
+        let cluster = self
+            .cluster
+            .as_mut()
+            .context("only a cluster mesh runs pods")?;
+        cluster.stop_pod(&mut self.topology, qualified)
+    }
+
     /// Replaces the mesh's config (rendered as at start): the directory's
     /// file, or the cluster's objects (those gone from it are deleted).
     pub async fn reconfigure(&mut self, config: &str) -> anyhow::Result<()> {

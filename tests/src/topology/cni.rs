@@ -221,6 +221,10 @@ pub struct PodCall<'a> {
 impl PodCall<'_> {
     /// `ADD`: the loopback plugin for `lo`, then each plugin of the list for
     /// `eth0`, chaining results through `prevResult` as libcni does.
+    ///
+    /// When a plugin fails, the whole list is torn down (DEL in reverse,
+    /// with no result) before the error is returned, as containerd does, so
+    /// a retry starts clean (host-local releases the address).
     pub fn add(&self, network: &NodeNetwork) -> Result<Attachment> {
         let loopback = json!({ "cniVersion": CNI_VERSION, "name": "loopback", "type": "loopback" });
         self.invoke(network, "ADD", "lo", &loopback)?;
@@ -228,11 +232,24 @@ impl PodCall<'_> {
         let mut prev: Option<Value> = None;
         for plugin in list["plugins"].as_array().into_iter().flatten() {
             let config = plugin_config(&list, plugin, prev.as_ref());
-            let out = self.invoke(network, "ADD", "eth0", &config)?;
-            prev = Some(
-                serde_json::from_str(&out)
-                    .map_err(|err| self.error("ADD", plugin, err.to_string()))?,
-            );
+            let added = self
+                .invoke(network, "ADD", "eth0", &config)
+                .and_then(|out| {
+                    serde_json::from_str(&out)
+                        .map_err(|err| self.error("ADD", plugin, err.to_string()))
+                });
+            match added {
+                Ok(result) => prev = Some(result),
+                Err(err) => {
+                    for plugin in list["plugins"].as_array().into_iter().flatten().rev() {
+                        let config = plugin_config(&list, plugin, None);
+                        if let Err(del) = self.invoke(network, "DEL", "eth0", &config) {
+                            tracing::warn!(pod = self.pod, %del, "teardown after a failed ADD");
+                        }
+                    }
+                    return Err(err);
+                }
+            }
         }
         let result = prev.ok_or_else(|| TopologyError::Invalid("empty CNI plugin list".into()))?;
         let ip = first_ipv4(&result).ok_or_else(|| TopologyError::Cni {

@@ -10,7 +10,7 @@ use weft_tests::{
     apps,
     capture::{contains, PacketCapture},
     mesh::Mesh,
-    topology::Topology,
+    topology::{Topology, TopologyBuilder},
 };
 
 use super::{probe, traffic};
@@ -56,14 +56,18 @@ spec:
 
 /// The topology [`CONFIG`] describes.
 pub fn topology() -> anyhow::Result<Topology> {
-    Ok(Topology::builder()
+    Ok(builder().build()?)
+}
+
+/// The topology [`CONFIG`] describes, not built yet (for [`Mesh::launch`]).
+pub fn builder() -> TopologyBuilder {
+    Topology::builder()
         .control_plane()
         .node("n1")
         .node("n2")
         .pod("demo/client", "n1")
         .pod("legacy/outsider", "n1")
         .pod("demo/server", "n2")
-        .build()?)
 }
 
 /// Enrolls client and server, starts the server's echo on 9090 and checks
