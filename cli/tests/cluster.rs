@@ -257,6 +257,17 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cni_conf)?;
     std::fs::write(cni_bin.join("weft-cni"), b"plugin")?;
     std::fs::write(cni_conf.join("weft-cni.kubeconfig"), b"credentials")?;
+    // The sockets the node agent listened on, left behind when it stopped.
+    let (zds_dir, weft_dir) = (
+        node_dirs.path().join("ztunnel"),
+        node_dirs.path().join("weft"),
+    );
+    std::fs::create_dir_all(&zds_dir)?;
+    std::fs::create_dir_all(&weft_dir)?;
+    let sockets = [zds_dir.join("ztunnel.sock"), weft_dir.join("cni.sock")];
+    for socket in &sockets {
+        drop(std::os::unix::net::UnixListener::bind(socket)?);
+    }
     let conflist = cni_conf.join("10-k8s.conflist");
     std::fs::write(
         &conflist,
@@ -310,6 +321,8 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
                 ("/sys/fs/bpf", &bpffs.path),
                 ("/opt/cni/bin", &cni_bin),
                 ("/etc/cni/net.d", &cni_conf),
+                ("/var/run/ztunnel", &zds_dir),
+                ("/var/run/weft", &weft_dir),
             ],
         )
         .await?;
@@ -331,6 +344,9 @@ async fn install_enroll_and_uninstall_on_a_cluster() -> anyhow::Result<()> {
         !cni_bin.join("weft-cni").exists() && !cni_conf.join("weft-cni.kubeconfig").exists(),
         "n1's plugin left"
     );
+    for socket in &sockets {
+        assert!(!socket.exists(), "{} left", socket.display());
+    }
     for line in [
         "DaemonSet/ztunnel deleted",
         "DaemonSet/weft-node-agent deleted",

@@ -112,13 +112,18 @@ pub struct Pod {
     /// Finished (`status.phase` Succeeded or Failed): no longer a workload,
     /// and its addresses may already belong to another pod.
     pub terminated: bool,
+    /// Runs in its node's network namespace (`spec.hostNetwork`): its
+    /// addresses are the node's, and it is never in the mesh.
+    pub host_network: bool,
 }
 
 impl Pod {
     /// Whether the pod is in the mesh: its own `istio.io/dataplane-mode`
     /// label wins (`none` opts out), else its namespace's.
     pub fn is_enrolled(&self, namespace: Option<&Namespace>) -> bool {
-        if self.has_sidecar {
+        // A host-network pod shares its node's namespace: capturing it
+        // would capture the node.
+        if self.has_sidecar || self.host_network {
             return false;
         }
         match self.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) {

@@ -471,6 +471,53 @@ status: {podIP: 198.18.1.5, phase: Running}
 }
 
 #[test]
+fn host_network_pods_share_their_nodes_address_and_are_never_enrolled() {
+    let r = resources(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: kube-system, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: kube-proxy-n1, namespace: kube-system}
+spec: {nodeName: n1, hostNetwork: true}
+status: {podIP: 198.19.255.1, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: node-agent-n1, namespace: kube-system}
+spec: {nodeName: n1, hostNetwork: true}
+status: {podIP: 198.19.255.1, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app, namespace: kube-system}
+spec: {nodeName: n1}
+status: {podIP: 198.18.1.9, phase: Running}
+"#,
+    );
+    assert!(
+        !r.warnings.iter().any(|w| w.contains("claim address")),
+        "{:?}",
+        r.warnings
+    );
+    let proxy = workload(&r, "kube-system", "kube-proxy-n1");
+    assert_eq!(
+        proxy.network_mode,
+        workload::NetworkMode::HostNetwork as i32
+    );
+    assert_eq!(
+        proxy.tunnel_protocol,
+        workload::TunnelProtocol::None as i32,
+        "a host-network pod in an ambient namespace is not enrolled"
+    );
+    let app = workload(&r, "kube-system", "app");
+    assert_eq!(app.network_mode, workload::NetworkMode::Standard as i32);
+    assert_eq!(app.tunnel_protocol, workload::TunnelProtocol::Hbone as i32);
+}
+
+#[test]
 fn waypoints_are_published_where_their_traffic_goes() {
     let r = resources(
         r#"

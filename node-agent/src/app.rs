@@ -51,7 +51,8 @@ pub struct Config {
 }
 
 /// `weft-node-agent uninstall`: takes `weft-cni` out of the node's CNI
-/// configuration and removes its binary.
+/// configuration, removes its binary and credentials, and the sockets the
+/// agent listened on.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "weft-node-agent uninstall")]
 pub struct Uninstall {
@@ -59,6 +60,31 @@ pub struct Uninstall {
     pub cni_conf_dir: PathBuf,
     #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
+    /// The agent's ZDS socket (removed only if it is a socket).
+    #[arg(long, env = "WEFT_ZDS_SOCKET", default_value = weft_zds::DEFAULT_SOCKET)]
+    pub zds_socket: PathBuf,
+    /// The agent's plugin socket (removed only if it is a socket).
+    #[arg(long, env = "WEFT_CNI_SOCKET", default_value = DEFAULT_AGENT_SOCKET)]
+    pub plugin_socket: PathBuf,
+}
+
+/// Removes `path` if it is a socket; says whether it was there. Anything
+/// else at that path is left alone, with an error naming it.
+fn remove_socket(path: &std::path::Path) -> anyhow::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(anyhow::anyhow!("reading {}: {err}", path.display())),
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path)
+                .map_err(|err| anyhow::anyhow!("removing {}: {err}", path.display()))?;
+            Ok(true)
+        }
+        Ok(_) => Err(anyhow::anyhow!(
+            "{} is not a socket; left in place (is --zds-socket or --plugin-socket wrong?)",
+            path.display()
+        )),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +229,11 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::
         };
         for path in installer.uninstall()? {
             println!("removed weft-cni from {}", path.display());
+        }
+        for socket in [&uninstall.zds_socket, &uninstall.plugin_socket] {
+            if remove_socket(socket)? {
+                println!("removed {}", socket.display());
+            }
         }
         return Ok(());
     }

@@ -475,12 +475,19 @@ async fn weft_cni_captures_enrolled_pods_before_add_returns() -> anyhow::Result<
         .map(PathBuf::from)
         .expect("the entry names the plugin's credentials");
     assert!(credentials.is_file());
+    // The stopped agent's sockets are still there; uninstall removes them.
+    let zds_socket = node.zds_socket.clone();
+    assert!(zds_socket.exists() && plugin_socket.exists());
     let out = Command::new(env!("CARGO_BIN_EXE_wt-node-agent"))
         .arg("uninstall")
         .arg("--cni-conf-dir")
         .arg(&cni_conf)
         .arg("--cni-bin-dir")
         .arg(&cni_bin)
+        .arg("--zds-socket")
+        .arg(&zds_socket)
+        .arg("--plugin-socket")
+        .arg(&plugin_socket)
         .output()?;
     assert!(
         out.status.success(),
@@ -493,6 +500,10 @@ async fn weft_cni_captures_enrolled_pods_before_add_returns() -> anyhow::Result<
         json!([{"type": "bridge", "bridge": "weft0"}])
     );
     assert!(!weft_cni.exists() && !credentials.exists());
+    assert!(
+        !zds_socket.exists() && !plugin_socket.exists(),
+        "sockets left"
+    );
     // The runtime reads the conflist without it from now on.
     topology.unchain_cni("weft-cni");
     Ok(())

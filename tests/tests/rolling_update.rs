@@ -143,7 +143,8 @@ async fn a_ztunnel_killed_mid_update_and_a_restarted_agent_lose_nothing(
     churn::check(&mesh, target, "after").await
 }
 
-/// n1 reboots: every process on it dies, its pods' sandboxes, its bpffs
+/// The cluster's CNI rewrites n1's configuration without weft-cni, and the
+/// agent puts it back. Then n1 reboots: every process on it dies, its pods' sandboxes, its bpffs
 /// pins and its /run sockets are gone; its CNI configuration (on disk)
 /// still chains weft-cni. Kubelet comes back before the mesh's DaemonSets
 /// and recreates the pods' sandboxes: an enrolled pod's ADD fails until
@@ -166,6 +167,17 @@ async fn a_rebooted_node_recaptures_its_pods_before_they_run(
     )
     .await?;
     let target = churn::serve(&mesh).await?;
+    // The cluster's CNI rewrites its configuration (as its installer does
+    // when it starts): the running agent chains weft-cni in again.
+    let files = mesh.cluster().cni_files("n1").clone();
+    let primary = files.conf_dir.join("10-bridge.conflist");
+    let mut list = files.read()?;
+    list["plugins"]
+        .as_array_mut()
+        .expect("a conflist has plugins")
+        .retain(|p| p["type"] != "weft-cni");
+    std::fs::write(&primary, serde_json::to_vec(&list)?)?;
+    mesh.cluster().wait_chained("n1").await?;
 
     mesh.kill_ztunnel("n1").await?;
     mesh.stop_agent("n1").await?;

@@ -243,6 +243,7 @@ mod tests {
             services: BTreeMap::new(),
             authorization_policies: Vec::new(),
             healthy: true,
+            host_network: false,
             waypoint: None,
         })
     }

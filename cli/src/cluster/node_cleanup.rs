@@ -178,11 +178,20 @@ fn cleanup_daemonset(ztunnel: &DaemonSet, agent: Option<&DaemonSet>) -> anyhow::
                 continue;
             };
             container.image = agent_container.image.clone();
-            for name in ["WEFT_CNI_CONF_DIR", "WEFT_CNI_BIN_DIR"] {
+            for name in [
+                "WEFT_CNI_CONF_DIR",
+                "WEFT_CNI_BIN_DIR",
+                "WEFT_ZDS_SOCKET",
+                "WEFT_CNI_SOCKET",
+            ] {
                 set_env(container, name, env_of(agent_container, name));
             }
             let volumes = spec.volumes.get_or_insert_with(Vec::new);
-            take_volumes(volumes, agent_pod, &["cni-bin", "cni-conf"]);
+            take_volumes(
+                volumes,
+                agent_pod,
+                &["cni-bin", "cni-conf", "zds", "cni-socket"],
+            );
         } else {
             container.image = Some(image.clone());
             set_env(container, "WEFT_BPF_PIN_DIR", pin_dir.clone());
@@ -190,7 +199,9 @@ fn cleanup_daemonset(ztunnel: &DaemonSet, agent: Option<&DaemonSet>) -> anyhow::
     }
     if agent.is_none() {
         if let Some(volumes) = spec.volumes.as_mut() {
-            volumes.retain(|v| v.name != "cni-bin" && v.name != "cni-conf");
+            volumes.retain(|v| {
+                !["cni-bin", "cni-conf", "zds", "cni-socket"].contains(&v.name.as_str())
+            });
         }
     }
     let volumes = spec.volumes.get_or_insert_with(Vec::new);

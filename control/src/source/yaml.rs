@@ -271,6 +271,8 @@ struct PodSpecYaml {
     containers: Vec<ContainerYaml>,
     #[serde(default)]
     init_containers: Vec<ContainerYaml>,
+    #[serde(default)]
+    host_network: bool,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +341,7 @@ fn pod(
         .iter()
         .chain(&spec.init_containers)
         .any(|c| c.name == crate::objects::SIDECAR_CONTAINER);
+    let host_network = spec.host_network;
     let containers = spec
         .containers
         .into_iter()
@@ -368,6 +371,7 @@ fn pod(
         // A pod that has finished keeps its IP in its status, but the IP
         // is free for another pod.
         terminated: matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")),
+        host_network,
     })
 }
 

@@ -34,7 +34,8 @@ fn canonical(labels: &Labels, pod_name: &str) -> (String, String) {
 /// inbound connections by the pod they serve, not by address).
 fn address_conflicts<'a>(pods: impl Iterator<Item = &'a crate::objects::Pod>) -> Vec<String> {
     let mut claims: BTreeMap<std::net::IpAddr, Vec<String>> = BTreeMap::new();
-    for pod in pods {
+    // Host-network pods share their node's address by design.
+    for pod in pods.filter(|p| !p.host_network) {
         for ip in &pod.ips {
             claims
                 .entry(*ip)
@@ -138,6 +139,11 @@ pub fn translate(
                 status: workload::WorkloadStatus::Healthy as i32,
                 cluster_id: mesh.cluster_id.clone(),
                 waypoint: waypoints.for_pod(pod),
+                network_mode: if pod.host_network {
+                    workload::NetworkMode::HostNetwork as i32
+                } else {
+                    workload::NetworkMode::Standard as i32
+                },
                 ..Default::default()
             }
         })

@@ -258,7 +258,9 @@ impl ProxyState {
         remove_address_locked(&mut inner, name);
         match address {
             AddressResource::Workload(w) => {
-                for ip in &w.ips {
+                // A host-network pod's addresses are its node's, not its own.
+                let own_ips = if w.host_network { &[][..] } else { &w.ips[..] };
+                for ip in own_ips {
                     let claims = inner.workload_by_ip.entry(*ip).or_default();
                     if !claims.contains(&w.uid) {
                         claims.push(w.uid.clone());
@@ -399,6 +401,7 @@ mod tests {
             services: BTreeMap::from([("demo/web.demo.svc.cluster.local".into(), vec![])]),
             authorization_policies: vec![],
             healthy: true,
+            host_network: false,
             waypoint: None,
         }
     }
@@ -446,6 +449,22 @@ mod tests {
         assert!(state.workload_by_ip([198, 18, 1, 3].into()).is_some());
         state.remove_address("a");
         assert!(state.workload_by_ip([198, 18, 1, 3].into()).is_none());
+        assert_eq!(state.counts()["workloads"], 0);
+    }
+
+    #[test]
+    fn host_network_workloads_are_not_found_by_their_nodes_address() {
+        let state = ProxyState::default();
+        let node_ip = IpAddr::from([198, 19, 255, 1]);
+        let mut proxy = workload("kube-proxy", [198, 19, 255, 1]);
+        proxy.host_network = true;
+        state.upsert_address("kube-proxy", AddressResource::Workload(Box::new(proxy)));
+        assert!(state.workload_by_ip(node_ip).is_none());
+        assert!(state.address_claims(node_ip).is_empty());
+        assert!(state
+            .workload_for_pod("kube-proxy", "demo", "kube-proxy")
+            .is_some());
+        state.remove_address("kube-proxy");
         assert_eq!(state.counts()["workloads"], 0);
     }
 

@@ -61,6 +61,10 @@ pub struct Workload {
     pub authorization_policies: Vec<String>,
     pub healthy: bool,
     pub waypoint: Option<GatewayAddress>,
+    /// Runs in its node's network namespace (`hostNetwork`): its addresses
+    /// are the node's, shared with every such pod there, so nothing is
+    /// looked up by them.
+    pub host_network: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -206,6 +210,7 @@ impl TryFrom<pb::Workload> for Workload {
         let waypoint = gateway(w.waypoint.as_ref()).map_err(&fail)?;
         Ok(Self {
             healthy: w.status == pb::WorkloadStatus::Healthy as i32,
+            host_network: w.network_mode == pb::NetworkMode::HostNetwork as i32,
             uid: w.uid,
             name: w.name,
             namespace: w.namespace,

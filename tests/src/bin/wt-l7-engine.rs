@@ -84,6 +84,7 @@ async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
             services: BTreeMap::from([(key.clone(), vec![mapping])]),
             authorization_policies: Vec::new(),
             healthy: true,
+            host_network: false,
             waypoint: None,
         })),
     );

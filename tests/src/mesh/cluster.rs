@@ -15,8 +15,16 @@
 //!
 //! The API server listens on this machine's loopback, which the cluster's
 //! namespaces cannot reach; a forwarder in the control-plane namespace
-//! makes it reachable from every node at [`API_PORT`], as the `kubernetes`
-//! Service is.
+//! makes it reachable from every node, at [`API_PORT`] and at the
+//! `kubernetes` Service's address ([`KUBERNETES_SERVICE`], which the
+//! server's certificate names).
+//!
+//! The node agents run as their pods would: as service account
+//! `weft-system/weft-node-agent` with the RBAC that `deploy/` ships, its
+//! token and CA at `/var/run/secrets/kubernetes.io/serviceaccount` (in a
+//! mount namespace of the agent's own) and `KUBERNETES_SERVICE_HOST` set,
+//! so the agent and the plugin credentials it writes are the in-cluster
+//! ones.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -37,6 +45,28 @@ use crate::{
 /// The port the API server is reached on from the cluster's namespaces
 /// (at [`CONTROL_PLANE_IP`]).
 pub const API_PORT: u16 = 6443;
+
+/// The `kubernetes` Service (the first address of the service range), where
+/// pods reach the API server on port 443.
+pub const KUBERNETES_SERVICE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 19, 0, 1);
+
+/// The node agent's service account and RBAC, as shipped.
+const NODE_AGENT_MANIFEST: &str = include_str!("../../../deploy/base/node-agent.yaml");
+
+/// Runs the rest of its arguments as a pod sees its filesystem: a fresh
+/// /run (with the node's /run/netns bound back in, as the agent's
+/// DaemonSet mounts it) holding the service account's files. Arguments:
+/// a directory to keep the machine's /run at, the service account's
+/// files, then the command.
+const AS_A_POD: &str = r#"set -e
+host_run="$1"; account="$2"; shift 2
+mount --rbind /run "$host_run"
+mount -t tmpfs weft-pod-run /run
+mkdir -p /run/netns /run/secrets/kubernetes.io/serviceaccount
+mount --rbind "$host_run/netns" /run/netns
+cp "$account"/token "$account"/ca.crt "$account"/namespace /run/secrets/kubernetes.io/serviceaccount/
+exec "$@"
+"#;
 
 /// Where the node agent's binaries are.
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +128,9 @@ struct ClusterNode {
     zds_socket: PathBuf,
     plugin_socket: PathBuf,
     files: NodeCniFiles,
+    /// The node agent's pod's service-account files, and its home.
+    account: PathBuf,
+    home: PathBuf,
     agent: Option<Process>,
 }
 
@@ -143,9 +176,24 @@ impl Cluster {
             &kubeconfig,
         )?;
         std::fs::create_dir_all(state_dir.join("nodes"))?;
+        // The node agent's service account and RBAC, as deploy/ has them.
+        let mut rbac = vec![json!({"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": "weft-system"}})];
+        rbac.extend(
+            documents(NODE_AGENT_MANIFEST)?
+                .into_iter()
+                .filter(|d| d["kind"] != "DaemonSet"),
+        );
+        api.kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&json!({"apiVersion": "v1", "kind": "List", "items": rbac}).to_string()),
+        )
+        .await?;
         let mut nodes = BTreeMap::new();
         for node in topology.nodes() {
             let (name, ip) = (node.name().to_owned(), node.ip());
+            let node_dir = dir.join(&name);
+            let account = node_agent_account(&api, &name, &ip.to_string(), &node_dir).await?;
             let pod = format!("ztunnel-{name}");
             api.kubectl_ok(
                 &["apply", "--server-side", "-f", "-"],
@@ -168,7 +216,6 @@ impl Cluster {
                 state_dir.join("nodes").join(format!("{name}.token")),
                 token.trim(),
             )?;
-            let node_dir = dir.join(&name);
             let files = NodeCniFiles {
                 conf_dir: node_dir.join("net.d"),
                 bin_dir: node_dir.join("bin"),
@@ -179,6 +226,8 @@ impl Cluster {
                     zds_socket: node_dir.join("ztunnel.sock"),
                     plugin_socket: node_dir.join("cni.sock"),
                     files,
+                    account,
+                    home: node_dir.join("home"),
                     agent: None,
                 },
             );
@@ -222,6 +271,11 @@ impl Cluster {
         .await
     }
 
+    /// `node`'s CNI configuration files (what the runtime reads).
+    pub fn cni_files(&self, node: &str) -> &NodeCniFiles {
+        &self.node(node).files
+    }
+
     /// The socket `node`'s node agent serves ZDS on.
     pub fn zds_socket(&self, node: &str) -> PathBuf {
         self.node(node).zds_socket.clone()
@@ -233,33 +287,62 @@ impl Cluster {
             .unwrap_or_else(|| panic!("the cluster has no node {node}"))
     }
 
-    /// Starts `node`'s node agent (again) as its DaemonSet runs it, and
+    /// Starts `node`'s node agent (again) as its DaemonSet runs it (in the
+    /// node's network namespace, as its pod with its service account), and
     /// waits until `weft-cni` is chained in the node's conflist.
     pub async fn start_agent(&mut self, topology: &Topology, node: &str) -> anyhow::Result<()> {
         let (agent_bin, plugin_bin) = self.binaries.clone();
-        let kubeconfig = self.kubeconfig.clone();
         let n = self
             .nodes
             .get_mut(node)
             .with_context(|| format!("the cluster has no node {node}"))?;
-        let mut cmd = command_in(Some(topology.node(node).netns().name()), &agent_bin)?;
-        cmd.args(["--node-name", node, "--zds-socket"])
-            .arg(&n.zds_socket)
-            .arg("--plugin-socket")
-            .arg(&n.plugin_socket)
-            .arg("--cni-conf-dir")
-            .arg(&n.files.conf_dir)
-            .arg("--cni-bin-dir")
-            .arg(&n.files.bin_dir)
-            .arg("--cni-conf-host-dir")
-            .arg(&n.files.conf_dir)
-            .arg("--plugin-binary")
-            .arg(&plugin_bin)
-            .args(["--proc-root", "/proc"])
-            .env("KUBECONFIG", &kubeconfig);
+        let host_run = n.home.with_file_name("host-run");
+        std::fs::create_dir_all(&host_run)?;
+        std::fs::create_dir_all(&n.home)?;
+        let mut cmd = command_in(
+            Some(topology.node(node).netns().name()),
+            Path::new("unshare"),
+        )?;
+        // Slave propagation: the namespaces the runtime creates later reach
+        // the agent's /run/netns (mountPropagation: HostToContainer), and
+        // nothing it mounts reaches the machine.
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "slave",
+            "sh",
+            "-c",
+            AS_A_POD,
+            "sh",
+        ])
+        .arg(&host_run)
+        .arg(&n.account)
+        .arg(&agent_bin)
+        .args(["--node-name", node, "--zds-socket"])
+        .arg(&n.zds_socket)
+        .arg("--plugin-socket")
+        .arg(&n.plugin_socket)
+        .arg("--cni-conf-dir")
+        .arg(&n.files.conf_dir)
+        .arg("--cni-bin-dir")
+        .arg(&n.files.bin_dir)
+        .arg("--cni-conf-host-dir")
+        .arg(&n.files.conf_dir)
+        .arg("--plugin-binary")
+        .arg(&plugin_bin)
+        .args(["--proc-root", "/proc"])
+        .env_remove("KUBECONFIG")
+        .env("HOME", &n.home)
+        .env("KUBERNETES_SERVICE_HOST", KUBERNETES_SERVICE.to_string())
+        .env("KUBERNETES_SERVICE_PORT", "443");
         let (agent, _) = Process::start(&format!("node agent {node}"), cmd, "zds=").await?;
         n.agent = Some(agent);
-        let files = n.files.clone();
+        self.wait_chained(node).await
+    }
+
+    /// Waits until `weft-cni` is chained in `node`'s conflist.
+    pub async fn wait_chained(&self, node: &str) -> anyhow::Result<()> {
+        let files = &self.node(node).files;
         eventually(
             &format!("weft-cni chained on {node}"),
             Duration::from_secs(20),
@@ -464,8 +547,48 @@ impl Cluster {
     }
 }
 
-/// Accepts in the control-plane namespace at [`API_PORT`] and relays each
-/// connection to the API server on this machine's loopback.
+/// Pod `weft-system/weft-node-agent-<node>` (running on `node`, whose
+/// address is `ip`) and its service-account files in `node_dir`: a token
+/// bound to the pod, the API server's CA, the namespace.
+async fn node_agent_account(
+    api: &ApiServer,
+    node: &str,
+    ip: &str,
+    node_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let pod = format!("weft-node-agent-{node}");
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": "weft-system"},
+                "spec": {"nodeName": node, "serviceAccountName": "weft-node-agent",
+                         "hostNetwork": true,
+                         "containers": [{"name": "node-agent", "image": "weft/node-agent"}]}})
+            .to_string(),
+        ),
+    )
+    .await?;
+    api.set_pod_running("weft-system", &pod, ip).await?;
+    let token = api
+        .token(
+            "weft-system",
+            "weft-node-agent",
+            crate::kube::ISSUER,
+            Some(&pod),
+        )
+        .await?;
+    let account = node_dir.join("serviceaccount");
+    std::fs::create_dir_all(&account)?;
+    std::fs::write(account.join("token"), token.trim())?;
+    std::fs::copy(&api.ca, account.join("ca.crt"))?;
+    std::fs::write(account.join("namespace"), "weft-system")?;
+    Ok(account)
+}
+
+/// Accepts in the control-plane namespace, at [`API_PORT`] and at the
+/// `kubernetes` Service's address (routed there from every node), and
+/// relays each connection to the API server on this machine's loopback.
 fn forward_api(
     topology: &Topology,
     api: SocketAddr,
@@ -473,17 +596,42 @@ fn forward_api(
     let netns = topology
         .control_plane()
         .context("the topology needs a control plane")?;
-    let listener = netns.enter(|| std::net::TcpListener::bind((CONTROL_PLANE_IP, API_PORT)))??;
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+    netns.ip(&[
+        "addr",
+        "add",
+        &format!("{KUBERNETES_SERVICE}/32"),
+        "dev",
+        "eth0",
+    ])?;
+    for node in topology.nodes() {
+        node.netns().ip(&[
+            "route",
+            "add",
+            &format!("{KUBERNETES_SERVICE}/32"),
+            "via",
+            &CONTROL_PLANE_IP.to_string(),
+        ])?;
+    }
+    let mut listeners = Vec::new();
+    for addr in [
+        SocketAddr::from((CONTROL_PLANE_IP, API_PORT)),
+        SocketAddr::from((KUBERNETES_SERVICE, 443)),
+    ] {
+        let listener = netns.enter(|| std::net::TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        listeners.push(tokio::net::TcpListener::from_std(listener)?);
+    }
     Ok(tokio::spawn(async move {
-        while let Ok((mut inside, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut outside) = tokio::net::TcpStream::connect(api).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
-                }
-            });
-        }
+        let relay = |listener: tokio::net::TcpListener| async move {
+            while let Ok((mut inside, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outside) = tokio::net::TcpStream::connect(api).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
+                    }
+                });
+            }
+        };
+        futures::future::join_all(listeners.into_iter().map(relay)).await;
     }))
 }
 
