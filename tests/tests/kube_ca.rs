@@ -12,7 +12,10 @@ use weft_proxy::{
     control::ControlPlane,
     identity::{ca_client::CaClient, Identity},
 };
-use weft_tests::kube::{ApiServer, ISSUER};
+use weft_tests::{
+    kube::{ApiServer, ISSUER},
+    processes::eventually,
+};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -138,7 +141,32 @@ async fn ztunnel_tokens_are_reviewed_and_scoped_to_their_pods_node() -> anyhow::
         .token("istio-system", "ztunnel", "istio-ca", Some("ztunnel-n2"))
         .await?;
     assert!(sign(n2.clone(), id("demo", "app-b")).await.is_ok());
-    assert!(sign(n2, id("demo", "app-a")).await.is_err());
+    assert!(sign(n2.clone(), id("demo", "app-a")).await.is_err());
+    // A pod just bound to n1, its sandbox being set up: no address yet, so
+    // not a workload, but ztunnel asks for its certificate at CNI ADD.
+    api.kubectl_ok(&["create", "serviceaccount", "-n", "demo", "fresh"], None)
+        .await?;
+    api.kubectl_ok(
+        &["apply", "--server-side", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: fresh, namespace: demo}\n\
+             spec: {nodeName: n1, serviceAccountName: fresh, automountServiceAccountToken: false, \
+             containers: [{name: app, image: app}]}\n",
+        ),
+    )
+    .await?;
+    let cert = eventually(
+        "n1 to get the fresh pod's certificate",
+        Duration::from_secs(10),
+        || {
+            let sign = sign(n1.clone(), id("demo", "fresh"));
+            async move { sign.await.ok() }
+        },
+    )
+    .await?;
+    assert_eq!(cert.identity, id("demo", "fresh"));
+    let err = sign(n2, id("demo", "fresh")).await.unwrap_err();
+    assert!(err.contains("for node n2"), "{err}");
 
     // Refusals, each with its reason.
     let other_audience = api

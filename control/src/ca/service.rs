@@ -47,9 +47,19 @@ impl CaService {
         }
     }
 
-    /// Whether a workload with `identity` is scheduled on `node`.
+    /// Whether a pod with `identity` is scheduled on `node`: bound there
+    /// (its address not known yet, as while its sandbox is set up), or a
+    /// workload of the node.
     fn runs_on(&self, identity: &weft_proto::spiffe::Identity, node: &str) -> bool {
         let snapshot = self.snapshots.borrow().clone();
+        if snapshot
+            .resources
+            .scheduled
+            .get(node)
+            .is_some_and(|identities| identities.contains(identity))
+        {
+            return true;
+        }
         snapshot
             .resources
             .addresses

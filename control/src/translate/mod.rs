@@ -18,7 +18,10 @@ mod traffic;
 pub mod waypoints;
 mod workloads;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use ipnet::Ipv4Net;
 use weft_proto::{
@@ -76,11 +79,19 @@ pub struct Resources {
     /// Things users should know about (policies that cannot be enforced as
     /// written, exhausted VIP ranges, …), one sentence each.
     pub warnings: Vec<String>,
+    /// The identities of pods scheduled on each node, by node: what the CA
+    /// signs for that node's ztunnel, from the moment a pod is bound there
+    /// (its sandbox is set up, and ztunnel asks for its certificate, before
+    /// kubelet reports its address and it becomes a workload).
+    pub scheduled: BTreeMap<String, BTreeSet<weft_proto::spiffe::Identity>>,
 }
 
 /// Translates a snapshot.
 pub fn translate(snapshot: &ConfigSnapshot, mesh: &MeshConfig) -> Resources {
-    let mut out = Resources::default();
+    let mut out = Resources {
+        scheduled: workloads::scheduled(snapshot, mesh),
+        ..Resources::default()
+    };
     let mut services = services::translate(snapshot, mesh, &mut out.warnings);
     let waypoints = waypoints::Waypoints::translate(snapshot, mesh, &services);
     for s in &mut services.services {

@@ -56,6 +56,29 @@ fn address_conflicts<'a>(pods: impl Iterator<Item = &'a crate::objects::Pod>) ->
         .collect()
 }
 
+/// The identity of every pod bound to a node and not finished, by node,
+/// whether or not it has an address yet.
+pub fn scheduled(
+    snapshot: &ConfigSnapshot,
+    mesh: &MeshConfig,
+) -> BTreeMap<String, std::collections::BTreeSet<weft_proto::spiffe::Identity>> {
+    let mut out: BTreeMap<String, std::collections::BTreeSet<_>> = BTreeMap::new();
+    for object in snapshot.of_kind(Kind::Pod) {
+        let Object::Pod(pod) = object else { continue };
+        if pod.node_name.is_empty() || pod.terminated {
+            continue;
+        }
+        out.entry(pod.node_name.clone())
+            .or_default()
+            .insert(weft_proto::spiffe::Identity::new(
+                &mesh.trust_domain,
+                &pod.namespace,
+                &pod.service_account,
+            ));
+    }
+    out
+}
+
 pub fn translate(
     snapshot: &ConfigSnapshot,
     mesh: &MeshConfig,
