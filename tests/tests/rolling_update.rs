@@ -94,16 +94,9 @@ async fn resynced(mesh: &Mesh, node: &str, snapshots: u64) -> anyhow::Result<()>
     mesh.wait_ready(node).await
 }
 
-/// A ztunnel SIGKILLed halfway through its rolling update (its successor
-/// already beside it), then the node agent killed and restarted while the
-/// successor runs, on both nodes in turn, under traffic: the successor
-/// takes the restarted agent's snapshot (rebuilt from the API server and
-/// `/proc`), no pod is released or lost, and nothing bypasses the mesh.
-async fn a_ztunnel_killed_mid_update_and_a_restarted_agent_lose_nothing(
-    capture: CaptureMode,
-) -> anyhow::Result<()> {
-    require_privileged();
-    let mut mesh = Mesh::launch(
+/// The churn mesh on a Kubernetes cluster.
+async fn cluster_mesh(capture: CaptureMode) -> anyhow::Result<Mesh> {
+    Mesh::launch(
         churn::builder(),
         churn::CONFIG,
         binaries(),
@@ -113,7 +106,19 @@ async fn a_ztunnel_killed_mid_update_and_a_restarted_agent_lose_nothing(
             ..MeshOptions::default()
         },
     )
-    .await?;
+    .await
+}
+
+/// A ztunnel SIGKILLed halfway through its rolling update (its successor
+/// already beside it), then the node agent killed and restarted while the
+/// successor runs, on both nodes in turn, under traffic: the successor
+/// takes the restarted agent's snapshot (rebuilt from the API server and
+/// `/proc`), no pod is released or lost, and nothing bypasses the mesh.
+async fn a_ztunnel_killed_mid_update_and_a_restarted_agent_lose_nothing(
+    capture: CaptureMode,
+) -> anyhow::Result<()> {
+    require_privileged();
+    let mut mesh = cluster_mesh(capture).await?;
     let target = churn::serve(&mesh).await?;
     let traffic = UnderTraffic::start(&mesh, target, "KILLED-MID-UPDATE-PAYLOAD-4e9d").await?;
     for (node, pod) in [("n1", "client"), ("n2", "server")] {
@@ -155,17 +160,7 @@ async fn a_rebooted_node_recaptures_its_pods_before_they_run(
     capture: CaptureMode,
 ) -> anyhow::Result<()> {
     require_privileged();
-    let mut mesh = Mesh::launch(
-        churn::builder(),
-        churn::CONFIG,
-        binaries(),
-        MeshOptions {
-            capture,
-            source: cluster(),
-            ..MeshOptions::default()
-        },
-    )
-    .await?;
+    let mut mesh = cluster_mesh(capture).await?;
     let target = churn::serve(&mesh).await?;
     // The cluster's CNI rewrites its configuration (as its installer does
     // when it starts): the running agent chains weft-cni in again.

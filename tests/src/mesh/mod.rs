@@ -171,24 +171,15 @@ impl Mesh {
             .iter()
             .map(|n| n.name().to_owned())
             .collect();
-        let mut mesh = Self {
+        let mut mesh = Self::assemble(
             topology,
-            cluster: Some(cluster),
+            Some(cluster),
             dir,
             control,
-            ztunnels: BTreeMap::new(),
-            binaries: (binaries.control.to_owned(), binaries.ztunnel.to_owned()),
+            binaries,
             control_flags,
-            capture: options.capture,
-            splice: options.splice,
-            bpf_log: options.bpf_log,
-            ztunnel_flags: options
-                .ztunnel_flags
-                .iter()
-                .map(|f| f.to_string())
-                .collect(),
-            agents: BTreeMap::new(),
-        };
+            &options,
+        );
         for node in &nodes {
             mesh.start_agent(node, &[]).await?;
             mesh.start_ztunnel(node).await?;
@@ -204,6 +195,36 @@ impl Mesh {
             mesh.wait_ready(node).await?;
         }
         Ok(mesh)
+    }
+
+    /// A mesh of these parts, no ztunnel started yet.
+    fn assemble(
+        topology: Topology,
+        cluster: Option<cluster::Cluster>,
+        dir: tempfile::TempDir,
+        control: ControlProcess,
+        binaries: Binaries<'_>,
+        control_flags: Vec<String>,
+        options: &MeshOptions<'_>,
+    ) -> Self {
+        Self {
+            topology,
+            cluster,
+            dir,
+            control,
+            ztunnels: BTreeMap::new(),
+            binaries: (binaries.control.to_owned(), binaries.ztunnel.to_owned()),
+            control_flags,
+            capture: options.capture,
+            splice: options.splice,
+            bpf_log: options.bpf_log,
+            ztunnel_flags: options
+                .ztunnel_flags
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+            agents: BTreeMap::new(),
+        }
     }
 
     /// The cluster the mesh runs on; panics on a directory mesh.
@@ -295,24 +316,15 @@ impl Mesh {
             &control_flags,
         )
         .await?;
-        let mut mesh = Self {
+        let mut mesh = Self::assemble(
             topology,
+            None,
             dir,
             control,
-            ztunnels: BTreeMap::new(),
-            binaries: (binaries.control.to_owned(), binaries.ztunnel.to_owned()),
+            binaries,
             control_flags,
-            capture: options.capture,
-            splice: options.splice,
-            bpf_log: options.bpf_log,
-            ztunnel_flags: options
-                .ztunnel_flags
-                .iter()
-                .map(|f| f.to_string())
-                .collect(),
-            agents: BTreeMap::new(),
-            cluster: None,
-        };
+            &options,
+        );
         let nodes: Vec<String> = mesh
             .topology
             .nodes()
