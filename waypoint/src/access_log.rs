@@ -44,6 +44,20 @@ pub fn set_format(format: Format) {
     let _ = FORMAT.set(format);
 }
 
+/// Writes one whole line to standard output with a single `write(2)`,
+/// as nginx writes its access log: not through `std::io::Stdout`, whose
+/// lock every worker thread would take for every request (measured: it
+/// was nearly all of the waypoint's futex calls under load). A line is
+/// written whole, so it never interleaves with `tracing`'s lines, which
+/// reach the same descriptor a line at a time.
+fn write_stdout(line: &[u8]) {
+    use std::{io::Write, os::fd::FromRawFd};
+    // SAFETY: descriptor 1 is open for the life of the process (standard
+    // output); the File is never dropped, so it is borrowed, never closed.
+    let stdout = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+    let _ = (&*stdout).write_all(line);
+}
+
 /// What is known about one request.
 #[derive(Debug)]
 pub struct RequestLog {
@@ -158,8 +172,7 @@ impl RequestLog {
             Format::Text => self.text_line(duration),
             Format::Json => self.json_line(duration),
         };
-        use std::io::Write;
-        let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        write_stdout(line.as_bytes());
     }
 
     /// The line's fields, in order.
