@@ -119,21 +119,16 @@ fn unix_time(v: &Value) -> String {
 }
 
 fn time_text(secs: i64) -> Option<String> {
-    // UTC, RFC 3339, without pulling a date crate into the CLI.
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    Some(format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"))
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
 }
 
 /// The rows of one kind, from one node's dump.
@@ -579,4 +574,22 @@ pub async fn cluster_status(cluster: &ClusterArgs) -> anyhow::Result<()> {
     }
     print_bound_services(rows);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_times_are_rfc3339_utc() {
+        for (secs, expected) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_868_799, "2000-02-29T23:59:59Z"),
+            (1_796_319_901, "2026-12-03T17:45:01Z"),
+        ] {
+            let v = serde_json::json!({ "secs_since_epoch": secs });
+            assert_eq!(unix_time(&v), expected);
+        }
+        assert_eq!(unix_time(&serde_json::json!({})), "-");
+    }
 }

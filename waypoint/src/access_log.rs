@@ -211,7 +211,6 @@ impl RequestLog {
     }
 
     fn text_line(&self, duration: std::time::Duration) -> String {
-        use std::fmt::Write;
         let mut line = String::with_capacity(512);
         timestamp(&mut line);
         line.push_str("  INFO access: request complete");
@@ -221,9 +220,7 @@ impl RequestLog {
             line.push('=');
             match value {
                 Field::Text(text) => line.push_str(text),
-                Field::Num(n) => {
-                    let _ = write!(line, "{n}");
-                }
+                Field::Num(n) => push_padded(&mut line, n, 1),
                 Field::List(items) => line.push_str(&items.join(",")),
             }
         }
@@ -260,10 +257,66 @@ enum Field<'a> {
     List(&'a [String]),
 }
 
-/// Now, as `tracing`'s lines give it (RFC 3339, UTC, microseconds).
+/// Now, as `tracing`'s lines give it (RFC 3339, UTC, microseconds). The
+/// part up to the second is formatted once a second per thread; a line
+/// costs the microseconds only.
 fn timestamp(out: &mut String) {
-    use tracing_subscriber::fmt::{format::Writer, time::FormatTime};
-    let _ = tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(out));
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != now.as_secs() {
+            *second = now.as_secs();
+            prefix.clear();
+            second_prefix(now.as_secs(), prefix);
+        }
+        out.push_str(prefix);
+    });
+    push_padded(out, u64::from(now.subsec_micros()), 6);
+    out.push('Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the Unix epoch (UTC).
+fn second_prefix(secs: u64, out: &mut String) {
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    push_padded(out, t.year().max(0) as u64, 4);
+    out.push('-');
+    push_padded(out, u64::from(u8::from(t.month())), 2);
+    out.push('-');
+    push_padded(out, u64::from(t.day()), 2);
+    out.push('T');
+    push_padded(out, u64::from(t.hour()), 2);
+    out.push(':');
+    push_padded(out, u64::from(t.minute()), 2);
+    out.push(':');
+    push_padded(out, u64::from(t.second()), 2);
+    out.push('.');
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = at.min(digits.len() - width.min(digits.len()));
+    for d in &digits[start..] {
+        out.push(char::from(*d));
+    }
 }
 
 impl Drop for RequestLog {
@@ -374,6 +427,52 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_are_civil_dates_in_utc() {
+        for (secs, expected) in [
+            (0, "1970-01-01T00:00:00."),
+            (951_782_400, "2000-02-29T00:00:00."),
+            (951_868_799, "2000-02-29T23:59:59."),
+            (1_709_164_800, "2024-02-29T00:00:00."),
+            (1_796_319_901, "2026-12-03T17:45:01."),
+            (4_102_444_800, "2100-01-01T00:00:00."),
+        ] {
+            let mut out = String::new();
+            second_prefix(secs, &mut out);
+            assert_eq!(out, expected, "{secs}");
+        }
+        for (n, width, expected) in [
+            (0, 1, "0"),
+            (7, 6, "000007"),
+            (123_456, 6, "123456"),
+            (u64::MAX, 1, "18446744073709551615"),
+        ] {
+            let mut out = String::new();
+            push_padded(&mut out, n, width);
+            assert_eq!(out, expected);
+        }
+    }
+
+    #[test]
+    fn timestamps_read_as_tracing_writes_them() {
+        use tracing_subscriber::fmt::{format::Writer, time::FormatTime};
+        // Equal to the second (retried across a second boundary).
+        for _ in 0..3 {
+            let mut ours = String::new();
+            timestamp(&mut ours);
+            let mut theirs = String::new();
+            tracing_subscriber::fmt::time::SystemTime
+                .format_time(&mut Writer::new(&mut theirs))
+                .unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{ours} vs {theirs}");
+            if ours[..20] == theirs[..20] {
+                assert!(ours.ends_with('Z'));
+                return;
+            }
+        }
+        panic!("our timestamps disagree with tracing's");
+    }
 
     fn log() -> RequestLog {
         let mut log = RequestLog::new(

@@ -52,7 +52,7 @@ pub struct Started {
     pub readiness_address: std::net::SocketAddr,
     pub waypoint: Arc<Waypoint>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The worker threads besides the caller's runtime (stopped with it).
+    /// The HBONE acceptor and the worker threads (stopped with it).
     _workers: crate::workers::Workers,
 }
 
@@ -176,18 +176,10 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
             .await
             .map_err(|source| StartError::Bind { what, addr, source })
     };
-    // HBONE: a listening socket per worker (see `workers`).
-    let mut hbone = crate::workers::bind(
-        config.hbone_address,
-        crate::workers::count(config.concurrency),
-    )?;
-    let first = hbone.remove(0);
-    let hbone_address = first.local_addr().map_err(|source| StartError::Bind {
-        what: "HBONE",
-        addr: config.hbone_address,
-        source,
-    })?;
-    let first = tokio::net::TcpListener::from_std(first).map_err(|source| StartError::Bind {
+    // HBONE: one listening socket, its connections spread over the
+    // workers (see `workers`).
+    let hbone = crate::workers::bind(config.hbone_address)?;
+    let hbone_address = hbone.local_addr().map_err(|source| StartError::Bind {
         what: "HBONE",
         addr: config.hbone_address,
         source,
@@ -202,11 +194,12 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
     )));
     // HBONE is served by every worker: this runtime and one more thread
     // per core.
-    let served = wp.clone();
-    let workers = crate::workers::Workers::start(hbone, move |listener| {
-        inbound::serve(served.clone(), listener)
-    })?;
-    tasks.push(tokio::spawn(inbound::serve(wp.clone(), first)));
+    let server = inbound::Server::new(wp.clone())?;
+    let workers = crate::workers::Workers::start(
+        hbone,
+        crate::workers::count(config.concurrency),
+        move |tcp, peer| server.clone().serve(tcp, peer),
+    )?;
     let dump = wp.clone();
     tasks.push(tokio::spawn(weft_proxy::admin::serve(
         admin,
@@ -254,7 +247,7 @@ pub async fn start(config: Config) -> Result<Started, StartError> {
             }
         }),
     )));
-    tracing::info!(waypoint = %wp.name, identity = %identity, %hbone_address, %admin_address, workers = workers.len() + 1, "waypoint started");
+    tracing::info!(waypoint = %wp.name, identity = %identity, %hbone_address, %admin_address, workers = workers.len(), "waypoint started");
     Ok(Started {
         hbone_address,
         admin_address,

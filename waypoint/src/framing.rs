@@ -89,8 +89,12 @@ impl Tracker {
                         Some(at) => {
                             let end = from + at + 4;
                             let rest_start = data.len() - (self.line.len() - end);
-                            let head = std::mem::take(&mut self.line);
+                            // Taken and given back: the buffer is reused
+                            // by the next request's head.
+                            let mut head = std::mem::take(&mut self.line);
                             self.state = self.on_head(&head[..end]);
+                            head.clear();
+                            self.line = head;
                             data = &data[rest_start..];
                         }
                         None if self.line.len() > MAX_HEAD => self.state = State::Off,
@@ -116,9 +120,8 @@ impl Tracker {
                     };
                     self.line.extend_from_slice(&data[..at]);
                     data = &data[at + 1..];
-                    let line = std::mem::take(&mut self.line);
-                    let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                    self.state = if self.state == State::Trailers {
+                    let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+                    let next = if self.state == State::Trailers {
                         if line.is_empty() {
                             State::Head
                         } else {
@@ -131,6 +134,8 @@ impl Tracker {
                             None => State::Off,
                         }
                     };
+                    self.line.clear();
+                    self.state = next;
                 }
                 State::ChunkData(left) => {
                     let n = left.min(data.len() as u64);

@@ -100,18 +100,26 @@ impl HttpPool {
     /// Puts an HTTP/1.1 connection back once its response has been read
     /// whole (a connection whose response is abandoned closes instead).
     pub fn release(self: &Arc<Self>, key: PoolKey, mut sender: http1::SendRequest<RequestBody>) {
+        // Usually ready at once (the response was read whole); otherwise
+        // a task waits for the connection to finish the exchange.
+        if sender.is_ready() {
+            return self.keep(key, sender);
+        }
         let pool = self.clone();
         tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let mut idle = pool.idle.lock().expect("pool lock");
-            let list = idle.entry(key).or_default();
-            list.retain(|(s, since)| since.elapsed() < IDLE_TIMEOUT && !s.is_closed());
-            if list.len() < MAX_IDLE {
-                list.push((sender, Instant::now()));
+            if sender.ready().await.is_ok() {
+                pool.keep(key, sender);
             }
         });
+    }
+
+    fn keep(&self, key: PoolKey, sender: http1::SendRequest<RequestBody>) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.entry(key).or_default();
+        list.retain(|(s, since)| since.elapsed() < IDLE_TIMEOUT && !s.is_closed());
+        if list.len() < MAX_IDLE {
+            list.push((sender, Instant::now()));
+        }
     }
 
     /// Idle HTTP/1.1 connections and shared HTTP/2 ones, for the dump.

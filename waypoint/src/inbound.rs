@@ -7,12 +7,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::StatusCode;
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use weft_proxy::hbone::{
     io::H2Io,
     server::{self, InboundConnect},
-    tls::{server_config, WorkloadCertResolver},
+    tls::{server_config, TlsError, WorkloadCertResolver},
 };
 
 use crate::{
@@ -86,39 +86,34 @@ pub fn sniff(bytes: &[u8]) -> Sniffed {
     }
 }
 
-/// Serves HBONE until the listener is dropped.
-pub async fn serve(wp: Arc<Waypoint>, listener: TcpListener) {
-    let (certs, identity) = (wp.certs.clone(), wp.identity.clone());
-    let resolver = Arc::new(WorkloadCertResolver::new(move || certs.current(&identity)));
-    let acceptor = match server_config(resolver, &wp.trust) {
-        Ok(config) => TlsAcceptor::from(config),
-        Err(err) => {
-            tracing::error!(%err, "cannot serve HBONE");
-            return;
+/// The waypoint's HBONE server: one TLS configuration for every worker,
+/// one call per accepted connection.
+#[derive(Clone)]
+pub struct Server {
+    wp: Arc<Waypoint>,
+    acceptor: TlsAcceptor,
+}
+
+impl Server {
+    pub fn new(wp: Arc<Waypoint>) -> Result<Self, TlsError> {
+        let (certs, identity) = (wp.certs.clone(), wp.identity.clone());
+        let resolver = Arc::new(WorkloadCertResolver::new(move || certs.current(&identity)));
+        let acceptor = TlsAcceptor::from(server_config(resolver, &wp.trust)?);
+        Ok(Server { wp, acceptor })
+    }
+
+    /// Serves one accepted connection's tunnels until it closes.
+    pub async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+        let Server { wp, acceptor } = self;
+        let trust = wp.trust.clone();
+        let result = server::serve(tcp, acceptor, &trust, move |connect| {
+            let wp = wp.clone();
+            async move { tunnel(wp, connect).await }
+        })
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(%peer, %err, "refused an HBONE connection");
         }
-    };
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(%err, "HBONE accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (wp, acceptor) = (wp.clone(), acceptor.clone());
-        tokio::spawn(async move {
-            let trust = wp.trust.clone();
-            let handler_wp = wp.clone();
-            let result = server::serve(tcp, acceptor, &trust, move |connect| {
-                let wp = handler_wp.clone();
-                async move { tunnel(wp, connect).await }
-            })
-            .await;
-            if let Err(err) = result {
-                tracing::warn!(%peer, %err, "refused an HBONE connection");
-            }
-        });
     }
 }
 

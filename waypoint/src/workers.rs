@@ -1,33 +1,44 @@
 //! The waypoint's worker threads, as Envoy and nginx run theirs: one per
-//! core, each a single-threaded runtime with a listening socket of its own
-//! on the shared address (`SO_REUSEPORT`: the kernel spreads new
-//! connections across them; a shared socket would let whichever thread
-//! wakes first take a whole burst), serving what it accepted whole. A
-//! tunnel's requests, the upstream connections they use and the tasks they
-//! spawn stay on the thread that accepted the tunnel, so handing a request
-//! to its upstream connection and the response back never wakes another
-//! thread — which, on a work-stealing runtime, costs more CPU than the
-//! request's own work. The first worker is the caller's runtime, which
-//! also runs the control side (xDS, certificates, admin).
+//! core, each a single-threaded runtime serving whole the connections it
+//! is handed. A tunnel's requests, the upstream connections they use and
+//! the tasks they spawn stay on the thread that serves the tunnel, so
+//! handing a request to its upstream connection and the response back
+//! never wakes another thread — which, on a work-stealing runtime, costs
+//! more CPU than the request's own work. The first worker is the caller's
+//! runtime, which also runs the control side (xDS, certificates, admin).
+//!
+//! One listening socket, one acceptor (on the caller's runtime), and each
+//! accepted connection goes to the worker serving the fewest open
+//! connections. `SO_REUSEPORT` sockets, one per worker, were the first
+//! design: the kernel hashes each connection's addresses to a socket, so a
+//! load generator's 16 keep-alive connections landed 10 and 6, or worse,
+//! and the busier worker's queue set the tail latency while the other
+//! idled. A connection costs one hand-off over a channel; its requests
+//! cost nothing more.
 
 use std::{
     future::Future,
-    net::{SocketAddr, TcpListener as StdListener},
-    thread::JoinHandle,
+    net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use socket2::{Domain, Socket, Type};
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{io::unix::AsyncFd, net::TcpStream, sync::mpsc, task::JoinHandle as TaskHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
-    #[error("binding {addr} for {count} workers: {source}; is another process using it?")]
+    #[error("binding {addr}: {source}; is another process using it?")]
     Bind {
         addr: SocketAddr,
-        count: usize,
         #[source]
         source: std::io::Error,
     },
+    #[error("watching the listening socket: {0}; is the process out of file descriptors?")]
+    Watch(#[source] std::io::Error),
     #[error("starting worker thread {index}: {source}; is the process out of threads or memory?")]
     Thread {
         index: usize,
@@ -44,90 +55,211 @@ pub fn count(concurrency: usize) -> usize {
     }
 }
 
-/// `count` listening sockets on `addr` (one port for all, when `addr`'s
-/// is 0), each for one worker.
-pub fn bind(addr: SocketAddr, count: usize) -> Result<Vec<StdListener>, WorkersError> {
-    let failed = |source| WorkersError::Bind {
-        addr,
-        count,
-        source,
-    };
-    let first = listen(addr).map_err(failed)?;
-    let bound = first.local_addr().map_err(failed)?;
-    let mut listeners = vec![first];
-    for _ in 1..count {
-        listeners.push(listen(bound).map_err(failed)?);
-    }
-    Ok(listeners)
-}
-
-fn listen(addr: SocketAddr) -> std::io::Result<StdListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+/// The listening socket on `addr`.
+pub fn bind(addr: SocketAddr) -> Result<StdListener, WorkersError> {
+    let failed = |source| WorkersError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(failed)?;
+    socket.set_reuse_address(true).map_err(failed)?;
+    socket.set_nonblocking(true).map_err(failed)?;
+    socket.bind(&addr.into()).map_err(failed)?;
+    socket.listen(1024).map_err(failed)?;
     Ok(socket.into())
 }
 
-/// Worker threads besides the caller's runtime; stopped when dropped.
+/// The open connections a worker serves; a connection's [`Load`] counts
+/// it until it ends.
+#[derive(Default)]
+struct Gauge(AtomicUsize);
+
+struct Load(Arc<Gauge>);
+
+impl Load {
+    fn on(gauge: &Arc<Gauge>) -> Self {
+        gauge.0.fetch_add(1, Ordering::Relaxed);
+        Load(gauge.clone())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection on its way to a worker thread.
+struct Handed {
+    stream: StdStream,
+    peer: SocketAddr,
+    load: Load,
+}
+
+/// A worker thread, as the acceptor sees it.
+struct Remote {
+    gauge: Arc<Gauge>,
+    handoff: mpsc::UnboundedSender<Handed>,
+}
+
+/// The acceptor and the worker threads; everything stops when dropped
+/// (connections the caller's runtime serves run on with it).
 pub struct Workers {
-    stops: Vec<oneshot::Sender<()>>,
-    threads: Vec<JoinHandle<()>>,
+    gauges: Vec<Arc<Gauge>>,
+    acceptor: TaskHandle<()>,
 }
 
 impl Workers {
-    /// Starts a thread for each of `listeners`, serving it with `serve` on
-    /// a runtime of its own.
-    pub fn start<F, Fut>(listeners: Vec<StdListener>, serve: F) -> Result<Self, WorkersError>
+    /// Serves each connection `listener` accepts with `serve`, on `count`
+    /// workers: the caller's runtime (this must be called on it) and
+    /// `count - 1` threads.
+    pub fn start<F, Fut>(
+        listener: StdListener,
+        count: usize,
+        serve: F,
+    ) -> Result<Self, WorkersError>
     where
-        F: Fn(TcpListener) -> Fut + Send + Clone + 'static,
-        Fut: Future<Output = ()> + 'static,
+        F: Fn(TcpStream, SocketAddr) -> Fut + Send + Clone + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
-        let mut workers = Workers {
-            stops: Vec::new(),
-            threads: Vec::new(),
-        };
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let index = i + 1;
-            let (stop, stopped) = oneshot::channel();
+        // Watched directly (not as a tokio listener) so that accepting
+        // yields a std socket, registered only with the runtime that serves
+        // it.
+        // SAFETY: `listener` owns its descriptor and is moved into the
+        // `AsyncFd`, so the descriptor stays open, and is the same one, for
+        // as long as it is registered.
+        let listener = unsafe { AsyncFd::register(listener) }
+            .map_err(|err| WorkersError::Watch(err.into_parts().1))?;
+        let local = Arc::new(Gauge::default());
+        let mut gauges = vec![local.clone()];
+        let mut remotes = Vec::new();
+        for index in 1..count.max(1) {
+            let (handoff, handed) = mpsc::unbounded_channel();
+            let gauge = Arc::new(Gauge::default());
             let serve = serve.clone();
-            let thread = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("worker-{index}"))
-                .spawn(move || run(index, listener, serve, stopped))
+                .spawn(move || run(index, handed, serve))
                 .map_err(|source| WorkersError::Thread { index, source })?;
-            workers.stops.push(stop);
-            workers.threads.push(thread);
+            gauges.push(gauge.clone());
+            remotes.push(Remote { gauge, handoff });
         }
-        Ok(workers)
+        let acceptor = tokio::spawn(accept(listener, local, remotes, serve));
+        Ok(Workers { gauges, acceptor })
     }
 
-    /// Threads running besides the caller's.
+    /// The workers, the caller's runtime first.
     pub fn len(&self) -> usize {
-        self.threads.len()
+        self.gauges.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
+        self.gauges.is_empty()
+    }
+
+    /// The open connections each worker serves, the caller's runtime first.
+    pub fn loads(&self) -> Vec<usize> {
+        self.gauges
+            .iter()
+            .map(|g| g.0.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        // The acceptor owns the listening socket and the hand-off
+        // channels: once it is gone, each thread's channel closes and its
+        // runtime ends, with the connections it served.
+        self.acceptor.abort();
+    }
+}
+
+/// Accepts every connection and hands each to the worker with the fewest
+/// open connections (ties go round the workers).
+async fn accept<F, Fut>(
+    listener: AsyncFd<StdListener>,
+    local: Arc<Gauge>,
+    remotes: Vec<Remote>,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut next = 0usize;
+    loop {
+        let mut ready = match listener.readable().await {
+            Ok(ready) => ready,
+            Err(err) => {
+                tracing::error!(%err, "the listening socket cannot be watched; accepting stopped");
+                return;
+            }
+        };
+        loop {
+            let (stream, peer) = match ready.try_io(|l| l.get_ref().accept()) {
+                Ok(Ok(accepted)) => accepted,
+                Ok(Err(err)) => {
+                    // Out of descriptors or memory, or a connection reset
+                    // before it was taken: wait a little, never spin.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+                Err(_would_block) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            if let Err(err) = stream.set_nonblocking(true) {
+                tracing::warn!(%peer, %err, "dropped an accepted connection");
+                continue;
+            }
+            let workers = remotes.len() + 1;
+            let load = |i: usize| match i {
+                0 => local.0.load(Ordering::Relaxed),
+                i => remotes[i - 1].gauge.0.load(Ordering::Relaxed),
+            };
+            let chosen = (0..workers)
+                .map(|k| (next + k) % workers)
+                .min_by_key(|&i| load(i))
+                .unwrap_or(0);
+            next = (chosen + 1) % workers;
+            if chosen == 0 {
+                serve_here(&serve, stream, peer, Load::on(&local));
+                continue;
+            }
+            let remote = &remotes[chosen - 1];
+            let handed = Handed {
+                stream,
+                peer,
+                load: Load::on(&remote.gauge),
+            };
+            if let Err(mpsc::error::SendError(handed)) = remote.handoff.send(handed) {
+                // That worker's runtime ended (logged by it): serve here.
+                let Handed { stream, peer, .. } = handed;
+                serve_here(&serve, stream, peer, Load::on(&local));
+            }
         }
     }
 }
 
-fn run<F, Fut>(index: usize, listener: StdListener, serve: F, stopped: oneshot::Receiver<()>)
+/// Serves one connection on the current runtime.
+fn serve_here<F, Fut>(serve: &F, stream: StdStream, peer: SocketAddr, load: Load)
 where
-    F: Fn(TcpListener) -> Fut,
-    Fut: Future<Output = ()>,
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match TcpStream::from_std(stream) {
+        Ok(stream) => {
+            let served = serve(stream, peer);
+            tokio::spawn(async move {
+                served.await;
+                drop(load);
+            });
+        }
+        Err(err) => tracing::warn!(%peer, %err, "dropped an accepted connection"),
+    }
+}
+
+fn run<F, Fut>(index: usize, mut handed: mpsc::UnboundedReceiver<Handed>, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,21 +267,13 @@ where
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            tracing::error!(worker = index, %err, "worker runtime failed to start");
+            tracing::error!(worker = index, %err, "worker runtime failed to start; the others serve its share");
             return;
         }
     };
     runtime.block_on(async move {
-        let listener = match TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::error!(worker = index, %err, "worker cannot watch its listener");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = serve(listener) => {}
-            _ = stopped => {}
+        while let Some(Handed { stream, peer, load }) = handed.recv().await {
+            serve_here(&serve, stream, peer, load);
         }
     });
 }
@@ -165,45 +289,80 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn connections_are_spread_over_the_workers_which_stop_when_dropped() {
-        let listeners = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
-        let addr = listeners[0].local_addr().unwrap();
-        assert!(listeners.iter().all(|l| l.local_addr().unwrap() == addr));
-        let seen: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
-        let record = seen.clone();
-        let workers = Workers::start(listeners, move |listener: TcpListener| {
-            let seen = record.clone();
-            async move {
-                loop {
-                    let Ok((mut stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let name = std::thread::current().name().unwrap_or("?").to_owned();
-                    let _ = stream.write_all(name.as_bytes()).await;
-                    *seen.lock().unwrap().entry(name).or_default() += 1;
-                }
+    /// Each connection is answered with the serving thread's name and held
+    /// open until the client closes it.
+    fn name_and_hold(
+        seen: Arc<Mutex<BTreeMap<String, usize>>>,
+    ) -> impl Fn(TcpStream, SocketAddr) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+           + Send
+           + Clone
+           + 'static {
+        move |mut stream, _| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                let name = std::thread::current().name().unwrap_or("?").to_owned();
+                *seen.lock().unwrap().entry(name.clone()).or_default() += 1;
+                let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            })
+        }
+    }
+
+    async fn served_by(stream: &mut tokio::net::TcpStream) -> String {
+        let mut name = Vec::new();
+        loop {
+            let b = stream.read_u8().await.unwrap();
+            if b == b'\n' {
+                return String::from_utf8(name).unwrap();
             }
-        })
-        .unwrap();
+            name.push(b);
+        }
+    }
+
+    #[tokio::test]
+    async fn open_connections_are_balanced_exactly_and_workers_stop_when_dropped() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let workers = Workers::start(listener, 3, name_and_hold(seen.clone())).unwrap();
         assert_eq!(workers.len(), 3);
-        // A burst of connections, as a load generator opens them.
+        // A burst, as a load generator opens its connections: 16 over 3
+        // workers is 6, 5, 5 — never the 10 and 6 a hash can give.
         let mut streams = Vec::new();
-        for _ in 0..60 {
-            streams.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        for _ in 0..16 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = served_by(&mut stream).await;
+            streams.push((name, stream));
         }
-        for mut stream in streams {
-            let mut name = String::new();
-            stream.read_to_string(&mut name).await.unwrap();
-            assert!(name.starts_with("worker-"), "{name:?}");
+        let mut loads = workers.loads();
+        loads.sort();
+        assert_eq!(loads, vec![5, 5, 6], "open connections per worker");
+        let seen_now = seen.lock().unwrap().clone();
+        assert_eq!(seen_now.len(), 3, "three threads served: {seen_now:?}");
+        // Closing one worker's connections sends the next ones there.
+        streams.retain(|(name, _)| name != "worker-1");
+        for _ in 0..200 {
+            if workers.loads().contains(&0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 3, "every worker took connections: {seen:?}");
-        assert_eq!(seen.values().sum::<usize>(), 60);
+        assert!(
+            workers.loads().contains(&0),
+            "closed connections still counted: {:?}",
+            workers.loads()
+        );
+        for _ in 0..5 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            assert_eq!(served_by(&mut stream).await, "worker-1");
+            streams.push((String::new(), stream));
+        }
         drop(workers);
-        // Stopped: the address is free, nothing accepts any more.
+        // Stopped once the runtime next runs: nothing accepts any more.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let refused = tokio::net::TcpStream::connect(addr).await;
-        assert!(refused.is_err(), "a stopped worker still listens");
+        assert!(refused.is_err(), "a stopped acceptor still listens");
     }
 
     #[test]

@@ -114,49 +114,41 @@ async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
         xds,
     ));
     let client = identity("client")?;
-    let mut listeners = waypoint::workers::bind(listen, waypoint::workers::count(0))?;
-    let listener = tokio::net::TcpListener::from_std(listeners.remove(0))?;
-    let accept = move |listener| accept(wp.clone(), client.clone(), service.clone(), listener);
-    let _workers = waypoint::workers::Workers::start(listeners, accept.clone())?;
+    let listener = waypoint::workers::bind(listen)?;
+    let _workers = waypoint::workers::Workers::start(
+        listener,
+        waypoint::workers::count(0),
+        move |stream, peer| serve_one(wp.clone(), client.clone(), service.clone(), stream, peer),
+    )?;
     println!("listening={listen}");
-    accept(listener).await;
+    std::future::pending::<()>().await;
     Ok(())
 }
 
-/// Serves each connection `listener` accepts as a tunnel from `client` to
-/// `service`.
-async fn accept(
+/// Serves one accepted connection as a tunnel from `client` to `service`.
+async fn serve_one(
     wp: Arc<Waypoint>,
     client: Identity,
     service: Arc<Service>,
-    listener: tokio::net::TcpListener,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
 ) {
-    let Ok(listen) = listener.local_addr() else {
+    let Ok(listen) = stream.local_addr() else {
         return;
     };
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let down = Arc::new(Downstream::new(
-            &wp,
-            peer,
-            client.clone(),
-            listen,
-            Target::Service {
-                service: service.clone(),
-                port: listen.port(),
-            },
-            Version::Http1,
-            PeerClaims::default(),
-        ));
-        let wp = wp.clone();
-        tokio::spawn(async move {
-            if let Err(err) = waypoint::http::serve(wp, stream, down).await {
-                tracing::debug!(%err, "connection ended");
-            }
-        });
+    let down = Arc::new(Downstream::new(
+        &wp,
+        peer,
+        client,
+        listen,
+        Target::Service {
+            service,
+            port: listen.port(),
+        },
+        Version::Http1,
+        PeerClaims::default(),
+    ));
+    if let Err(err) = waypoint::http::serve(wp, stream, down).await {
+        tracing::debug!(%err, "connection ended");
     }
 }
