@@ -538,6 +538,16 @@ async fn the_mesh_keeps_working_while_the_control_service_is_down(
         mesh.topology.pod("demo/client"),
         mesh.topology.pod("demo/server"),
     );
+    // The mesh has the whole config first: on a cluster the service's
+    // endpoints land a moment after the pods are enrolled (their
+    // certificates come at bind time, before kubelet writes their IPs).
+    let vip: SocketAddr = "198.19.0.10:80".parse()?;
+    eventually(
+        "the service VIP to answer",
+        Duration::from_secs(20),
+        || async { probe(client, vip, "before").await.ok() },
+    )
+    .await?;
     // An open connection from the client pod (captured).
     let open = HeldProbe::start(
         client,
@@ -562,7 +572,7 @@ async fn the_mesh_keeps_working_while_the_control_service_is_down(
     // …and new ones work, by IP and by VIP.
     let report = probe(client, SocketAddr::from((server.ip(), 8080)), "while down").await?;
     assert!(report.reply.ends_with("while down"));
-    let report = probe(client, "198.19.0.10:80".parse()?, "vip while down").await?;
+    let report = probe(client, vip, "vip while down").await?;
     assert!(report.reply.ends_with("vip while down"));
 
     mesh.restart_control().await?;
