@@ -22,6 +22,9 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest head followed; hyper refuses larger ones itself.
+/// The head buffer a connection keeps between requests; a larger one is
+/// freed once its head is read.
+const KEPT_HEAD: usize = 4096;
 const MAX_HEAD: usize = 256 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,11 +93,14 @@ impl Tracker {
                             let end = from + at + 4;
                             let rest_start = data.len() - (self.line.len() - end);
                             // Taken and given back: the buffer is reused
-                            // by the next request's head.
+                            // by the next request's head, unless one large
+                            // head grew it (an idle connection keeps little).
                             let mut head = std::mem::take(&mut self.line);
                             self.state = self.on_head(&head[..end]);
-                            head.clear();
-                            self.line = head;
+                            if head.capacity() <= KEPT_HEAD {
+                                head.clear();
+                                self.line = head;
+                            }
                             data = &data[rest_start..];
                         }
                         None if self.line.len() > MAX_HEAD => self.state = State::Off,

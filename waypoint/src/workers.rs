@@ -195,10 +195,11 @@ async fn accept<F, Fut>(
         loop {
             let (stream, peer) = match ready.try_io(|l| l.get_ref().accept()) {
                 Ok(Ok(accepted)) => accepted,
+                Ok(Err(err)) if gone_before_taken(&err) => continue,
                 Ok(Err(err)) => {
-                    // Out of descriptors or memory, or a connection reset
-                    // before it was taken: wait a little, never spin.
-                    tracing::warn!(%err, "accept failed");
+                    // Out of descriptors or memory: wait a little, never
+                    // spin.
+                    tracing::warn!(%err, "accept failed; retrying in 100 ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     break;
                 }
@@ -236,6 +237,17 @@ async fn accept<F, Fut>(
             }
         }
     }
+}
+
+/// An accept error that concerns one connection only (reset or failed
+/// before it was taken): the next one is accepted at once, so a peer
+/// resetting its handshakes cannot slow everyone's accepts.
+fn gone_before_taken(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    ) || err.raw_os_error() == Some(libc::EPROTO)
 }
 
 /// Serves one connection on the current runtime.
@@ -363,6 +375,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let refused = tokio::net::TcpStream::connect(addr).await;
         assert!(refused.is_err(), "a stopped acceptor still listens");
+    }
+
+    #[test]
+    fn only_one_connection_s_accept_errors_are_skipped_at_once() {
+        use std::io::{Error, ErrorKind};
+        for (err, skipped) in [
+            (Error::from(ErrorKind::ConnectionAborted), true),
+            (Error::from(ErrorKind::ConnectionReset), true),
+            (Error::from_raw_os_error(libc::EPROTO), true),
+            (Error::from_raw_os_error(libc::EMFILE), false),
+            (Error::from_raw_os_error(libc::ENOBUFS), false),
+        ] {
+            assert_eq!(gone_before_taken(&err), skipped, "{err}");
+        }
     }
 
     #[test]
