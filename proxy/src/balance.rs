@@ -44,11 +44,19 @@ impl Balancer {
         if endpoints.is_empty() {
             return None;
         }
+        Some(endpoints[self.next_position(key) % endpoints.len()].clone())
+    }
+
+    /// `key`'s turn: 0, 1, 2, … on successive calls.
+    pub fn next_position(&self, key: &str) -> usize {
         let mut next = self.next.lock().expect("balancer lock");
-        let position = next.entry(key.to_owned()).or_insert(0);
-        let chosen = endpoints[*position % endpoints.len()].clone();
+        let position = match next.get_mut(key) {
+            Some(position) => position,
+            None => next.entry(key.to_owned()).or_insert(0),
+        };
+        let at = *position;
         *position = position.wrapping_add(1);
-        Some(chosen)
+        at
     }
 
     /// Every healthy endpoint of `service`, each with the address and port
@@ -62,14 +70,14 @@ impl Balancer {
         let key = service.key();
         let mapped = service.port(service_port).map(|p| p.target_port);
         let endpoints: Vec<Endpoint> = state
-            .endpoints(&key)
+            .endpoints(key)
             .into_iter()
             .filter(|w| w.healthy)
             .filter_map(|workload| {
                 let ip = *workload.ips.first()?;
                 let target = workload
                     .services
-                    .get(&key)
+                    .get(key)
                     .and_then(|ports| ports.iter().find(|p| p.service_port == service_port))
                     .map(|p| p.target_port)
                     .filter(|p| *p != 0)
@@ -82,7 +90,9 @@ impl Balancer {
             })
             .collect();
         if endpoints.is_empty() {
-            return Err(BalanceError::NoEndpoint { service: key });
+            return Err(BalanceError::NoEndpoint {
+                service: key.to_owned(),
+            });
         }
         Ok(endpoints)
     }
@@ -98,8 +108,10 @@ impl Balancer {
         let endpoints = self.service_endpoints(state, service, service_port)?;
         let workloads: Vec<Arc<Workload>> = endpoints.iter().map(|e| e.workload.clone()).collect();
         let chosen = self
-            .pick(&key, &workloads)
-            .ok_or(BalanceError::NoEndpoint { service: key })?;
+            .pick(key, &workloads)
+            .ok_or_else(|| BalanceError::NoEndpoint {
+                service: key.to_owned(),
+            })?;
         Ok(endpoints
             .into_iter()
             .find(|e| Arc::ptr_eq(&e.workload, &chosen))
@@ -127,7 +139,7 @@ impl Balancer {
                     .ok_or_else(|| BalanceError::Waypoint {
                         waypoint: ip.to_string(),
                     })?;
-                let name = service.key();
+                let name = service.key().to_owned();
                 (service, port, name)
             }
             GatewayAddress::Hostname {
@@ -144,12 +156,12 @@ impl Balancer {
         };
         let key = service.key();
         let endpoints: Vec<_> = state
-            .endpoints(&key)
+            .endpoints(key)
             .into_iter()
             .filter(|w| w.healthy && !w.ips.is_empty())
             .collect();
         let workload = self
-            .pick(&key, &endpoints)
+            .pick(key, &endpoints)
             .ok_or(BalanceError::Waypoint { waypoint: name })?;
         let ip = workload.ips[0];
         Ok(Endpoint {

@@ -31,7 +31,7 @@ async fn syncs_then_follows_changes_in_the_config_directory() {
         .service_by_vip("198.19.0.10:80".parse().unwrap())
         .expect("service by VIP:port");
     assert_eq!((service.name.as_str(), port.target_port), ("server", 8080));
-    assert_eq!(state.endpoints(&service.key()).len(), 1);
+    assert_eq!(state.endpoints(service.key()).len(), 1);
 
     // A new pod appears in the directory…
     let extra = "apiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: demo, labels: {app: server}}\nspec: {nodeName: n1}\nstatus: {podIP: 198.18.1.9}\n";
@@ -41,7 +41,7 @@ async fn syncs_then_follows_changes_in_the_config_directory() {
     })
     .await;
     assert_eq!(
-        state.endpoints(&service.key()).len(),
+        state.endpoints(service.key()).len(),
         2,
         "and backs the service"
     );

@@ -70,7 +70,7 @@ pub struct RequestLog {
     pub destination: Arc<str>,
     pub status: u16,
     pub flags: &'static str,
-    pub upstream: Option<String>,
+    pub upstream: Option<std::net::SocketAddr>,
     pub route: String,
     /// Request body bytes, counted as they are read ([`CountedBody`]).
     received: Arc<AtomicU64>,
@@ -134,7 +134,7 @@ impl RequestLog {
 
     /// The endpoint the request went to (last, if retried).
     pub fn set_upstream(&mut self, endpoint: Option<&weft_proxy::balance::Endpoint>) {
-        self.upstream = endpoint.map(|e| e.addr.to_string());
+        self.upstream = endpoint.map(|e| e.addr);
         if let Some(meter) = &mut self.meter {
             meter.destination = endpoint.map(|e| e.workload.clone());
         }
@@ -193,7 +193,10 @@ impl RequestLog {
             ("duration_ms", Num(duration.as_millis() as u64)),
             (
                 "upstream_host",
-                Text(self.upstream.as_deref().unwrap_or("-")),
+                match self.upstream {
+                    Some(addr) => Field::Addr(addr),
+                    None => Text("-"),
+                },
             ),
             ("attempts", Num(u64::from(self.attempts))),
             (
@@ -221,6 +224,10 @@ impl RequestLog {
             match value {
                 Field::Text(text) => line.push_str(text),
                 Field::Num(n) => push_padded(&mut line, n, 1),
+                Field::Addr(addr) => {
+                    use std::fmt::Write;
+                    let _ = write!(line, "{addr}");
+                }
                 Field::List(items) => line.push_str(&items.join(",")),
             }
         }
@@ -239,6 +246,7 @@ impl RequestLog {
             let value = match value {
                 Field::Text(text) => text.into(),
                 Field::Num(n) => n.into(),
+                Field::Addr(addr) => addr.to_string().into(),
                 Field::List(items) => items.join(",").into(),
             };
             object.insert(name.into(), value);
@@ -254,6 +262,7 @@ impl RequestLog {
 enum Field<'a> {
     Text(&'a str),
     Num(u64),
+    Addr(std::net::SocketAddr),
     List(&'a [String]),
 }
 

@@ -84,7 +84,8 @@ struct Health {
 #[derive(Default)]
 pub struct Backends {
     policies: RwLock<BTreeMap<String, Arc<BackendPolicy>>>,
-    health: Mutex<HashMap<(String, SocketAddr), Health>>,
+    /// By service, then endpoint.
+    health: Mutex<HashMap<String, HashMap<SocketAddr, Health>>>,
     in_flight: Mutex<HashMap<String, Arc<AtomicU32>>>,
     endpoint_load: Mutex<HashMap<SocketAddr, Arc<AtomicU32>>>,
 }
@@ -92,14 +93,12 @@ pub struct Backends {
 /// A request's place in its service's cap and its endpoint's load; given
 /// back when dropped.
 pub struct InFlight {
-    counters: Vec<Arc<AtomicU32>>,
+    counter: Arc<AtomicU32>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        for c in &self.counters {
-            c.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.counter.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -179,8 +178,10 @@ impl Backends {
         let health = self.health.lock().expect("health lock");
         let ejected = |ip: std::net::IpAddr| {
             health
-                .iter()
-                .filter(|((s, addr), _)| s == service && addr.ip() == ip)
+                .get(service)
+                .into_iter()
+                .flatten()
+                .filter(|(addr, _)| addr.ip() == ip)
                 .filter_map(|(_, h)| h.ejected_until.filter(|u| *u > now))
                 .max()
                 .map(|until| (until - now).as_millis() as u64)
@@ -212,11 +213,11 @@ impl Backends {
     }
 
     fn counter(map: &Mutex<HashMap<String, Arc<AtomicU32>>>, key: &str) -> Arc<AtomicU32> {
-        map.lock()
-            .expect("counters lock")
-            .entry(key.to_owned())
-            .or_default()
-            .clone()
+        let mut map = map.lock().expect("counters lock");
+        match map.get(key) {
+            Some(counter) => counter.clone(),
+            None => map.entry(key.to_owned()).or_default().clone(),
+        }
     }
 
     /// Takes a place for one request to `service`, unless its cap is full.
@@ -236,84 +237,65 @@ impl Backends {
         } else {
             counter.fetch_add(1, Ordering::AcqRel);
         }
-        Ok(InFlight {
-            counters: vec![counter],
-        })
+        Ok(InFlight { counter })
     }
 
-    /// An endpoint of `service` for `port`, as its policy chooses, skipping
-    /// ejected ones; the returned guard counts the request on it (least
-    /// request) until dropped.
+    /// An endpoint of `service` (whose key is `key`) for `port`, as its
+    /// policy chooses, skipping ejected ones, and how many endpoints the
+    /// service has; the returned guard counts the request on the endpoint
+    /// (least request) until dropped.
     pub fn pick(
         &self,
         balancer: &Balancer,
         state: &ProxyState,
         service: &Service,
         port: u16,
-    ) -> Result<(Endpoint, InFlight), PickError> {
+    ) -> Result<(Endpoint, InFlight, usize), PickError> {
         let key = service.key();
-        let policy = self.policy(&key).unwrap_or_default();
-        let all = balancer.service_endpoints(state, service, port)?;
-        let now = Instant::now();
-        let candidates: Vec<Endpoint> = {
+        let policy = self.policy(key);
+        let algorithm = policy.as_ref().map(|p| p.algorithm).unwrap_or_default();
+        let mut candidates = balancer.service_endpoints(state, service, port)?;
+        let endpoints = candidates.len();
+        {
             let health = self.health.lock().expect("health lock");
-            let live: Vec<Endpoint> = all
-                .iter()
-                .filter(|e| {
-                    health
-                        .get(&(key.clone(), e.addr))
+            if let Some(seen) = health.get(key) {
+                let now = Instant::now();
+                let live = |e: &Endpoint| {
+                    seen.get(&e.addr)
                         .and_then(|h| h.ejected_until)
                         .is_none_or(|until| until <= now)
-                })
-                .cloned()
-                .collect();
-            // With every endpoint ejected, the service is not abandoned:
-            // all of them are tried (Envoy's panic mode).
-            if live.is_empty() {
-                all.clone()
-            } else {
-                live
-            }
-        };
-        let load = |e: &Endpoint| {
-            self.endpoint_load
-                .lock()
-                .expect("load lock")
-                .entry(e.addr)
-                .or_default()
-                .clone()
-        };
-        let chosen = match policy.algorithm {
-            Algorithm::RoundRobin => {
-                let workloads: Vec<_> = candidates.iter().map(|e| e.workload.clone()).collect();
-                let w = balancer
-                    .pick(&key, &workloads)
-                    .expect("candidates are not empty");
-                candidates
-                    .iter()
-                    .find(|e| Arc::ptr_eq(&e.workload, &w))
-                    .cloned()
-                    .expect("picked among the candidates")
-            }
-            Algorithm::Random => candidates[rand::random_range(0..candidates.len())].clone(),
-            Algorithm::LeastRequest => {
-                let a = &candidates[rand::random_range(0..candidates.len())];
-                let b = &candidates[rand::random_range(0..candidates.len())];
-                if load(b).load(Ordering::Acquire) < load(a).load(Ordering::Acquire) {
-                    b.clone()
-                } else {
-                    a.clone()
+                };
+                // With every endpoint ejected, the service is not
+                // abandoned: all of them are tried (Envoy's panic mode).
+                if candidates.iter().any(live) {
+                    candidates.retain(live);
                 }
             }
+        }
+        let mut load = self.endpoint_load.lock().expect("load lock");
+        let mut load_of = |e: &Endpoint| -> Arc<AtomicU32> {
+            match load.get(&e.addr) {
+                Some(counter) => counter.clone(),
+                None => load.entry(e.addr).or_default().clone(),
+            }
         };
-        let counter = load(&chosen);
+        let chosen = match algorithm {
+            Algorithm::RoundRobin => {
+                let at = balancer.next_position(key);
+                candidates.swap_remove(at % candidates.len())
+            }
+            Algorithm::Random => candidates.swap_remove(rand::random_range(0..candidates.len())),
+            Algorithm::LeastRequest => {
+                let a = rand::random_range(0..candidates.len());
+                let b = rand::random_range(0..candidates.len());
+                let load_a = load_of(&candidates[a]).load(Ordering::Acquire);
+                let load_b = load_of(&candidates[b]).load(Ordering::Acquire);
+                candidates.swap_remove(if load_b < load_a { b } else { a })
+            }
+        };
+        let counter = load_of(&chosen);
         counter.fetch_add(1, Ordering::AcqRel);
-        Ok((
-            chosen,
-            InFlight {
-                counters: vec![counter],
-            },
-        ))
+        Ok((chosen, InFlight { counter }, endpoints))
     }
 
     /// Records how an attempt to `endpoint` of `service` went (`ok`: an
@@ -326,12 +308,16 @@ impl Backends {
             return;
         }
         let mut health = self.health.lock().expect("health lock");
+        if !health.contains_key(service) {
+            health.insert(service.to_owned(), HashMap::new());
+        }
+        let seen = health.get_mut(service).expect("inserted above");
         let now = Instant::now();
-        let ejected_now = health
-            .iter()
-            .filter(|((s, _), h)| s == service && h.ejected_until.is_some_and(|u| u > now))
+        let ejected_now = seen
+            .values()
+            .filter(|h| h.ejected_until.is_some_and(|u| u > now))
             .count();
-        let entry = health.entry((service.to_owned(), endpoint)).or_default();
+        let entry = seen.entry(endpoint).or_default();
         if ok {
             entry.errors_in_a_row = 0;
             return;
@@ -435,7 +421,8 @@ mod tests {
                 .health
                 .lock()
                 .unwrap()
-                .get(&("shop/web".to_string(), addr))
+                .get("shop/web")
+                .and_then(|seen| seen.get(&addr))
                 .and_then(|h| h.ejected_until)
                 .is_some()
         };
@@ -455,11 +442,9 @@ mod tests {
         let backends = Backends::default();
         with_outlier(&backends, 1, 10);
         backends.record("shop/web", a, false, 2);
-        assert!(
-            backends.health.lock().unwrap()[&("shop/web".to_string(), a)]
-                .ejected_until
-                .is_some()
-        );
+        assert!(backends.health.lock().unwrap()["shop/web"][&a]
+            .ejected_until
+            .is_some());
     }
 
     #[test]

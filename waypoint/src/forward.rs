@@ -21,6 +21,7 @@ use weft_proxy::balance::Endpoint;
 
 use crate::{
     backends::InFlight,
+    h1,
     http::Version,
     http_pool::{HttpPool, PoolKey, Sender},
     proxy::{Tunnel, Waypoint},
@@ -69,14 +70,54 @@ pub enum ForwardError {
     Connect(#[from] upstream::UpstreamError),
     #[error("HTTP with the upstream: {0}")]
     Http(#[from] hyper::Error),
+    #[error("HTTP/1.1 with the upstream: {0}")]
+    Own(#[from] h1::client::ClientError),
     #[error("{0}")]
     NoEndpoint(String),
+}
+
+/// A response body from the upstream: hyper's, or the waypoint's own
+/// HTTP/1.1 client's.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Own(h1::client::ResponseBody),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = crate::http::BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => {
+                std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into)
+            }
+            UpstreamBody::Own(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Own(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Own(body) => body.size_hint(),
+        }
+    }
 }
 
 /// How a request fared.
 pub enum Sent {
     Response {
-        response: Response<Incoming>,
+        response: Response<UpstreamBody>,
         upstream: Endpoint,
         attempts: u32,
         /// Counts the request on its endpoint while the body streams.
@@ -198,18 +239,37 @@ async fn attempt_all(
         let retries_left = attempt < retry.attempts;
         let backoff = retry.backoff * 2u32.saturating_pow(attempt.min(4));
         let pool_key = PoolKey::new(endpoint.addr, version, tunnel.key.clone());
-        let pooled = if reusable {
-            wp.http_pool.take(&pool_key)
-        } else {
-            None
+        // A whole body (none, or one kept for retries) on a kept-alive
+        // HTTP/1.1 connection goes through the waypoint's own client, in
+        // this task; a streaming body or an upgrade through hyper's.
+        let whole = match (&kept, bodiless) {
+            (Some(bytes), _) => Some(bytes.clone()),
+            (None, true) => Some(Bytes::new()),
+            (None, false) => None,
+        };
+        // HTTP/1.0 requests keep hyper's client, which speaks 1.0 back.
+        let own = version == Version::Http1
+            && parts.version == http::Version::HTTP_11
+            && reusable
+            && whole.is_some();
+        let pooled = match (reusable, own) {
+            (false, _) => None,
+            (true, true) => wp.http_pool.take_own(&pool_key).map(Conn::Own),
+            (true, false) => wp.http_pool.take(&pool_key).map(Conn::Pooled),
         };
         let reused = pooled.is_some();
         let connect = async {
             match pooled {
-                Some(sender) => Ok(Conn::Pooled(sender)),
-                None => upstream::connect(wp, &endpoint, &tunnel.headers)
+                Some(conn) => Ok(conn),
+                // Boxed: a new connection (HBONE and TLS handshakes) is
+                // the exception, and its future would otherwise make every
+                // request's several kilobytes larger, moved per request.
+                None => Box::pin(upstream::connect(wp, &endpoint, &tunnel.headers))
                     .await
-                    .map(Conn::Fresh),
+                    .map(|io| match own {
+                        true => Conn::Own(Box::new(h1::client::Conn::new(io))),
+                        false => Conn::Fresh(io),
+                    }),
             }
         };
         let connected = match per_try {
@@ -227,8 +287,8 @@ async fn attempt_all(
         if connected.is_err() {
             record(&endpoint, false);
         }
-        let io = match connected {
-            Ok(io) => io,
+        let conn = match connected {
+            Ok(conn) => conn,
             // Nothing was sent: the request is still whole.
             Err(err) if retries_left => {
                 tracing::debug!(upstream = %endpoint.addr, %err, "retrying a connection failure");
@@ -244,24 +304,35 @@ async fn attempt_all(
                 }
             }
         };
-        let body: RequestBody = match (&kept, streaming.take()) {
-            (Some(bytes), _) => Full::new(bytes.clone())
-                .map_err(|never| match never {})
-                .boxed(),
-            (None, Some(body)) => body.boxed(),
-            (None, None) if bodiless => Full::new(bytes::Bytes::new())
-                .map_err(|never| match never {})
-                .boxed(),
-            (None, None) => {
-                return Sent::Failed {
-                    error: ForwardError::NoEndpoint("the request body was already sent".into()),
-                    upstream: Some(endpoint),
-                    attempts: attempt + 1,
+        let exchange = async {
+            match (conn, whole) {
+                (Conn::Own(conn), Some(body)) => conn
+                    .send(&parts, &body, &wp.http_pool, pool_key)
+                    .await
+                    .map(|r| r.map(UpstreamBody::Own))
+                    .map_err(ForwardError::from),
+                (conn, _) => {
+                    let body: RequestBody = match (&kept, streaming.take()) {
+                        (Some(bytes), _) => Full::new(bytes.clone())
+                            .map_err(|never| match never {})
+                            .boxed(),
+                        (None, Some(body)) => body.boxed(),
+                        (None, None) if bodiless => Full::new(bytes::Bytes::new())
+                            .map_err(|never| match never {})
+                            .boxed(),
+                        (None, None) => {
+                            return Err(ForwardError::NoEndpoint(
+                                "the request body was already sent".into(),
+                            ))
+                        }
+                    };
+                    let request = Request::from_parts(parts.clone(), body);
+                    exchange(&wp.http_pool, pool_key, reusable, conn, version, request)
+                        .await
+                        .map(|r| r.map(UpstreamBody::Hyper))
                 }
             }
         };
-        let request = Request::from_parts(parts.clone(), body);
-        let exchange = exchange(&wp.http_pool, pool_key, reusable, io, version, request);
         let result = match per_try {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
                 Ok(result) => result,
@@ -281,6 +352,11 @@ async fn attempt_all(
         let stale = match &result {
             Err(ForwardError::Http(e)) => {
                 e.is_canceled() || (e.is_incomplete_message() && idempotent(&parts.method))
+            }
+            Err(ForwardError::Own(e)) => {
+                e.stale()
+                    || (matches!(e, h1::client::ClientError::Closed { .. })
+                        && idempotent(&parts.method))
             }
             _ => false,
         };
@@ -376,6 +452,8 @@ fn prepare_headers(headers: &mut http::HeaderMap, version: Version) {
 enum Conn {
     Pooled(Sender),
     Fresh(upstream::UpstreamIo),
+    /// For the waypoint's own HTTP/1.1 client.
+    Own(Box<h1::client::Conn>),
 }
 
 /// Sends `req` on `conn` (after an HTTP handshake on a new stream); a
@@ -390,6 +468,12 @@ async fn exchange(
 ) -> Result<Response<Incoming>, ForwardError> {
     let sender = match conn {
         Conn::Pooled(sender) => sender,
+        // Only the own client is handed one (see `attempt_all`).
+        Conn::Own(_) => {
+            return Err(ForwardError::NoEndpoint(
+                "an own HTTP/1.1 connection reached hyper's client".into(),
+            ))
+        }
         Conn::Fresh(io) => {
             let io = TokioIo::new(io);
             match version {

@@ -374,7 +374,7 @@ async fn handle_request(
         Target::Service { service, .. } => Some(service.key()),
         Target::Workload { .. } => None,
     };
-    let policies = wp.policies.applying(&wp.name, service_key.as_deref());
+    let policies = wp.policies.applying(&wp.name, service_key);
     if !policies.is_empty() {
         let principal = down.identity.principal();
         let host = authority_of(&req).unwrap_or_default();
@@ -425,7 +425,7 @@ async fn handle_request(
         }
         Target::Service { service, port } => (service.clone(), *port),
     };
-    let routes = wp.routes.get(&service.key());
+    let routes = wp.routes.get(service.key());
     let info = RequestInfo {
         method: req.method().as_str(),
         path: req.uri().path(),
@@ -587,7 +587,7 @@ async fn handle_request(
     let req = if mirrors.is_empty() {
         req
     } else {
-        mirror::tee(wp, down.peer, down.version, req, mirrors).await
+        Box::pin(mirror::tee(wp, down.peer, down.version, req, mirrors)).await
     };
     let plan = Plan {
         response_filters: route
@@ -642,7 +642,7 @@ async fn to_service(
     }
     plan.service_host = Some(service.hostname.clone());
     let key = service.key();
-    let admitted = match wp.backends.admit(&key) {
+    let admitted = match wp.backends.admit(key) {
         Ok(admitted) => admitted,
         Err(err) => {
             log.flags = "UO";
@@ -656,19 +656,26 @@ async fn to_service(
             );
         }
     };
-    let endpoints = wp
-        .balancer
-        .service_endpoints(&wp.state, service, port)
-        .map(|e| e.len())
-        .unwrap_or(0);
+    // How many endpoints the service had at the last pick: outlier
+    // detection ejects no more than its share of them.
+    let endpoints = std::sync::atomic::AtomicUsize::new(0);
     let pick = || {
         wp.backends
             .pick(&wp.balancer, &wp.state, service, port)
-            .map(|(endpoint, load)| (endpoint, Some(load)))
+            .map(|(endpoint, load, count)| {
+                endpoints.store(count, std::sync::atomic::Ordering::Relaxed);
+                (endpoint, Some(load))
+            })
             .map_err(|e| e.to_string())
     };
-    let record =
-        |endpoint: &Endpoint, ok: bool| wp.backends.record(&key, endpoint.addr, ok, endpoints);
+    let record = |endpoint: &Endpoint, ok: bool| {
+        wp.backends.record(
+            key,
+            endpoint.addr,
+            ok,
+            endpoints.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
     send(wp, down, pick, record, req, plan, vec![admitted], log).await
 }
 
@@ -691,7 +698,7 @@ fn framing_check<B>(req: &Request<B>, verdict: Option<HeadVerdict>) -> Result<()
         });
     }
     let headers = req.headers();
-    let size: usize = req.uri().to_string().len()
+    let size: usize = uri_len(req.uri())
         + headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len())
@@ -704,6 +711,14 @@ fn framing_check<B>(req: &Request<B>, verdict: Option<HeadVerdict>) -> Result<()
         });
     }
     Ok(())
+}
+
+/// The length of `uri` as written (`scheme://authority/path?query`),
+/// without writing it.
+fn uri_len(uri: &http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len())
 }
 
 /// The request with its path made canonical (the query kept as sent).
@@ -916,30 +931,54 @@ fn authority_of<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// Headers that belong to one HTTP/1.1 hop, never forwarded (RFC 9110
-/// 7.6.1), with any the `Connection` header names.
+/// 7.6.1).
+static HOP_BY_HOP: [header::HeaderName; 8] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes the hop-by-hop headers, with any the `Connection` header names.
+/// One pass over the names finds those present (usually none, or only
+/// `connection`), so a request pays for no lookup of an absent one.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
-        .collect();
-    for name in named {
-        headers.remove(name.as_str());
+    let mut present = [false; 8];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-    ] {
-        headers.remove(name);
+    if present[0] {
+        // Names `Connection` lists beyond the fixed ones (rare): each is
+        // removed too.
+        let named: Vec<header::HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !token.is_empty()
+                    && !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(token))
+            })
+            .filter_map(|token| header::HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
 
 use hyper::client::conn::{http1, http2};
 
-use crate::{forward::RequestBody, http::Version};
+use crate::{forward::RequestBody, h1, http::Version};
 
 /// How long an idle HTTP/1.1 connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,11 +54,15 @@ pub enum Sender {
 
 /// An idle HTTP/1.1 connection and since when.
 type Idle = (http1::SendRequest<RequestBody>, Instant);
+/// The same, of the waypoint's own client.
+type OwnIdle = (Box<h1::client::Conn>, Instant);
 
 #[derive(Default)]
 pub struct HttpPool {
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
     shared: Mutex<HashMap<PoolKey, http2::SendRequest<RequestBody>>>,
+    /// Idle connections of the waypoint's own HTTP/1.1 client.
+    own: Mutex<HashMap<PoolKey, Vec<OwnIdle>>>,
 }
 
 impl HttpPool {
@@ -122,6 +126,32 @@ impl HttpPool {
         }
     }
 
+    /// A kept connection of the waypoint's own HTTP/1.1 client for `key`
+    /// that can take a request now, if there is one.
+    pub fn take_own(&self, key: &PoolKey) -> Option<Box<h1::client::Conn>> {
+        let mut own = self.own.lock().expect("pool lock");
+        let list = own.get_mut(key)?;
+        while let Some((mut conn, since)) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && conn.is_idle() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose response was read whole.
+    pub fn keep_own(&self, key: PoolKey, conn: Box<h1::client::Conn>) {
+        let mut own = self.own.lock().expect("pool lock");
+        let list = own.entry(key).or_default();
+        if list.len() >= MAX_IDLE {
+            // The longest idle goes first.
+            list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+        }
+        if list.len() < MAX_IDLE {
+            list.push((conn, Instant::now()));
+        }
+    }
+
     /// Idle HTTP/1.1 connections and shared HTTP/2 ones, for the dump.
     pub fn counts(&self) -> (usize, usize) {
         let idle = self
@@ -130,7 +160,14 @@ impl HttpPool {
             .expect("pool lock")
             .values()
             .map(Vec::len)
-            .sum();
+            .sum::<usize>()
+            + self
+                .own
+                .lock()
+                .expect("pool lock")
+                .values()
+                .map(Vec::len)
+                .sum::<usize>();
         let shared = self.shared.lock().expect("pool lock").len();
         (idle, shared)
     }

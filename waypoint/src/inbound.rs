@@ -147,7 +147,7 @@ async fn tunnel(wp: Arc<Waypoint>, connect: InboundConnect) {
     let declared = match &target {
         Target::Service { service, port } => wp
             .routes
-            .get(&service.key())
+            .get(service.key())
             .and_then(|r| r.protocols.get(port).copied()),
         Target::Workload { .. } => None,
     };

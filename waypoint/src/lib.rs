@@ -23,6 +23,7 @@ pub mod filters;
 pub mod forward;
 pub mod framing;
 pub mod grpc;
+pub mod h1;
 pub mod http;
 pub mod http_pool;
 pub mod inbound;

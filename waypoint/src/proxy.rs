@@ -97,7 +97,7 @@ impl Target {
     /// The name to log (`namespace/hostname` or the workload's).
     pub fn name(&self) -> String {
         match self {
-            Target::Service { service, .. } => service.key(),
+            Target::Service { service, .. } => service.key().to_owned(),
             Target::Workload { workload, .. } => {
                 format!("{}/{}", workload.namespace, workload.name)
             }
@@ -192,7 +192,7 @@ impl Waypoint {
             .services
             .iter()
             .filter(|s| s.waypoint.as_ref().is_some_and(|w| self.is_self(w)))
-            .map(|s| s.key())
+            .map(|s| s.key().to_owned())
             .collect();
         for routes in self.routes.dump().values() {
             keys.extend(
@@ -242,7 +242,7 @@ impl Waypoint {
                     port: authority.port(),
                 }),
                 _ => Err(TargetError::NotBound {
-                    destination: service.key(),
+                    destination: service.key().to_owned(),
                     waypoint: self.name.clone(),
                 }),
             };

@@ -27,7 +27,7 @@ pub async fn forward(
         Target::Service { service, .. } => Some(service.key()),
         Target::Workload { .. } => None,
     };
-    let policies = wp.policies.applying(&wp.name, service.as_deref());
+    let policies = wp.policies.applying(&wp.name, service);
     if !policies.is_empty() {
         let (principal, headers) = (identity.principal(), http::HeaderMap::new());
         let attrs = RequestAttrs::connection(

@@ -193,7 +193,7 @@ impl RequestSpan {
             ("component", text("proxy")),
         ];
         if let Some(upstream) = &log.upstream {
-            attributes.push(("upstream_address", text(upstream)));
+            attributes.push(("upstream_address", text(&upstream.to_string())));
         }
         if let Some(code) = log.grpc_status {
             attributes.push(("grpc.status_code", Value::Int(i64::from(code))));

@@ -318,7 +318,7 @@ async fn forward(
         policy: None,
     });
     let meter = copy::Meter::new(&tracking.meter, true);
-    log.dst_service = service.as_ref().map(|s| s.key());
+    log.dst_service = service.as_ref().map(|s| s.key().to_owned());
     match route {
         Route::Hbone {
             workload,

@@ -242,7 +242,7 @@ impl ProxyState {
         let mut workloads: Vec<_> = inner.workloads.values().cloned().collect();
         workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
         let mut services: Vec<_> = inner.services.values().cloned().collect();
-        services.sort_by_key(|s| s.key());
+        services.sort_by(|a, b| a.key().cmp(b.key()));
         let mut policies: Vec<_> = inner.policies.values().cloned().collect();
         policies.sort_by_key(|p| p.key());
         StateDump {
@@ -278,7 +278,7 @@ impl ProxyState {
                 inner.workloads.insert(w.uid.clone(), Arc::from(w));
             }
             AddressResource::Service(s) => {
-                let key = s.key();
+                let key = s.key().to_owned();
                 for vip in &s.vips {
                     inner.service_by_vip.insert(*vip, key.clone());
                 }
@@ -415,17 +415,17 @@ mod tests {
         );
         state.upsert_address(
             "demo/web.demo.svc.cluster.local",
-            AddressResource::Service(Service {
-                name: "web".into(),
-                namespace: "demo".into(),
-                hostname: "web.demo.svc.cluster.local".into(),
-                vips: vec![IpAddr::from([198, 19, 0, 9])],
-                ports: vec![PortMapping {
+            AddressResource::Service(Service::new(
+                "web".into(),
+                "demo".into(),
+                "web.demo.svc.cluster.local".into(),
+                vec![IpAddr::from([198, 19, 0, 9])],
+                vec![PortMapping {
                     service_port: 80,
                     target_port: 8080,
                 }],
-                waypoint: None,
-            }),
+                None,
+            )),
         );
         assert_eq!(
             state.workload_by_ip([198, 18, 1, 2].into()).unwrap().uid,

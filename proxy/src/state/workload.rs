@@ -75,12 +75,35 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     pub ports: Vec<PortMapping>,
     pub waypoint: Option<GatewayAddress>,
+    /// `namespace/hostname`, written out once: both proxies look services
+    /// up by it for every connection or request.
+    #[serde(skip)]
+    key: String,
 }
 
 impl Service {
+    pub fn new(
+        name: String,
+        namespace: String,
+        hostname: String,
+        vips: Vec<IpAddr>,
+        ports: Vec<PortMapping>,
+        waypoint: Option<GatewayAddress>,
+    ) -> Self {
+        Self {
+            key: format!("{namespace}/{hostname}"),
+            name,
+            namespace,
+            hostname,
+            vips,
+            ports,
+            waypoint,
+        }
+    }
+
     /// `namespace/hostname`, the service's resource name.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.hostname)
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// The mapping for `service_port`, if the service exposes it.
@@ -248,14 +271,14 @@ impl TryFrom<pb::Service> for Service {
             .map_err(&fail)?;
         let ports = ports(&s.ports).map_err(&fail)?;
         let waypoint = gateway(s.waypoint.as_ref()).map_err(&fail)?;
-        Ok(Self {
-            name: s.name,
-            namespace: s.namespace,
-            hostname: s.hostname,
+        Ok(Self::new(
+            s.name,
+            s.namespace,
+            s.hostname,
             vips,
             ports,
             waypoint,
-        })
+        ))
     }
 }
 

@@ -58,14 +58,14 @@ async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
     };
     state.upsert_address(
         &key,
-        AddressResource::Service(Service {
-            name: "web".into(),
-            namespace: "bench".into(),
-            hostname: SERVICE.into(),
-            vips: vec![listen.ip()],
-            ports: vec![mapping],
-            waypoint: None,
-        }),
+        AddressResource::Service(Service::new(
+            "web".into(),
+            "bench".into(),
+            SERVICE.into(),
+            vec![listen.ip()],
+            vec![mapping],
+            None,
+        )),
     );
     state.upsert_address(
         "bench/web-0",
