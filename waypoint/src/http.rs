@@ -125,42 +125,68 @@ impl Downstream {
 
 /// Serves the requests of one tunnel until the client is done. `io` is
 /// the tunnel's stream (any byte stream: the benchmark's same-hop
-/// comparison with nginx serves plain TCP).
-pub async fn serve<IO>(wp: Arc<Waypoint>, io: IO, down: Arc<Downstream>) -> Result<(), hyper::Error>
+/// comparison with nginx serves plain TCP). HTTP/1.1 is read by the
+/// waypoint itself ([`crate::h1::server`]), which hands a connection to
+/// hyper ([`serve_hyper_h1`]) at the first request it does not serve;
+/// HTTP/2 is hyper's.
+pub async fn serve<IO>(
+    wp: Arc<Waypoint>,
+    io: IO,
+    down: Arc<Downstream>,
+) -> Result<(), crate::h1::server::ServeError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let version = down.version;
-    let service = |verdicts: Option<Verdicts>| {
-        hyper::service::service_fn(move |req| {
-            let (wp, down) = (wp.clone(), down.clone());
-            // hyper calls this once per request head, in order.
-            let verdict = verdicts.as_ref().and_then(Verdicts::next);
-            async move { Ok::<_, std::convert::Infallible>(handle(&wp, &down, verdict, req).await) }
-        })
-    };
-    match version {
-        Version::Http1 => {
-            let (io, verdicts) = framing::watch(io);
-            let service = service(Some(verdicts));
-            let io = TokioIo::new(io);
-            hyper::server::conn::http1::Builder::new()
-                // A client may end its side once it has sent the request
-                // and still wait for the answer.
-                .half_close(true)
-                // A head hyper cannot hold answers 431 (smaller ones
-                // past the limit are refused by `framing_check`).
-                .max_buf_size(2 * MAX_HEADER_BYTES)
-                .serve_connection(io, service)
-                .with_upgrades()
-                .await
-        }
-        Version::Http2 => {
+    match down.version {
+        Version::Http1 => crate::h1::server::serve(wp, io, down).await,
+        Version::Http2 => Ok(
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(io), service(None))
-                .await
-        }
+                .serve_connection(TokioIo::new(io), service(wp, down, None))
+                .await?,
+        ),
     }
+}
+
+/// The handler as hyper's connections call it, once per request head, in
+/// order; an HTTP/1.1 connection's framing verdicts go with them.
+fn service(
+    wp: Arc<Waypoint>,
+    down: Arc<Downstream>,
+    verdicts: Option<Verdicts>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req| {
+        let (wp, down) = (wp.clone(), down.clone());
+        let verdict = verdicts.as_ref().and_then(Verdicts::next);
+        async move { Ok::<_, std::convert::Infallible>(handle(&wp, &down, verdict, req).await) }
+    })
+}
+
+/// Serves an HTTP/1.1 connection's requests with hyper, behind the
+/// framing watch ([`framing`]), with upgrades.
+pub(crate) async fn serve_hyper_h1<IO>(
+    wp: Arc<Waypoint>,
+    io: IO,
+    down: Arc<Downstream>,
+) -> Result<(), hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (io, verdicts) = framing::watch(io);
+    hyper::server::conn::http1::Builder::new()
+        // A client may end its side once it has sent the request and
+        // still wait for the answer.
+        .half_close(true)
+        // A head hyper cannot hold answers 431 (smaller ones past the
+        // limit are refused by `framing_check`).
+        .max_buf_size(2 * MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(io), service(wp, down, Some(verdicts)))
+        .with_upgrades()
+        .await
 }
 
 /// The largest request head (line and headers) accepted.
@@ -287,12 +313,16 @@ impl UpgradeSlot {
     }
 }
 
-async fn handle(
+/// A request's answer, whoever read it (hyper or [`crate::h1::server`]).
+pub(crate) async fn handle<B>(
     wp: &Arc<Waypoint>,
     down: &Downstream,
     verdict: Option<HeadVerdict>,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
+    mut req: Request<B>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+{
     let slot = UpgradeSlot::default();
     if req
         .extensions()
@@ -307,12 +337,15 @@ async fn handle(
     response
 }
 
-async fn handle_request(
+async fn handle_request<B>(
     wp: &Arc<Waypoint>,
     down: &Downstream,
     verdict: Option<HeadVerdict>,
-    req: Request<Incoming>,
-) -> Response<Body> {
+    req: Request<B>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+{
     let mut log = RequestLog::new(
         req.method().to_string(),
         req.uri()

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 pub const MAX_HEADERS: usize = 100;
 
 /// How much is read at a time.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Reads what `io` has into the spare capacity of `buf`: the byte count
 /// (0 at the end of the stream).
