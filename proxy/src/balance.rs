@@ -6,10 +6,11 @@
 //! endpoints here.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
+
+use foldhash::HashMap;
 
 use crate::state::{GatewayAddress, ProxyState, Service, Workload};
 
@@ -71,7 +72,7 @@ impl Balancer {
         let mapped = service.port(service_port).map(|p| p.target_port);
         let endpoints: Vec<Endpoint> = state
             .endpoints(key)
-            .into_iter()
+            .iter()
             .filter(|w| w.healthy)
             .filter_map(|workload| {
                 let ip = *workload.ips.first()?;
@@ -85,7 +86,7 @@ impl Balancer {
                     .unwrap_or(service_port);
                 Some(Endpoint {
                     addr: SocketAddr::new(ip, target),
-                    workload,
+                    workload: workload.clone(),
                 })
             })
             .collect();
@@ -157,8 +158,9 @@ impl Balancer {
         let key = service.key();
         let endpoints: Vec<_> = state
             .endpoints(key)
-            .into_iter()
+            .iter()
             .filter(|w| w.healthy && !w.ips.is_empty())
+            .cloned()
             .collect();
         let workload = self
             .pick(key, &endpoints)

@@ -61,10 +61,11 @@ fn write_stdout(line: &[u8]) {
 /// What is known about one request.
 #[derive(Debug)]
 pub struct RequestLog {
-    pub method: String,
-    pub path: String,
+    /// As the request's own parts (shared, not copied).
+    pub method: http::Method,
+    pub path: http::uri::PathAndQuery,
     pub protocol: &'static str,
-    pub authority: String,
+    pub authority: Option<http::HeaderValue>,
     pub src_addr: Arc<str>,
     pub src_identity: Arc<str>,
     pub destination: Arc<str>,
@@ -72,8 +73,9 @@ pub struct RequestLog {
     pub flags: &'static str,
     pub upstream: Option<std::net::SocketAddr>,
     pub route: String,
-    /// Request body bytes, counted as they are read ([`CountedBody`]).
-    received: Arc<AtomicU64>,
+    /// Request body bytes, counted as they are read ([`CountedBody`]);
+    /// none for a request without a body.
+    received: Option<Arc<AtomicU64>>,
     pub bytes_sent: u64,
     pub error: Option<String>,
     /// The policy (or ALLOW policies) that denied the request.
@@ -97,10 +99,10 @@ pub struct RequestLog {
 
 impl RequestLog {
     pub fn new(
-        method: String,
-        path: String,
+        method: http::Method,
+        path: http::uri::PathAndQuery,
         protocol: &'static str,
-        authority: String,
+        authority: Option<http::HeaderValue>,
         src_addr: Arc<str>,
         src_identity: Arc<str>,
         destination: Arc<str>,
@@ -117,7 +119,7 @@ impl RequestLog {
             flags: "-",
             upstream: None,
             route: "default".into(),
-            received: Arc::default(),
+            received: None,
             bytes_sent: 0,
             error: None,
             policy: None,
@@ -142,15 +144,23 @@ impl RequestLog {
 
     /// Request body bytes read so far.
     pub fn bytes_received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        self.received
+            .as_ref()
+            .map_or(0, |count| count.load(Ordering::Relaxed))
     }
 
     /// The request body, counted into this log.
-    pub fn count_request<B>(&self, body: B) -> CountedBody<B> {
-        CountedBody {
-            inner: body,
-            count: self.received.clone(),
-        }
+    pub fn count_request<B>(&mut self, body: B) -> CountedBody<B> {
+        let count = self.received.get_or_insert_default().clone();
+        CountedBody { inner: body, count }
+    }
+
+    /// The authority (or `Host`) the request named, as text.
+    pub fn authority(&self) -> &str {
+        self.authority
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// Writes the line (once) and records the request's metrics.
@@ -179,10 +189,10 @@ impl RequestLog {
     fn fields(&self, duration: std::time::Duration) -> [(&'static str, Field<'_>); 19] {
         use Field::{Num, Text};
         [
-            ("method", Text(&self.method)),
-            ("path", Text(&self.path)),
+            ("method", Text(self.method.as_str())),
+            ("path", Text(self.path.as_str())),
             ("protocol", Text(self.protocol)),
-            ("authority", Text(&self.authority)),
+            ("authority", Text(self.authority())),
             ("src.addr", Text(&self.src_addr)),
             ("src.identity", Text(&self.src_identity)),
             ("dst.service", Text(&self.destination)),
@@ -485,10 +495,10 @@ mod tests {
 
     fn log() -> RequestLog {
         let mut log = RequestLog::new(
-            "GET".into(),
-            "/a?b=1".into(),
+            http::Method::GET,
+            http::uri::PathAndQuery::from_static("/a?b=1"),
             "HTTP/1.1",
-            "web.shop".into(),
+            Some(http::HeaderValue::from_static("web.shop")),
             "198.18.0.1:4000".into(),
             "spiffe://cluster.local/ns/shop/sa/client".into(),
             "shop/web.shop.svc.cluster.local".into(),

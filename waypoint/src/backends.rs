@@ -7,7 +7,7 @@
 //! again, never more than the maximum share of the service's endpoints.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use foldhash::HashMap;
 use serde::Serialize;
 use weft_proto::{weft::l7::v1 as pb, BACKEND_POLICY_TYPE_URL};
 use weft_proxy::{
@@ -102,14 +103,15 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request's places until it ends.
+/// A response body that keeps its request's places (in its service's
+/// cap, on its endpoint) until it ends.
 pub struct Held<B> {
     inner: B,
-    _held: Vec<InFlight>,
+    _held: [Option<InFlight>; 2],
 }
 
 impl<B> Held<B> {
-    pub fn new(inner: B, held: Vec<InFlight>) -> Self {
+    pub fn new(inner: B, held: [Option<InFlight>; 2]) -> Self {
         Self { inner, _held: held }
     }
 }
@@ -309,7 +311,7 @@ impl Backends {
         }
         let mut health = self.health.lock().expect("health lock");
         if !health.contains_key(service) {
-            health.insert(service.to_owned(), HashMap::new());
+            health.insert(service.to_owned(), HashMap::default());
         }
         let seen = health.get_mut(service).expect("inserted above");
         let now = Instant::now();

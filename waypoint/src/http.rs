@@ -346,14 +346,18 @@ async fn handle_request<B>(
 where
     B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
 {
+    let authority = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
     let mut log = RequestLog::new(
-        req.method().to_string(),
+        req.method().clone(),
         req.uri()
             .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into()),
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
         down.version.name(),
-        authority_of(&req).unwrap_or_default(),
+        authority,
         down.src_addr.clone(),
         down.src_identity.clone(),
         down.destination.clone(),
@@ -366,7 +370,12 @@ where
             Target::Workload { .. } => None,
         },
     ));
-    let mut req = req.map(|body| log.count_request(body).boxed());
+    // A request without a body has nothing to count.
+    let mut req = if req.body().is_end_stream() {
+        req.map(|body| body.boxed())
+    } else {
+        req.map(|body| log.count_request(body).boxed())
+    };
     // With a collector, the request's span joins the caller's trace (or
     // starts one) and is the parent the upstream sees.
     if wp.tracer.enabled() {
@@ -444,17 +453,7 @@ where
                 addr: *addr,
             };
             let pick = || Ok((endpoint.clone(), None));
-            return send(
-                wp,
-                down,
-                pick,
-                |_, _| {},
-                req,
-                Plan::default(),
-                Vec::new(),
-                log,
-            )
-            .await;
+            return send(wp, down, pick, |_, _| {}, req, Plan::default(), None, log).await;
         }
         Target::Service { service, port } => (service.clone(), *port),
     };
@@ -647,7 +646,7 @@ where
             overall: (route.request_timeout_ms > 0)
                 .then(|| Duration::from_millis(route.request_timeout_ms)),
         },
-        service_host: None,
+        service: None,
     };
     let mut plan = plan;
     plan.response_filters.extend(cors_headers);
@@ -673,7 +672,7 @@ async fn to_service(
     if let Some(meter) = &mut log.meter {
         meter.service = Some(service.clone());
     }
-    plan.service_host = Some(service.hostname.clone());
+    plan.service = Some(service.clone());
     let key = service.key();
     let admitted = match wp.backends.admit(key) {
         Ok(admitted) => admitted,
@@ -709,7 +708,7 @@ async fn to_service(
             endpoints.load(std::sync::atomic::Ordering::Relaxed),
         )
     };
-    send(wp, down, pick, record, req, plan, vec![admitted], log).await
+    send(wp, down, pick, record, req, plan, Some(admitted), log).await
 }
 
 /// Why a request is refused before anything else looks at it.
@@ -783,8 +782,8 @@ fn canonical_path(
 struct Plan {
     response_filters: Vec<HeaderModifier>,
     budget: Budget,
-    /// The service host the onward tunnels name in `forwarded`.
-    service_host: Option<String>,
+    /// The service whose host the onward tunnels name in `forwarded`.
+    service: Option<Arc<Service>>,
 }
 
 fn no_upstream(mut log: RequestLog, error: String) -> Response<Body> {
@@ -849,7 +848,7 @@ async fn send(
     record: impl Fn(&Endpoint, bool),
     req: Request<RequestBody>,
     plan: Plan,
-    mut held: Vec<InFlight>,
+    admitted: Option<InFlight>,
     mut log: RequestLog,
 ) -> Response<Body> {
     // The client's side of a WebSocket switch, taken only once the
@@ -862,7 +861,7 @@ async fn send(
     if let Some(deadline) = log.grpc.then(|| grpc::timeout(req.headers())).flatten() {
         plan.budget.overall = Some(plan.budget.overall.map_or(deadline, |o| o.min(deadline)));
     }
-    let tunnel = down.tunnel(wp, plan.service_host.as_deref());
+    let tunnel = down.tunnel(wp, plan.service.as_ref().map(|s| s.hostname.as_str()));
     // The route's timeout runs from here to the response's last byte.
     let grpc = log.grpc;
     let deadline = plan
@@ -877,7 +876,6 @@ async fn send(
             attempts,
             held: load,
         } => {
-            held.extend(load);
             log.set_upstream(Some(&upstream));
             log.attempts = attempts;
             let mut response = response;
@@ -908,7 +906,7 @@ async fn send(
             finish(
                 log,
                 Response::from_parts(parts, {
-                    let body = Held::new(body, held).map_err(BodyError::from);
+                    let body = Held::new(body, [admitted, load]).map_err(BodyError::from);
                     match deadline {
                         Some(at) if !switching => {
                             BodyExt::boxed(crate::deadline::Deadline::new(body.boxed(), at, grpc))

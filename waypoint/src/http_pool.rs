@@ -8,12 +8,12 @@
 //! server's own keep-alive timeout would close them under a request.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use foldhash::HashMap;
 use hyper::client::conn::{http1, http2};
 
 use crate::{forward::RequestBody, h1, http::Version};

@@ -3,7 +3,7 @@
 //! expressions compiled), held in a table the xDS client keeps current.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, RwLock},
 };
 
@@ -383,7 +383,7 @@ impl TryFrom<pb::ServiceRoutes> for ServiceRoutes {
 /// The routes of every service, by `namespace/hostname`.
 #[derive(Default)]
 pub struct RouteTable {
-    services: RwLock<HashMap<String, Arc<ServiceRoutes>>>,
+    services: RwLock<foldhash::HashMap<String, Arc<ServiceRoutes>>>,
 }
 
 impl RouteTable {

@@ -180,8 +180,11 @@ impl RequestSpan {
     pub fn finish(self, log: &RequestLog) {
         let text = |s: &str| Value::Str(s.to_owned());
         let mut attributes = vec![
-            ("http.method", text(&log.method)),
-            ("http.url", text(&format!("{}{}", log.authority, log.path))),
+            ("http.method", text(log.method.as_str())),
+            (
+                "http.url",
+                text(&format!("{}{}", log.authority(), log.path)),
+            ),
             ("http.protocol", text(log.protocol)),
             ("http.status_code", Value::Int(i64::from(log.status))),
             ("response_flags", text(log.flags)),
@@ -279,10 +282,10 @@ mod tests {
         ));
         let record = |destination: &Arc<Workload>, status: u16| {
             let mut log = RequestLog::new(
-                "GET".into(),
-                "/".into(),
+                http::Method::GET,
+                http::uri::PathAndQuery::from_static("/"),
                 "HTTP/1.1",
-                "web".into(),
+                Some(http::HeaderValue::from_static("web")),
                 "198.18.0.1:1".into(),
                 "client".into(),
                 "shop/web".into(),

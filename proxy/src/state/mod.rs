@@ -7,10 +7,12 @@ pub mod policy;
 pub mod workload;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, RwLock},
 };
+
+use foldhash::HashMap;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -32,6 +34,10 @@ struct Inner {
     /// serves.
     workload_by_name: HashMap<(String, String), String>,
     services: HashMap<String, Arc<Service>>,
+    /// Each service's workloads (by the services they say they back),
+    /// ordered by uid: kept as workloads change, so choosing an endpoint
+    /// never walks every workload.
+    endpoints: HashMap<String, Arc<[Arc<Workload>]>>,
     service_by_vip: HashMap<IpAddr, String>,
     /// Address resource name → the key it was stored under (uid or service key).
     address_names: HashMap<String, AddressKey>,
@@ -42,6 +48,26 @@ struct Inner {
 }
 
 impl Inner {
+    /// Puts `workload` (uid `uid`) among `service`'s endpoints, in uid
+    /// order, or takes it out (`None`).
+    fn index_endpoint(&mut self, service: &str, workload: Option<&Arc<Workload>>, uid: &str) {
+        let mut list: Vec<Arc<Workload>> = self
+            .endpoints
+            .get(service)
+            .map(|l| l.to_vec())
+            .unwrap_or_default();
+        list.retain(|w| w.uid != uid);
+        if let Some(w) = workload {
+            let at = list.partition_point(|e| e.uid.as_str() < uid);
+            list.insert(at, w.clone());
+        }
+        if list.is_empty() {
+            self.endpoints.remove(service);
+        } else {
+            self.endpoints.insert(service.to_owned(), list.into());
+        }
+    }
+
     fn scope_key(policy: &Authorization) -> Option<Option<String>> {
         match policy.scope {
             PolicyScope::Global => Some(None),
@@ -185,16 +211,12 @@ impl ProxyState {
     }
 
     /// The workloads backing a service (`namespace/hostname`).
-    pub fn endpoints(&self, service_key: &str) -> Vec<Arc<Workload>> {
-        let mut found: Vec<Arc<Workload>> = self
-            .read()
-            .workloads
-            .values()
-            .filter(|w| w.services.contains_key(service_key))
+    pub fn endpoints(&self, service_key: &str) -> Arc<[Arc<Workload>]> {
+        self.read()
+            .endpoints
+            .get(service_key)
             .cloned()
-            .collect();
-        found.sort_by(|a, b| a.uid.cmp(&b.uid));
-        found
+            .unwrap_or_else(|| Arc::new([]))
     }
 
     pub fn policy(&self, key: &str) -> Option<Arc<Authorization>> {
@@ -275,7 +297,11 @@ impl ProxyState {
                 inner
                     .address_names
                     .insert(name.to_owned(), AddressKey::Workload(w.uid.clone()));
-                inner.workloads.insert(w.uid.clone(), Arc::from(w));
+                let w: Arc<Workload> = Arc::from(w);
+                for service in w.services.keys() {
+                    inner.index_endpoint(service, Some(&w), &w.uid);
+                }
+                inner.workloads.insert(w.uid.clone(), w);
             }
             AddressResource::Service(s) => {
                 let key = s.key().to_owned();
@@ -350,6 +376,9 @@ fn remove_address_locked(inner: &mut Inner, name: &str) -> bool {
     match inner.address_names.remove(name) {
         Some(AddressKey::Workload(uid)) => {
             if let Some(old) = inner.workloads.remove(&uid) {
+                for service in old.services.keys() {
+                    inner.index_endpoint(service, None, &uid);
+                }
                 for ip in &old.ips {
                     // Only this workload's own claim goes: another's on the
                     // same address stays.
@@ -450,6 +479,37 @@ mod tests {
         state.remove_address("a");
         assert!(state.workload_by_ip([198, 18, 1, 3].into()).is_none());
         assert_eq!(state.counts()["workloads"], 0);
+    }
+
+    #[test]
+    fn a_services_endpoints_follow_its_workloads_in_uid_order() {
+        let state = ProxyState::default();
+        const WEB: &str = "demo/web.demo.svc.cluster.local";
+        let uids = |key: &str| -> Vec<String> {
+            state.endpoints(key).iter().map(|w| w.uid.clone()).collect()
+        };
+        for (uid, last) in [("c", 4), ("a", 2), ("b", 3)] {
+            state.upsert_address(
+                uid,
+                AddressResource::Workload(Box::new(workload(uid, [198, 18, 1, last]))),
+            );
+        }
+        assert_eq!(uids(WEB), ["a", "b", "c"]);
+        // An update replaces the workload in place; one that stops backing
+        // the service leaves it, and joins the one it now backs.
+        let mut moved = workload("b", [198, 18, 1, 9]);
+        state.upsert_address("b", AddressResource::Workload(Box::new(moved.clone())));
+        assert_eq!(uids(WEB), ["a", "b", "c"]);
+        assert_eq!(state.endpoints(WEB)[1].ips, [IpAddr::from([198, 18, 1, 9])]);
+        moved.services = BTreeMap::from([("demo/api.demo.svc.cluster.local".into(), vec![])]);
+        state.upsert_address("b", AddressResource::Workload(Box::new(moved)));
+        assert_eq!(uids(WEB), ["a", "c"]);
+        assert_eq!(uids("demo/api.demo.svc.cluster.local"), ["b"]);
+        state.remove_address("a");
+        state.remove_address("c");
+        assert!(uids(WEB).is_empty());
+        state.remove_address("b");
+        assert!(state.read().endpoints.is_empty(), "nothing left indexed");
     }
 
     #[test]

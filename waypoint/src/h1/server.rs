@@ -22,7 +22,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::codec::{self, MAX_HEADERS};
@@ -60,9 +59,10 @@ where
 {
     let mut read = BytesMut::new();
     let mut write = Vec::new();
+    let mut spans = Vec::new();
     loop {
         let head = loop {
-            match parse(&mut read) {
+            match parse(&mut read, &mut spans) {
                 Ok(Some(head)) => break head,
                 // Not a request served here, or a head too large for the
                 // buffer: hyper's from here on.
@@ -110,9 +110,32 @@ where
     Ok(crate::http::serve_hyper_h1(wp, Prefixed::new(read.freeze(), io), down).await?)
 }
 
+/// The body of a request that has none; boxing it allocates nothing.
+pub struct NoBody;
+
+impl http_body::Body for NoBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(0)
+    }
+}
+
 /// A request as the handler takes it, and how its connection goes on.
 struct Head {
-    request: Request<crate::forward::RequestBody>,
+    request: Request<NoBody>,
     /// The client asked to close after this request.
     close: bool,
     /// The client takes trailers (`TE: trailers`).
@@ -122,9 +145,13 @@ struct Head {
 /// The request in the buffer is not one served here: hyper reads it.
 struct HandOver;
 
+/// Where a head's parts lie in the buffer.
+type Spans = Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>;
+
 /// The next request of the buffer, consumed, when it is one served here
-/// (`None`: the buffer holds no whole head yet).
-fn parse(read: &mut BytesMut) -> Result<Option<Head>, HandOver> {
+/// (`None`: the buffer holds no whole head yet). `spans` is scratch
+/// space, kept by the connection.
+fn parse(read: &mut BytesMut, spans: &mut Spans) -> Result<Option<Head>, HandOver> {
     // Empty lines before a request are allowed (RFC 9112 §2.2).
     let blank = read
         .iter()
@@ -159,7 +186,7 @@ fn parse(read: &mut BytesMut) -> Result<Option<Head>, HandOver> {
         let at = target.as_ptr() as usize - base;
         at..at + target.len()
     };
-    let mut spans = Vec::with_capacity(parsed.headers.len());
+    spans.clear();
     for h in parsed.headers.iter() {
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
@@ -167,7 +194,7 @@ fn parse(read: &mut BytesMut) -> Result<Option<Head>, HandOver> {
     }
     let head = read.split_to(used).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, value) in spans {
+    for (name, value) in spans.drain(..) {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head[name]),
             HeaderValue::from_maybe_shared(head.slice(value)),
@@ -199,11 +226,7 @@ fn parse(read: &mut BytesMut) -> Result<Option<Head>, HandOver> {
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
-    let mut request = Request::new(
-        Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut request = Request::new(NoBody);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = http::Version::HTTP_11;
@@ -557,7 +580,7 @@ mod tests {
         for (wire, expected) in cases {
             let mut read = BytesMut::from(&wire[..]);
             let what = String::from_utf8_lossy(wire);
-            match (parse(&mut read), expected) {
+            match (parse(&mut read, &mut Vec::new()), expected) {
                 (Ok(Some(head)), Some((method, uri, close))) => {
                     assert_eq!(head.request.method().as_str(), *method, "{what}");
                     assert_eq!(head.request.uri().to_string(), *uri, "{what}");
@@ -580,11 +603,11 @@ mod tests {
         // A head not yet whole waits for more; the next request of a
         // pipeline stays in the buffer.
         let mut read = BytesMut::from(&b"GET / HTTP/1.1\r\nhost: a\r\n"[..]);
-        assert!(matches!(parse(&mut read), Ok(None)));
+        assert!(matches!(parse(&mut read, &mut Vec::new()), Ok(None)));
         let mut read = BytesMut::from(&b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"[..]);
-        let first = parse(&mut read).ok().flatten().unwrap();
+        let first = parse(&mut read, &mut Vec::new()).ok().flatten().unwrap();
         assert_eq!(first.request.uri(), "/1");
-        let second = parse(&mut read).ok().flatten().unwrap();
+        let second = parse(&mut read, &mut Vec::new()).ok().flatten().unwrap();
         assert_eq!(second.request.uri(), "/2");
     }
 
