@@ -9,6 +9,15 @@
 //!   plaintext (`wt-l7-engine`: no tunnel in or out, everything else the
 //!   waypoint does per request) — hop for hop against nginx (target:
 //!   ≥ 1.0× its requests/s, a p99 no worse);
+//! - `nginx, 1 worker` and `L7 engine, 1 worker`: the same two with one
+//!   worker each. With a worker per core, nginx's workers do not share
+//!   wrk's connections: whichever worker wakes first accepts the burst, so
+//!   one worker serves all 16, while the engine balances them 8/8 (so
+//!   that long-lived connections, such as ztunnels' pooled HBONE ones,
+//!   never leave a core idle under load). On a 2-core machine that also
+//!   runs wrk and the backend, two busy workers wait on each other for a
+//!   core, and the tail shows it; one worker each compares the engines
+//!   themselves. Both comparisons are printed;
 //! - `mesh L4`: enrolled client to a service without a waypoint (both
 //!   ztunnels, HBONE), on a backend pod of its own (a pod behind a
 //!   waypoint takes its service's traffic from the waypoint only);
@@ -125,6 +134,12 @@ metadata: {name: engine, namespace: direct}
 spec: {nodeName: n2}
 status: {podIP: "${direct/engine}"}
 "#;
+
+/// Where the one-worker nginx and engine listen (beside the others, in
+/// the same pods).
+const ONE_WORKER_PORT: u16 = 8081;
+/// The route through the waypoint, in `run`'s table.
+const WAYPOINT: usize = 6;
 
 /// wrk's connections and the length of one round.
 const CONNECTIONS: u32 = 16;
@@ -292,11 +307,19 @@ fn tree_cpu(pid: u32) -> anyhow::Result<f64> {
     Ok(cpu)
 }
 
-/// The L7 engine on plaintext in `pod`, proxying to `backend`.
-fn engine(bin_dir: &Path, pod: &Pod, backend: SocketAddr) -> anyhow::Result<tokio::process::Child> {
+/// The L7 engine on plaintext in `pod` at `port`, proxying to `backend`
+/// with `workers` worker threads (0: one per core).
+fn engine(
+    bin_dir: &Path,
+    pod: &Pod,
+    port: u16,
+    backend: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::from(pod.command(bin_dir.join("wt-l7-engine"))?);
-    cmd.arg(SocketAddr::from((pod.ip(), 8080)).to_string())
+    cmd.arg(SocketAddr::from((pod.ip(), port)).to_string())
         .arg(backend.to_string())
+        .arg(workers.to_string())
         // Its access lines cost what nginx's cost: a write per request.
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -358,17 +381,38 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
         &format!("upstream backend {{ server {web}; keepalive 64; }}"),
     )?;
     let proxy_pid = proxy.id().context("nginx's pid")?;
-    let engine = engine(bin_dir, pod("direct/engine"), web)?;
-    let engine_pid = engine.id().context("the engine's pid")?;
+    let engine_per_core = engine(bin_dir, pod("direct/engine"), 8080, web, 0)?;
+    let engine_pid = engine_per_core.id().context("the engine's pid")?;
+    let proxy_one = nginx(
+        pod("direct/proxy"),
+        dir.path(),
+        ONE_WORKER_PORT,
+        "1",
+        "access_log /dev/null; \
+         location / { proxy_pass http://backend; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }",
+        &format!("upstream backend {{ server {web}; keepalive 64; }}"),
+    )?;
+    let proxy_one_pid = proxy_one.id().context("nginx's pid")?;
+    let engine_one = engine(bin_dir, pod("direct/engine"), ONE_WORKER_PORT, web, 1)?;
+    let engine_one_pid = engine_one.id().context("the engine's pid")?;
     let _servers = [
         nginx(pod("mesh/web"), dir.path(), 8080, "1", &backend, "")?,
         nginx(pod("mesh/plain"), dir.path(), 8080, "1", &backend, "")?,
         nginx(pod("direct/web"), dir.path(), 8080, "1", &backend, "")?,
         proxy,
-        engine,
+        engine_per_core,
+        proxy_one,
+        engine_one,
     ];
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let routes: [(&str, &Pod, String); 5] = [
+    let one_worker = |pod: &str| {
+        format!(
+            "http://{}/",
+            SocketAddr::from((mesh.topology.pod(pod).ip(), ONE_WORKER_PORT))
+        )
+    };
+    let routes: [(&str, &Pod, String); 7] = [
         ("direct", pod("direct/client"), format!("http://{web}/")),
         (
             "nginx proxy",
@@ -385,6 +429,16 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
                 "http://{}/",
                 SocketAddr::from((pod("direct/engine").ip(), 8080))
             ),
+        ),
+        (
+            "nginx, 1 worker",
+            pod("direct/client"),
+            one_worker("direct/proxy"),
+        ),
+        (
+            "engine, 1 worker",
+            pod("direct/client"),
+            one_worker("direct/engine"),
         ),
         ("mesh L4", pod("mesh/client"), "http://198.19.0.11/".into()),
         (
@@ -413,10 +467,12 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
     }
     let waypoint_pid = waypoint.process.pid().context("the waypoint's pid")?;
     // Whose CPU each route's proxying costs (none for direct and L4).
-    let proxies: [Option<u32>; 5] = [
+    let proxies: [Option<u32>; 7] = [
         None,
         Some(proxy_pid),
         Some(engine_pid),
+        Some(proxy_one_pid),
+        Some(engine_one_pid),
         None,
         Some(waypoint_pid),
     ];
@@ -432,7 +488,7 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
                 cost[i].0 += tree_cpu(pid)? - before;
                 cost[i].1 += round.rps * ROUND.as_secs_f64();
             }
-            if i == 4 {
+            if i == WAYPOINT {
                 rss_peak = rss_peak.max(usage(waypoint_pid)?.1);
             }
             results[i].push(round);
@@ -465,16 +521,18 @@ pub async fn run(bin_dir: &Path) -> anyhow::Result<()> {
             m.p99.as_secs_f64() / nginx_proxy.p99.as_secs_f64(),
         );
     }
-    println!(
-        "  L7 engine vs nginx: {:.2}× requests/s (target ≥ 1.0), {:.2}× p99 (target ≤ 1.0), {:.2}× CPU per request",
-        medians[2].rps / nginx_proxy.rps,
-        medians[2].p99.as_secs_f64() / nginx_proxy.p99.as_secs_f64(),
-        vcpu_per_krps(cost[2]) / vcpu_per_krps(cost[1]),
-    );
+    for (what, nginx, engine) in [("a worker per core", 1, 2), ("one worker each", 3, 4)] {
+        println!(
+            "  L7 engine vs nginx, {what}: {:.2}× requests/s (target ≥ 1.0), {:.2}× p99 (target ≤ 1.0), {:.2}× CPU per request",
+            medians[engine].rps / medians[nginx].rps,
+            medians[engine].p99.as_secs_f64() / medians[nginx].p99.as_secs_f64(),
+            vcpu_per_krps(cost[engine]) / vcpu_per_krps(cost[nginx]),
+        );
+    }
     println!(
         "  waypoint: {:.3} vCPU per 1000 req/s (target ≤ 0.1; Istio's Envoy ~0.25), \
          RSS {:.1} MB (target ≤ 20; Envoy ~60)",
-        vcpu_per_krps(cost[4]),
+        vcpu_per_krps(cost[WAYPOINT]),
         rss_peak as f64 / 1e6
     );
     Ok(())

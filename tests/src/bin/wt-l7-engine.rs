@@ -1,4 +1,6 @@
-//! `wt-l7-engine LISTEN BACKEND`: the waypoint's L7 engine on plain TCP,
+//! `wt-l7-engine LISTEN BACKEND [WORKERS]`: the waypoint's L7 engine on
+//! plain TCP (WORKERS worker threads, as the waypoint's `--concurrency`:
+//! 0, the default, is one per core),
 //! for the `waypoint-l7` benchmark's same-hop comparison with nginx as a
 //! reverse proxy.
 //!
@@ -33,20 +35,23 @@ const SERVICE: &str = "web.bench.svc.cluster.local";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [listen, backend] = args.as_slice() else {
-        anyhow::bail!("usage: wt-l7-engine LISTEN BACKEND (both ip:port)");
+    let (listen, backend, workers) = match args.as_slice() {
+        [listen, backend] => (listen, backend, "0"),
+        [listen, backend, workers] => (listen, backend, workers.as_str()),
+        _ => anyhow::bail!("usage: wt-l7-engine LISTEN BACKEND [WORKERS] (both ip:port)"),
     };
     let listen: SocketAddr = listen.parse().context("LISTEN is not ip:port")?;
     let backend: SocketAddr = backend.parse().context("BACKEND is not ip:port")?;
+    let workers: usize = workers.parse().context("WORKERS is not a number")?;
     waypoint::app::init_logging("text");
     // Run as the waypoint runs: a worker per core (`waypoint::workers`).
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(serve(listen, backend))
+        .block_on(serve(listen, backend, workers))
 }
 
-async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
+async fn serve(listen: SocketAddr, backend: SocketAddr, workers: usize) -> anyhow::Result<()> {
     let identity = |sa: &str| -> anyhow::Result<Identity> {
         Ok(format!("spiffe://{TRUST_DOMAIN}/ns/bench/sa/{sa}").parse()?)
     };
@@ -117,7 +122,7 @@ async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
     let listener = waypoint::workers::bind(listen)?;
     let _workers = waypoint::workers::Workers::start(
         listener,
-        waypoint::workers::count(0),
+        waypoint::workers::count(workers),
         move |stream, peer| serve_one(wp.clone(), client.clone(), service.clone(), stream, peer),
     )?;
     println!("listening={listen}");
