@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use waypoint::normalize::{normalize, PathNormalization};
+use waypoint::normalize::{is_canonical, normalize, PathNormalization};
 
 const MODES: [PathNormalization; 3] = [
     PathNormalization::Base,
@@ -30,6 +30,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for mode in MODES {
+        if is_canonical(path, mode) {
+            assert_eq!(
+                normalize(path, mode).as_deref(),
+                Ok(path),
+                "{mode:?}: {path:?} was told canonical"
+            );
+        }
         let Ok(out) = normalize(path, mode) else {
             continue;
         };

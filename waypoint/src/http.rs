@@ -23,7 +23,7 @@ use crate::{
     grpc,
     matcher::{matches, select, RequestInfo, Selection},
     mirror,
-    normalize::{normalize, PathNormalization},
+    normalize::{is_canonical, normalize, PathNormalization},
     policy::{self, RequestAttrs, Verdict},
     proxy::{Target, Tunnel, Waypoint},
     routes::{Backend, Filter, HeaderModifier, Route},
@@ -758,6 +758,9 @@ fn canonical_path(
     req: Request<RequestBody>,
     mode: PathNormalization,
 ) -> Result<Request<RequestBody>, crate::normalize::BadPath> {
+    if is_canonical(req.uri().path(), mode) {
+        return Ok(req);
+    }
     let normalized = normalize(req.uri().path(), mode)?;
     if normalized == req.uri().path() {
         return Ok(req);
@@ -980,6 +983,10 @@ static HOP_BY_HOP: [header::HeaderName; 8] = [
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; 8];
     for name in headers.keys() {
+        // Only names of a hop-by-hop length are compared.
+        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 18 | 19) {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present[i] = true;
         }

@@ -118,6 +118,17 @@ fn merge_slashes(path: &str) -> String {
     out
 }
 
+/// Whether `path` is already what [`normalize`] would make of it, told
+/// without allocating (the common request): a path from `/` with no
+/// escape, backslash, fragment or dot segment (and, past `BASE`, no
+/// `//`). A `false` says only that `normalize` must decide.
+pub fn is_canonical(path: &str, mode: PathNormalization) -> bool {
+    path.starts_with('/')
+        && !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b'#'))
+        && !path.split('/').any(|s| s == "." || s == "..")
+        && (mode == PathNormalization::Base || !path.contains("//"))
+}
+
 /// `path` (without the query) made canonical.
 pub fn normalize(path: &str, mode: PathNormalization) -> Result<String, BadPath> {
     let path = path.split('#').next().unwrap_or_default();
@@ -136,6 +147,30 @@ pub fn normalize(path: &str, mode: PathNormalization) -> Result<String, BadPath>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_paths_are_told_without_normalizing_them() {
+        use PathNormalization::*;
+        for (path, mode, canonical) in [
+            ("/", Base, true),
+            ("/a/b.c/d..e/.f", Base, true),
+            ("/a//b", Base, true),
+            ("/a//b", MergeSlashes, false),
+            ("/a/./b", Base, false),
+            ("/a/..", Base, false),
+            ("/.", Base, false),
+            ("/%61", Base, false),
+            ("\\a", Base, false),
+            ("/a#f", Base, false),
+            ("*", Base, false),
+            ("", Base, false),
+        ] {
+            assert_eq!(is_canonical(path, mode), canonical, "{path:?} {mode:?}");
+            if canonical {
+                assert_eq!(normalize(path, mode).as_deref(), Ok(path), "{path:?}");
+            }
+        }
+    }
 
     #[test]
     fn paths_are_made_canonical_as_istios_base_does() {

@@ -137,7 +137,7 @@ impl Conn {
         self.io.flush().await.map_err(ClientError::Write)?;
         let mut read_any = false;
         loop {
-            if let Some(response) = self.parse_head()? {
+            if let Some((response, facts)) = self.parse_head()? {
                 if response.status().is_informational() {
                     // 100 Continue, 103 Early Hints: the answer follows.
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -147,7 +147,7 @@ impl Conn {
                     }
                     continue;
                 }
-                return Ok(self.into_response(response, &head.method, pool, key));
+                return Ok(self.into_response(response, facts, &head.method, pool, key));
             }
             if self.read.len() > MAX_HEAD {
                 return Err(ClientError::HeadTooLarge);
@@ -166,7 +166,7 @@ impl Conn {
     }
 
     /// A whole response head from the buffer, consumed, if one is there.
-    fn parse_head(&mut self) -> Result<Option<Response<()>>, ClientError> {
+    fn parse_head(&mut self) -> Result<Option<(Response<()>, codec::HeadFacts)>, ClientError> {
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -194,11 +194,14 @@ impl Conn {
         // value is a slice of it rather than a copy.
         let base = self.read.as_ptr() as usize;
         self.spans.clear();
-        self.spans.extend(parsed.headers.iter().map(|h| {
+        let mut facts = codec::HeadFacts::default();
+        for h in parsed.headers.iter() {
+            facts.see(h.name.as_bytes(), h.value);
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            (name..name + h.name.len(), value..value + h.value.len())
-        }));
+            self.spans
+                .push((name..name + h.name.len(), value..value + h.value.len()));
+        }
         let head = self.read.split_to(used).freeze();
         let mut headers = HeaderMap::with_capacity(self.spans.len());
         for (name, value) in self.spans.drain(..) {
@@ -212,17 +215,17 @@ impl Conn {
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;
-        Ok(Some(response))
+        Ok(Some((response, facts)))
     }
 
     fn into_response(
         self: Box<Self>,
         response: Response<()>,
+        facts: codec::HeadFacts,
         method: &Method,
         pool: &Arc<HttpPool>,
         key: PoolKey,
     ) -> Response<ResponseBody> {
-        let headers = response.headers();
         let status = response.status();
         // RFC 9112 §6.3, in order.
         let length = if method == Method::HEAD
@@ -230,14 +233,14 @@ impl Conn {
             || status == StatusCode::NOT_MODIFIED
         {
             Ok(Length::Empty)
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            Ok(if codec::is_chunked(headers) {
+        } else if facts.transfer_encoding {
+            Ok(if facts.chunked {
                 Length::Chunked
             } else {
                 Length::UntilClose
             })
         } else {
-            match codec::content_length(headers) {
+            match facts.content_length() {
                 Ok(Some(0)) => Ok(Length::Empty),
                 Ok(Some(n)) => Ok(Length::Fixed(n)),
                 Ok(None) => Ok(Length::UntilClose),
@@ -245,8 +248,8 @@ impl Conn {
             }
         };
         let keep_alive = match response.version() {
-            http::Version::HTTP_11 => !codec::connection_has(headers, "close"),
-            _ => codec::connection_has(headers, "keep-alive"),
+            http::Version::HTTP_11 => !facts.close,
+            _ => facts.keep_alive,
         };
         let until_close = length == Ok(Length::UntilClose);
         let (decoding, error) = match length {

@@ -103,6 +103,84 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// What a head's framing and connection headers say, gathered while its
+/// header map is built (one pass over the names; no lookups afterwards).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadFacts {
+    /// `Content-Length` fields seen, and the length they agree on.
+    pub length_fields: u32,
+    pub length: Option<u64>,
+    /// A `Content-Length` that is not digits, or two that disagree.
+    pub bad_length: bool,
+    pub transfer_encoding: bool,
+    /// `chunked` is the last coding of the last `Transfer-Encoding`.
+    pub chunked: bool,
+    /// `Connection` tokens.
+    pub close: bool,
+    pub keep_alive: bool,
+    /// An `Upgrade` field, or `Connection: upgrade`.
+    pub upgrade: bool,
+    pub expect: bool,
+    /// `TE: trailers`.
+    pub trailers: bool,
+}
+
+impl HeadFacts {
+    /// Takes note of one header field.
+    pub fn see(&mut self, name: &[u8], value: &[u8]) {
+        let tokens = || value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                self.length_fields += 1;
+                for part in tokens() {
+                    let n = (!part.is_empty()
+                        && part.len() <= 19
+                        && part.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                    .flatten();
+                    match (n, self.length) {
+                        (None, _) => self.bad_length = true,
+                        (Some(n), Some(seen)) if n != seen => self.bad_length = true,
+                        (Some(n), _) => self.length = Some(n),
+                    }
+                }
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                self.transfer_encoding = true;
+                self.chunked = tokens()
+                    .next_back()
+                    .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in tokens() {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        self.upgrade = true;
+                    }
+                }
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
+            6 if name.eq_ignore_ascii_case(b"expect") => self.expect = true,
+            2 if name.eq_ignore_ascii_case(b"te") => {
+                self.trailers |= tokens().any(|t| t.eq_ignore_ascii_case(b"trailers"));
+            }
+            _ => {}
+        }
+    }
+
+    /// The length the `Content-Length` fields give (none, or an error when
+    /// they are malformed or disagree).
+    pub fn content_length(&self) -> Result<Option<u64>, FramingError> {
+        match self.bad_length {
+            true => Err(FramingError::ContentLength),
+            false => Ok(self.length),
+        }
+    }
+}
+
 /// The largest chunk size line or trailer section followed.
 const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -278,6 +356,60 @@ mod tests {
         ] {
             let pairs: Vec<_> = values.iter().map(|v| ("content-length", *v)).collect();
             assert_eq!(content_length(&headers(&pairs)), expected, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn head_facts_agree_with_the_header_map_lookups() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[],
+            &[("content-length", "10")],
+            &[("Content-Length", "10"), ("content-length", "10, 10")],
+            &[("content-length", "10"), ("content-length", "11")],
+            &[("content-length", "+1")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("Transfer-Encoding", "gzip"),
+            ],
+            &[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "websocket"),
+            ],
+            &[("Connection", "close")],
+            &[("expect", "100-continue"), ("te", "gzip, trailers")],
+            &[("x-content-length", "5"), ("tee", "trailers")],
+        ];
+        for pairs in cases {
+            let map = headers(pairs);
+            let mut facts = HeadFacts::default();
+            for (name, value) in *pairs {
+                facts.see(name.as_bytes(), value.as_bytes());
+            }
+            assert_eq!(facts.content_length(), content_length(&map), "{pairs:?}");
+            assert_eq!(facts.chunked, is_chunked(&map), "{pairs:?}");
+            assert_eq!(
+                facts.transfer_encoding,
+                map.contains_key(header::TRANSFER_ENCODING),
+                "{pairs:?}"
+            );
+            assert_eq!(facts.close, connection_has(&map, "close"), "{pairs:?}");
+            assert_eq!(
+                facts.keep_alive,
+                connection_has(&map, "keep-alive"),
+                "{pairs:?}"
+            );
+            assert_eq!(
+                facts.upgrade,
+                map.contains_key(header::UPGRADE) || connection_has(&map, "upgrade"),
+                "{pairs:?}"
+            );
+            assert_eq!(facts.expect, map.contains_key(header::EXPECT), "{pairs:?}");
+            assert_eq!(
+                facts.length_fields as usize,
+                map.get_all(header::CONTENT_LENGTH).iter().count(),
+                "{pairs:?}"
+            );
         }
     }
 

@@ -187,10 +187,21 @@ fn parse(read: &mut BytesMut, spans: &mut Spans) -> Result<Option<Head>, HandOve
         at..at + target.len()
     };
     spans.clear();
+    let mut facts = codec::HeadFacts::default();
     for h in parsed.headers.iter() {
+        facts.see(h.name.as_bytes(), h.value);
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
         spans.push((name..name + h.name.len(), value..value + h.value.len()));
+    }
+    // A body, an upgrade or an expectation: hyper's (with the framing
+    // watch), from this request on.
+    let bodiless = !facts.transfer_encoding
+        && facts.length_fields <= 1
+        && !facts.bad_length
+        && facts.length.unwrap_or(0) == 0;
+    if !bodiless || facts.upgrade || facts.expect {
+        return Err(HandOver);
     }
     let head = read.split_to(used).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
@@ -203,29 +214,10 @@ fn parse(read: &mut BytesMut, spans: &mut Spans) -> Result<Option<Head>, HandOve
         };
         headers.append(name, value);
     }
-    // A body, an upgrade or an expectation: hyper's (with the framing
-    // watch), from this request on.
-    let bodiless = !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.get_all(header::CONTENT_LENGTH).iter().count() <= 1
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0");
-    if !bodiless
-        || headers.contains_key(header::UPGRADE)
-        || headers.contains_key(header::EXPECT)
-        || codec::connection_has(&headers, "upgrade")
-    {
-        return hand_back(read, head);
-    }
     let Ok(uri) = http::Uri::from_maybe_shared(head.slice(target)) else {
         return hand_back(read, head);
     };
-    let close = codec::connection_has(&headers, "close");
-    let trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    let (close, trailers) = (facts.close, facts.trailers);
     let mut request = Request::new(NoBody);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -360,8 +352,15 @@ fn encode_head(
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING) && codec::is_chunked(headers);
-    let length = codec::content_length(headers).ok().flatten();
+    // One pass over the headers (no lookups) for what framing they ask.
+    let mut facts = codec::HeadFacts::default();
+    let mut has_date = false;
+    for (name, value) in headers {
+        facts.see(name.as_str().as_bytes(), value.as_bytes());
+        has_date |= name == header::DATE;
+    }
+    let chunked = facts.chunked;
+    let length = facts.content_length().ok().flatten();
     let framing = if no_body {
         Framing::None
     } else if chunked {
@@ -385,7 +384,7 @@ fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         http_date(out);
         out.extend_from_slice(b"\r\n");
