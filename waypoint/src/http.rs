@@ -1001,8 +1001,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|token| {
+                // The usual tokens first: they name no other header.
                 !token.is_empty()
-                    && !token.eq_ignore_ascii_case("close")
+                    && !["keep-alive", "close", "upgrade"]
+                        .iter()
+                        .any(|usual| token.eq_ignore_ascii_case(usual))
                     && !HOP_BY_HOP
                         .iter()
                         .any(|h| h.as_str().eq_ignore_ascii_case(token))
