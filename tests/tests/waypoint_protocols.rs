@@ -328,3 +328,60 @@ spec:
     );
     Ok(())
 }
+
+/// One connection's requests, pipelined: the waypoint reads the bodiless
+/// ones itself and hands the connection to hyper at the first with a
+/// body; every request is answered once, in order, across the hand-over,
+/// and a HEAD's answer carries no body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_requests_are_answered_in_order_across_the_hand_over() -> anyhow::Result<()> {
+    require_privileged();
+    let (mesh, waypoint) = mesh("").await?;
+    let client = mesh.topology.pod("shop/client");
+    let report = probe(
+        client,
+        WEB,
+        "GET /one HTTP/1.1\r\nHost: web\r\n\r\n\
+         GET /two?x=1 HTTP/1.1\r\nHost: web\r\n\r\n\
+         HEAD /three HTTP/1.1\r\nHost: web\r\n\r\n\
+         POST /four HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello\
+         GET /five HTTP/1.1\r\nHost: web\r\n\r\n",
+    )
+    .await?;
+    let reply = &report.reply;
+    assert_eq!(
+        reply.matches("HTTP/1.1 200 OK\r\n").count(),
+        5,
+        "five answers: {reply:?}"
+    );
+    let at = |needle: &str| {
+        reply
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} is not in {reply:?}"))
+    };
+    assert!(at("GET /one") < at("GET /two?x=1"), "{reply:?}");
+    assert!(at("GET /two?x=1") < at("POST /four (5 bytes)"), "{reply:?}");
+    assert!(at("POST /four (5 bytes)") < at("GET /five"), "{reply:?}");
+    assert!(
+        !reply.contains("HEAD /three"),
+        "a HEAD answer has no body: {reply:?}"
+    );
+    eventually(
+        "every request's log line",
+        Duration::from_secs(5),
+        || async {
+            let lines = ["/one", "/two?x=1", "/three", "/four", "/five"]
+                .iter()
+                .filter(|path| {
+                    !waypoint
+                        .process
+                        .lines_with(&["request complete", &format!("path={path} ")])
+                        .is_empty()
+                })
+                .count();
+            (lines == 5).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
